@@ -1,0 +1,202 @@
+"""OTLP protobuf → Arrow record batches for the archive's `spans` and `logs` tables.
+
+Attributes, events and links become JSON text so DuckDB reads them with `->>'$."key"'` in one
+query, whatever convention wrote them. This is the archive's hottest loop, so it stays flat.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import pyarrow as pa
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+TIMESTAMP = pa.timestamp("ns", tz="UTC")
+
+SPANS_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("parent_span_id", pa.string()),
+        ("trace_state", pa.string()),
+        ("name", pa.string()),
+        ("kind", pa.string()),
+        ("start_time", TIMESTAMP),
+        ("end_time", TIMESTAMP),
+        ("duration_ms", pa.float64()),
+        ("status_code", pa.string()),
+        ("status_message", pa.string()),
+        ("service_name", pa.string()),
+        ("scope_name", pa.string()),
+        ("scope_version", pa.string()),
+        ("attributes", pa.string()),
+        ("resource_attributes", pa.string()),
+        ("events", pa.string()),
+        ("links", pa.string()),
+        ("received_at", TIMESTAMP),
+    ]
+)
+
+LOGS_SCHEMA = pa.schema(
+    [
+        ("time", TIMESTAMP),
+        ("observed_time", TIMESTAMP),
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("severity_number", pa.int32()),
+        ("severity_text", pa.string()),
+        ("event_name", pa.string()),
+        ("body", pa.string()),
+        ("attributes", pa.string()),
+        ("service_name", pa.string()),
+        ("scope_name", pa.string()),
+        ("resource_attributes", pa.string()),
+        ("received_at", TIMESTAMP),
+    ]
+)
+
+TRACES_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("service_name", pa.string()),
+        ("root_name", pa.string()),
+        ("start_time", TIMESTAMP),
+        ("end_time", TIMESTAMP),
+        ("duration_ms", pa.float64()),
+        ("status_code", pa.string()),
+        ("span_count", pa.int32()),
+        ("complete", pa.bool_()),
+        ("completion_reason", pa.string()),
+        ("session_id", pa.string()),
+        ("user_id", pa.string()),
+        ("decided_at", TIMESTAMP),
+    ]
+)
+
+_KINDS = {v: k.removeprefix("SPAN_KIND_") for k, v in Span.SpanKind.items()}
+_STATUS = {v: k.removeprefix("STATUS_CODE_") for k, v in Status.StatusCode.items()}
+
+
+def any_value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "int_value":
+        return value.int_value
+    if kind == "double_value":
+        return value.double_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "array_value":
+        return [any_value(item) for item in value.array_value.values]
+    if kind == "kvlist_value":
+        return {item.key: any_value(item.value) for item in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    return None
+
+
+def attributes_dict(attributes: Any) -> dict[str, Any]:
+    return {item.key: any_value(item.value) for item in attributes}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _events_json(span: Span) -> str:
+    if not span.events:
+        return "[]"
+    return _json(
+        [
+            {"name": e.name, "time_unix_nano": e.time_unix_nano, "attributes": attributes_dict(e.attributes)}
+            for e in span.events
+        ]
+    )
+
+
+def _links_json(span: Span) -> str:
+    if not span.links:
+        return "[]"
+    return _json(
+        [
+            {
+                "trace_id": link.trace_id.hex(),
+                "span_id": link.span_id.hex(),
+                "attributes": attributes_dict(link.attributes),
+            }
+            for link in span.links
+        ]
+    )
+
+
+def service_name(resource_attributes: dict[str, Any]) -> str:
+    return str(resource_attributes.get("service.name", ""))
+
+
+def spans_batch(request: ExportTraceServiceRequest, received_at: int | None = None) -> pa.RecordBatch:
+    received_at = received_at or time.time_ns()
+    columns: dict[str, list[Any]] = {name: [] for name in SPANS_SCHEMA.names}
+    for resource_spans in request.resource_spans:
+        resource = attributes_dict(resource_spans.resource.attributes)
+        resource_json, service = _json(resource), service_name(resource)
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope
+            for span in scope_spans.spans:
+                columns["trace_id"].append(span.trace_id.hex())
+                columns["span_id"].append(span.span_id.hex())
+                columns["parent_span_id"].append(span.parent_span_id.hex())
+                columns["trace_state"].append(span.trace_state)
+                columns["name"].append(span.name)
+                columns["kind"].append(_KINDS.get(span.kind, str(span.kind)))
+                columns["start_time"].append(span.start_time_unix_nano)
+                columns["end_time"].append(span.end_time_unix_nano)
+                columns["duration_ms"].append((span.end_time_unix_nano - span.start_time_unix_nano) / 1e6)
+                columns["status_code"].append(_STATUS.get(span.status.code, str(span.status.code)))
+                columns["status_message"].append(span.status.message)
+                columns["service_name"].append(service)
+                columns["scope_name"].append(scope.name)
+                columns["scope_version"].append(scope.version)
+                columns["attributes"].append(_json(attributes_dict(span.attributes)))
+                columns["resource_attributes"].append(resource_json)
+                columns["events"].append(_events_json(span))
+                columns["links"].append(_links_json(span))
+                columns["received_at"].append(received_at)
+    return pa.RecordBatch.from_pydict(columns, schema=SPANS_SCHEMA)
+
+
+def logs_batch(request: ExportLogsServiceRequest, received_at: int | None = None) -> pa.RecordBatch:
+    received_at = received_at or time.time_ns()
+    columns: dict[str, list[Any]] = {name: [] for name in LOGS_SCHEMA.names}
+    for resource_logs in request.resource_logs:
+        resource = attributes_dict(resource_logs.resource.attributes)
+        resource_json, service = _json(resource), service_name(resource)
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                columns["time"].append(record.time_unix_nano or None)
+                columns["observed_time"].append(record.observed_time_unix_nano or None)
+                columns["trace_id"].append(record.trace_id.hex())
+                columns["span_id"].append(record.span_id.hex())
+                columns["severity_number"].append(record.severity_number)
+                columns["severity_text"].append(record.severity_text)
+                columns["event_name"].append(record.event_name)
+                columns["body"].append(_json(any_value(record.body)))
+                columns["attributes"].append(_json(attributes_dict(record.attributes)))
+                columns["service_name"].append(service)
+                columns["scope_name"].append(scope_logs.scope.name)
+                columns["resource_attributes"].append(resource_json)
+                columns["received_at"].append(received_at)
+    return pa.RecordBatch.from_pydict(columns, schema=LOGS_SCHEMA)
+
+
+def traces_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(rows, schema=TRACES_SCHEMA)
+
+
+__all__ = ["KeyValue", "attributes_dict", "logs_batch", "spans_batch", "traces_batch"]

@@ -1,0 +1,98 @@
+"""OTLP/gRPC receiver: the Trace, Metrics and Logs `Export` services on one server.
+
+Handlers are registered without a deserializer, so each receives the request's wire bytes: those
+bytes are what gets forwarded, and they are parsed exactly once, here.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from opentelemetry import metrics
+
+from tracejudge.config import ReceiverConfig, parse_host_port
+from tracejudge.model import Signal
+from tracejudge.receiver.export import (
+    RESPONSE_TYPES,
+    ExportConsumer,
+    Overloaded,
+    ReceiverMetrics,
+    RequestError,
+    count_items,
+    decode_protobuf,
+    outcome_name,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICES = {
+    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
+    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
+}
+
+
+class GrpcReceiver:
+    def __init__(self, config: ReceiverConfig, consumer: ExportConsumer, meter: metrics.Meter) -> None:
+        assert config.grpc_endpoint is not None
+        self._endpoint = config.grpc_endpoint
+        self._consumer = consumer
+        self._metrics = ReceiverMetrics(meter, "grpc")
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=config.grpc_max_workers, thread_name_prefix="otlp-grpc"),
+            options=[
+                ("grpc.max_receive_message_length", config.max_request_body_size),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        for signal, service in SERVICES.items():
+            handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))
+            self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
+        self._empty_responses = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
+
+    def start(self) -> int:
+        host, port = parse_host_port(self._endpoint)
+        bound = self._server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+        if bound == 0:
+            raise OSError(f"cannot bind the OTLP/gRPC receiver to {self._endpoint}")
+        self._server.start()
+        log.info("OTLP/gRPC receiver listening on %s:%d", host, bound)
+        return bound
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Refuse new calls, let running ones finish within `grace` seconds."""
+        self._server.stop(grace).wait(grace + 1)
+
+    def _handler(self, signal: Signal) -> Any:
+        def export(payload: bytes, context: grpc.ServicerContext) -> bytes:
+            items = 0
+            try:
+                request = decode_protobuf(signal, payload)
+                items = count_items(signal, request)
+                if items:
+                    self._consumer.consume(signal, request, payload, items)
+            except RequestError as exc:
+                self._metrics.refused(signal, outcome_name(exc), items)
+                context.abort_with_status(rpc_status.to_status(_status_for(exc)))
+            self._metrics.accepted(signal, items)
+            return self._empty_responses[signal]
+
+        return export
+
+
+def _status_for(error: RequestError) -> status_pb2.Status:
+    status = status_pb2.Status(code=error.grpc_code.value[0], message=str(error))
+    if isinstance(error, Overloaded) and error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        status.details.append(detail)
+    assert status.code != code_pb2.OK
+    return status

@@ -1,0 +1,127 @@
+"""OTLP/HTTP receiver: POST /v1/traces, /v1/metrics, /v1/logs in protobuf or JSON, optionally gzip.
+
+Bodies are read raw (aiohttp's own decompression is off) so that the size limit is enforced on the
+decompressed size while inflating, and errors carry a `google.rpc.Status` in the request's format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from aiohttp import web
+from google.rpc import status_pb2
+from opentelemetry import metrics
+
+from tracejudge.aio import AiohttpServerThread
+from tracejudge.config import ReceiverConfig, parse_host_port
+from tracejudge.model import Signal
+from tracejudge.receiver.export import (
+    RESPONSE_TYPES,
+    ExportConsumer,
+    InvalidRequest,
+    PayloadTooLarge,
+    ReceiverMetrics,
+    RequestError,
+    count_items,
+    decode_json,
+    decode_protobuf,
+    gunzip_limited,
+    outcome_name,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+
+class UnsupportedMediaType(RequestError):
+    http_status = 415
+
+
+class HttpReceiver:
+    def __init__(self, config: ReceiverConfig, consumer: ExportConsumer, meter: metrics.Meter) -> None:
+        assert config.http_endpoint is not None
+        self._endpoint = config.http_endpoint
+        self._limit = config.max_request_body_size
+        self._consumer = consumer
+        self._metrics = ReceiverMetrics(meter, "http")
+        app = web.Application()
+        for signal in Signal:
+            app.router.add_route("*", f"/v1/{signal.value}", self._route(signal))
+        host, port = parse_host_port(self._endpoint)
+        self._server = AiohttpServerThread(app, host, port, "otlp-http", auto_decompress=False)
+        self._empty_protobuf = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
+
+    def start(self) -> int:
+        port = self._server.start()
+        log.info("OTLP/HTTP receiver listening on %s", self._endpoint.rsplit(":", 1)[0] + f":{port}")
+        return port
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.stop(timeout)
+
+    def _route(self, signal: Signal) -> web.Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle(signal, request)
+
+        return handle
+
+    async def _handle(self, signal: Signal, request: web.Request) -> web.StreamResponse:
+        media = request.content_type
+        if request.method != "POST":
+            self._metrics.refused(signal, "method_not_allowed")
+            return _status_response(405, 12, f"{request.method} is not allowed; use POST", media, {"Allow": "POST"})
+        items = 0
+        try:
+            body = await self._read_body(request, media)
+            message = decode_json(signal, body) if media == JSON else decode_protobuf(signal, body)
+            items = count_items(signal, message)
+            if items:
+                payload = body if media == PROTOBUF else message.SerializeToString()
+                self._consumer.consume(signal, message, payload, items)
+        except RequestError as exc:
+            self._metrics.refused(signal, outcome_name(exc), items)
+            headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else None
+            return _status_response(exc.http_status, exc.grpc_code.value[0], str(exc), media, headers)
+        self._metrics.accepted(signal, items)
+        if media == JSON:
+            return web.Response(body=b"{}", content_type=JSON)
+        return web.Response(body=self._empty_protobuf[signal], content_type=PROTOBUF)
+
+    async def _read_body(self, request: web.Request, media: str) -> bytes:
+        if media not in (PROTOBUF, JSON):
+            raise UnsupportedMediaType(f"unsupported Content-Type {media!r}; use {PROTOBUF} or {JSON}")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", ""):
+            raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}; use gzip or none")
+        if request.content_length is not None and request.content_length > self._limit:
+            raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds the limit of {self._limit}")
+        body = await _read_limited(request, self._limit)
+        return gunzip_limited(body, self._limit) if encoding == "gzip" else body
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _status_response(
+    http_status: int, code: int, message: str, media: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    if media == JSON:
+        body = json.dumps({"code": code, "message": message}).encode()
+        return web.Response(status=http_status, body=body, content_type=JSON, headers=headers)
+    body = status_pb2.Status(code=code, message=message).SerializeToString()
+    return web.Response(status=http_status, body=body, content_type=PROTOBUF, headers=headers)
+
+
+__all__ = ["HttpReceiver", "InvalidRequest"]

@@ -1,0 +1,246 @@
+"""Real OTLP peers for tests: a downstream sink (gRPC and HTTP) and a tracejudge process.
+
+The sink records the exact request bytes it receives, so tests can assert byte-for-byte forwarding,
+and can be told to fail (outage) or be stopped and restarted on the same port.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+SERVICES = {
+    "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "logs": "opentelemetry.proto.collector.logs.v1.LogsService",
+}
+REQUEST_TYPES: dict[str, Any] = {
+    "traces": ExportTraceServiceRequest,
+    "metrics": ExportMetricsServiceRequest,
+    "logs": ExportLogsServiceRequest,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Received:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    payloads: dict[str, list[bytes]] = field(default_factory=lambda: {k: [] for k in SERVICES})
+
+    def add(self, signal_name: str, payload: bytes) -> None:
+        with self.lock:
+            self.payloads[signal_name].append(payload)
+
+    def requests(self, signal_name: str = "traces") -> list[Any]:
+        with self.lock:
+            return [REQUEST_TYPES[signal_name].FromString(p) for p in self.payloads[signal_name]]
+
+    def spans(self) -> list[Any]:
+        return [
+            s for r in self.requests("traces") for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans
+        ]
+
+    def span_ids(self) -> set[bytes]:
+        return {s.span_id for s in self.spans()}
+
+
+class GrpcSink:
+    """A downstream OTLP/gRPC server; `failing` makes it answer UNAVAILABLE."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.received = Received()
+        self.failing = False
+        self._server: grpc.Server | None = None
+
+    def start(self) -> GrpcSink:
+        server = grpc.server(ThreadPoolExecutor(8), options=[("grpc.max_receive_message_length", 64 << 20)])
+        for name, service in SERVICES.items():
+            handler = grpc.unary_unary_rpc_method_handler(self._export(name))
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
+        server.add_insecure_port(f"127.0.0.1:{self.port}")
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(0).wait()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def _export(self, name: str) -> Any:
+        def export(payload: bytes, context: grpc.ServicerContext) -> bytes:
+            if self.failing:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "sink is down")
+            self.received.add(name, payload)
+            return b""
+
+        return export
+
+
+class HttpSink:
+    """A downstream OTLP/HTTP server recording decoded (gunzipped) request bodies."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received = Received()
+        self.encodings: list[str] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                encoding = self.headers.get("Content-Encoding", "")
+                sink.encodings.append(encoding)
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                sink.received.add(self.path.rsplit("/", 1)[-1], body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class Sidecar:
+    """`tracejudge serve` as a user runs it: a child process with its own ports and data dir."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        forward: list[str],
+        config: dict[str, Any] | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+        self.config_path = data_dir / "tracejudge.yaml"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(config or {}))
+        self.args = [
+            sys.executable,
+            "-m",
+            "tracejudge.cli",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--grpc",
+            f"127.0.0.1:{self.grpc_port}",
+            "--http",
+            f"127.0.0.1:{self.http_port}",
+            "--metrics",
+            f"127.0.0.1:{self.admin_port}",
+            "--data-dir",
+            str(data_dir),
+            *[arg for url in forward for arg in ("--forward", url)],
+            *(extra_args or []),
+        ]
+        self.log_path = data_dir / "tracejudge.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> Sidecar:
+        log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.args, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tracejudge exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"tracejudge not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            head, _, value = line.rpartition(" ")
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
+
+def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)

@@ -1,0 +1,50 @@
+"""An aiohttp application served from a daemon thread with its own event loop.
+
+The OTLP HTTP receiver and the admin endpoint (/metrics, /healthz) both need one, while the rest
+of tracejudge is threads; this keeps asyncio contained in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+
+class AiohttpServerThread:
+    def __init__(self, app: web.Application, host: str, port: int, name: str, **runner_options: Any) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._runner_options = runner_options
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> int:
+        """Bind and serve; returns the bound port (useful with port 0). Raises OSError if it cannot bind."""
+        self._thread.start()
+        return self._call(self._start())
+
+    async def _start(self) -> int:
+        self._runner = web.AppRunner(self._app, access_log=None, **self._runner_options)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, backlog=1024)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        return int(server.sockets[0].getsockname()[1])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if not self._thread.is_alive():
+            return
+        if self._runner is not None:
+            self._call(self._runner.cleanup(), timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    def _call(self, coroutine: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)

@@ -1,0 +1,128 @@
+"""The `tracejudge` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tracejudge import __version__
+from tracejudge.config import ConfigError, load_config
+
+
+@click.group()
+@click.version_option(__version__, prog_name="tracejudge")
+def main() -> None:
+    """tracejudge: an OpenTelemetry sidecar that forwards, archives and scores LLM and agent traces."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="TRACEJUDGE_CONFIG",
+    help="YAML config file (every key is optional). Env: TRACEJUDGE_CONFIG",
+)
+@click.option(
+    "--grpc",
+    "grpc_endpoint",
+    metavar="HOST:PORT",
+    envvar="TRACEJUDGE_GRPC",
+    help="OTLP/gRPC listen address [127.0.0.1:4317]; 'off' disables. Env: TRACEJUDGE_GRPC",
+)
+@click.option(
+    "--http",
+    "http_endpoint",
+    metavar="HOST:PORT",
+    envvar="TRACEJUDGE_HTTP",
+    help="OTLP/HTTP listen address [127.0.0.1:4318]; 'off' disables. Env: TRACEJUDGE_HTTP",
+)
+@click.option(
+    "--forward",
+    "forward",
+    metavar="URL",
+    multiple=True,
+    envvar="TRACEJUDGE_FORWARD",
+    help="Downstream OTLP endpoint, grpc://host:port or http://host:port; repeatable; replaces the "
+    "config's list. Env: TRACEJUDGE_FORWARD (space-separated)",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="TRACEJUDGE_DATA_DIR",
+    help="Where the archive and the forward queues live [./data]. Env: TRACEJUDGE_DATA_DIR",
+)
+@click.option(
+    "--metrics",
+    "metrics_endpoint",
+    metavar="HOST:PORT",
+    envvar="TRACEJUDGE_METRICS",
+    help="/metrics, /healthz and /readyz listen address [127.0.0.1:9464]; 'off' disables. Env: TRACEJUDGE_METRICS",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    envvar="TRACEJUDGE_LOG_LEVEL",
+    help="Log level [INFO]. Env: TRACEJUDGE_LOG_LEVEL",
+)
+def serve(
+    config_path: Path | None,
+    grpc_endpoint: str | None,
+    http_endpoint: str | None,
+    forward: tuple[str, ...],
+    data_dir: Path | None,
+    metrics_endpoint: str | None,
+    log_level: str | None,
+) -> None:
+    """Receive OTLP, forward it, archive it and assemble traces until SIGTERM or Ctrl-C."""
+    overrides: dict[str, Any] = {}
+    for key, value in (
+        ("receiver.grpc_endpoint", grpc_endpoint),
+        ("receiver.http_endpoint", http_endpoint),
+        ("telemetry.prometheus_endpoint", metrics_endpoint),
+    ):
+        if value is not None:
+            overrides[key] = None if value.lower() == "off" else value
+    if forward:
+        overrides["forward"] = [{"url": url} for url in forward]
+    if data_dir is not None:
+        overrides["data_dir"] = str(data_dir)
+    if log_level is not None:
+        overrides["telemetry.log_level"] = log_level.upper()
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    logging.basicConfig(
+        level=config.telemetry.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    from tracejudge.pipeline import Pipeline
+
+    pipeline = Pipeline(config)
+    try:
+        pipeline.start()
+    except OSError as exc:
+        pipeline.stop(0)
+        raise click.ClickException(f"cannot start: {exc}") from exc
+    pipeline.run_until_signalled()
+
+
+@main.command("check-config")
+@click.argument("config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def check_config(config_path: Path) -> None:
+    """Validate a config file and print it with every default filled in."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    import yaml
+
+    click.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

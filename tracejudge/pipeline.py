@@ -1,0 +1,133 @@
+"""The one place where tracejudge's parts are wired together.
+
+receiver → IngestRouter → { forwarder, archive, assembler → trace consumers }.
+Start order brings consumers up before producers; stop order is the reverse, so every span
+accepted before a stop is forwarded (or kept on disk), archived and assembled.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tracejudge.config import Config
+from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
+from tracejudge.exporter.forwarder import Forwarder
+from tracejudge.exporter.trace_summary import TraceSummaryRecorder
+from tracejudge.model import Signal, Trace
+from tracejudge.receiver.assembler import TraceAssembler, TraceConsumer
+from tracejudge.receiver.export import Overloaded
+from tracejudge.receiver.grpc_server import GrpcReceiver
+from tracejudge.receiver.http_server import HttpReceiver
+from tracejudge.telemetry import SelfTelemetry
+
+log = logging.getLogger(__name__)
+
+
+class FanOut:
+    """Hands each batch of decided traces to several consumers."""
+
+    def __init__(self, consumers: Sequence[TraceConsumer]) -> None:
+        self._consumers = list(consumers)
+
+    def consume(self, traces: Sequence[Trace]) -> None:
+        for consumer in self._consumers:
+            consumer.consume(traces)
+
+
+class IngestRouter:
+    """The receivers' ExportConsumer: archive (may push back), forward, assemble."""
+
+    def __init__(self, forwarder: Forwarder, archive: ParquetArchive | None, assembler: TraceAssembler) -> None:
+        self._forwarder = forwarder
+        self._archive = archive
+        self._assembler = assembler
+
+    def consume(self, signal: Signal, request: Message, payload: bytes, items: int) -> None:
+        if self._archive is not None:
+            try:
+                if signal is Signal.TRACES:
+                    self._archive.write_spans(payload, items)
+                elif signal is Signal.LOGS:
+                    self._archive.write_logs(payload, items)
+            except ArchiveFull as exc:
+                raise Overloaded(f"tracejudge is overloaded: {exc}", retry_after=1.0) from exc
+        self._forwarder.submit(signal, payload, items)
+        if isinstance(request, ExportTraceServiceRequest):
+            self._assembler.add_spans(request)
+        elif isinstance(request, ExportLogsServiceRequest):
+            self._assembler.add_logs(request)
+
+
+@dataclass(frozen=True)
+class BoundPorts:
+    grpc: int | None
+    http: int | None
+    admin: int | None
+
+
+class Pipeline:
+    def __init__(self, config: Config, trace_consumers: Sequence[TraceConsumer] = ()) -> None:
+        self.config = config
+        self.telemetry = SelfTelemetry(config.telemetry)
+        meter = self.telemetry.meter
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.archive = ParquetArchive(config.archive, config.archive_dir, meter) if config.archive.enabled else None
+        self.forwarder = Forwarder(config.forward, config.queue_dir, meter)
+        consumers = [*([TraceSummaryRecorder(self.archive)] if self.archive else []), *trace_consumers]
+        self.assembler = TraceAssembler(config.assembler, FanOut(consumers), meter)
+        router = IngestRouter(self.forwarder, self.archive, self.assembler)
+        receiver = config.receiver
+        self.grpc = GrpcReceiver(receiver, router, meter) if receiver.grpc_endpoint else None
+        self.http = HttpReceiver(receiver, router, meter) if receiver.http_endpoint else None
+        self._stopped = threading.Event()
+
+    def start(self) -> BoundPorts:
+        if self.archive is not None:
+            self.archive.start()
+        self.forwarder.start()
+        self.assembler.start()
+        admin = self.telemetry.start()
+        ports = BoundPorts(
+            grpc=self.grpc.start() if self.grpc else None,
+            http=self.http.start() if self.http else None,
+            admin=admin,
+        )
+        self.telemetry.ready = True
+        return ports
+
+    def stop(self, drain_timeout: float = 10.0) -> None:
+        """Stop accepting, decide every buffered trace, drain the forwarder, close archive files."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.telemetry.ready = False
+        if self.grpc:
+            self.grpc.stop(grace=2.0)
+        if self.http:
+            self.http.stop()
+        self.assembler.stop()
+        self.forwarder.stop(drain_timeout)
+        if self.archive is not None:
+            self.archive.stop()
+        self.telemetry.shutdown()
+        log.info("tracejudge stopped")
+
+    def run_until_signalled(self, drain_timeout: float = 10.0) -> None:
+        received = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s; draining", signal.Signals(signum).name)
+            received.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        received.wait()
+        self.stop(drain_timeout)
