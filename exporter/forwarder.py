@@ -225,7 +225,7 @@ class EndpointSender:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         retry = self.config.retry
         delay = min(retry.max_interval, retry.initial_interval * 2**attempt) * random.uniform(0.5, 1.0)
-        return max(delay, retry_after or 0.0)
+        return float(max(delay, retry_after or 0.0))
 
     def _drop(self, item: QueueItem, reason: str, detail: str) -> None:
         self._dropped.add(item.items, {"endpoint": self.name, "reason": reason, "signal": item.signal.value})

@@ -57,6 +57,10 @@ class PayloadTooLarge(RequestError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class UnsupportedMediaType(RequestError):
+    http_status = 415
+
+
 class Overloaded(RequestError):
     """Backpressure: the client should retry after `retry_after` seconds."""
 
@@ -108,10 +112,10 @@ def decode_json(signal: Signal, body: bytes) -> Message:
 def count_items(signal: Signal, request: Message) -> int:
     """Spans, log records or metrics in a request (the unit OTLP partial success counts)."""
     if signal is Signal.TRACES:
-        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)  # type: ignore[attr-defined]
+        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
     if signal is Signal.LOGS:
-        return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)  # type: ignore[attr-defined]
-    return sum(len(sm.metrics) for rm in request.resource_metrics for sm in rm.scope_metrics)  # type: ignore[attr-defined]
+        return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+    return sum(len(sm.metrics) for rm in request.resource_metrics for sm in rm.scope_metrics)
 
 
 class ReceiverMetrics:

@@ -54,7 +54,7 @@ class GrpcReceiver:
         for signal, service in SERVICES.items():
             handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))
             self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
-        self._empty_responses = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
+        self._empty_responses: dict[Signal, bytes] = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
 
     def start(self) -> int:
         host, port = parse_host_port(self._endpoint)
@@ -63,7 +63,7 @@ class GrpcReceiver:
             raise OSError(f"cannot bind the OTLP/gRPC receiver to {self._endpoint}")
         self._server.start()
         log.info("OTLP/gRPC receiver listening on %s:%d", host, bound)
-        return bound
+        return int(bound)
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let running ones finish within `grace` seconds."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from google.rpc import status_pb2
@@ -20,10 +21,10 @@ from tracejudge.model import Signal
 from tracejudge.receiver.export import (
     RESPONSE_TYPES,
     ExportConsumer,
-    InvalidRequest,
     PayloadTooLarge,
     ReceiverMetrics,
     RequestError,
+    UnsupportedMediaType,
     count_items,
     decode_json,
     decode_protobuf,
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-
-
-class UnsupportedMediaType(RequestError):
-    http_status = 415
 
 
 class HttpReceiver:
@@ -53,7 +50,7 @@ class HttpReceiver:
             app.router.add_route("*", f"/v1/{signal.value}", self._route(signal))
         host, port = parse_host_port(self._endpoint)
         self._server = AiohttpServerThread(app, host, port, "otlp-http", auto_decompress=False)
-        self._empty_protobuf = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
+        self._empty_protobuf: dict[Signal, bytes] = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
 
     def start(self) -> int:
         port = self._server.start()
@@ -63,7 +60,7 @@ class HttpReceiver:
     def stop(self, timeout: float = 5.0) -> None:
         self._server.stop(timeout)
 
-    def _route(self, signal: Signal) -> web.Handler:
+    def _route(self, signal: Signal) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             return await self._handle(signal, request)
 
@@ -122,6 +119,3 @@ def _status_response(
         return web.Response(status=http_status, body=body, content_type=JSON, headers=headers)
     body = status_pb2.Status(code=code, message=message).SerializeToString()
     return web.Response(status=http_status, body=body, content_type=PROTOBUF, headers=headers)
-
-
-__all__ = ["HttpReceiver", "InvalidRequest"]

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+TRACE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 SERVICES = {
     "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
     "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
@@ -112,6 +114,7 @@ class HttpSink:
         self.port = free_port()
         self.received = Received()
         self.encodings: list[str] = []
+        self.status = 200
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -121,8 +124,9 @@ class HttpSink:
                 sink.encodings.append(encoding)
                 if encoding == "gzip":
                     body = gzip.decompress(body)
-                sink.received.add(self.path.rsplit("/", 1)[-1], body)
-                self.send_response(200)
+                if sink.status == 200:
+                    sink.received.add(self.path.rsplit("/", 1)[-1], body)
+                self.send_response(sink.status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -244,3 +248,19 @@ def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) ->
         if result or time.monotonic() > deadline:
             return result
         time.sleep(interval)
+
+
+def post(
+    url: str,
+    body: bytes,
+    content_type: str = "application/x-protobuf",
+    encoding: str | None = None,
+    method: str = "POST",
+) -> tuple[int, bytes]:
+    headers = {"Content-Type": content_type, **({"Content-Encoding": encoding} if encoding else {})}
+    request = urllib.request.Request(url, data=body if method == "POST" else None, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
@@ -20,9 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tracejudge.synthetic import genai_request
 
 from archive_reader import query
-from otlp_peers import GrpcSink, HttpSink, wait_until
-
-TRACE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+from otlp_peers import TRACE_METHOD, GrpcSink, HttpSink, post, wait_until
 
 
 def emit_with_sdk(exporter: object, service: str, traces: int) -> InMemorySpanExporter:
@@ -170,23 +165,3 @@ def test_empty_request_is_success_and_forwards_nothing(sidecar_factory, grpc_sin
     post(f"{sidecar.http_url}/v1/traces", genai_request(1).SerializeToString())
     assert wait_until(lambda: len(grpc_sink.received.payloads["traces"]) == 1)
     assert len(grpc_sink.received.payloads["traces"]) == 1
-
-
-def post(
-    url: str,
-    body: bytes,
-    content_type: str = "application/x-protobuf",
-    encoding: str | None = None,
-    method: str = "POST",
-) -> tuple[int, bytes]:
-    headers = {"Content-Type": content_type, **({"Content-Encoding": encoding} if encoding else {})}
-    request = urllib.request.Request(url, data=body if method == "POST" else None, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def archive_dir(data_dir: Path) -> Path:
-    return data_dir / "archive"

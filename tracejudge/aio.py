@@ -27,7 +27,7 @@ class AiohttpServerThread:
     def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0). Raises OSError if it cannot bind."""
         self._thread.start()
-        return self._call(self._start())
+        return int(self._call(self._start()))
 
     async def _start(self) -> int:
         self._runner = web.AppRunner(self._app, access_log=None, **self._runner_options)

@@ -13,7 +13,7 @@ from aiohttp import web
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -73,7 +73,7 @@ class SelfTelemetry:
         return web.Response(status=503, text="not ready\n")
 
 
-def _otlp_metric_exporter(url: str) -> object:
+def _otlp_metric_exporter(url: str) -> MetricExporter:
     if url.startswith("grpc://"):
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
 

@@ -1,0 +1,175 @@
+"""Downstream outages, restarts and SIGTERM with traffic in flight: nothing accepted is lost."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+
+import grpc
+
+from tracejudge.synthetic import genai_request
+
+from archive_reader import query
+from otlp_peers import TRACE_METHOD, GrpcSink, post, wait_until
+
+
+def small_queue_config(url: str) -> dict:
+    return {
+        "forward": [
+            {
+                "url": url,
+                "max_memory_queue": "64KiB",
+                "workers": 2,
+                "retry": {"initial_interval": "50ms", "max_interval": "200ms"},
+            }
+        ]
+    }
+
+
+def test_downstream_outage_and_recovery_lose_nothing(sidecar_factory):
+    sink = GrpcSink().start()
+    sidecar = sidecar_factory([], small_queue_config(sink.url))
+    sink.failing = True
+    sent = [genai_request(20).SerializeToString() for _ in range(30)]
+    for payload in sent:
+        assert post(f"{sidecar.http_url}/v1/traces", payload)[0] == 200
+    assert wait_until(lambda: sidecar.metric("tracejudge_forwarder_queue_disk_bytes") > 0)
+    assert sidecar.metric("tracejudge_forwarder_retries_total") > 0
+    sink.stop()
+    sink.failing = False
+    sink.start()
+    assert wait_until(lambda: len(sink.received.payloads["traces"]) == len(sent), timeout=30)
+    assert sorted(sink.received.payloads["traces"]) == sorted(sent)
+    assert sidecar.metric("tracejudge_forwarder_dropped_items_total") == 0
+    sink.stop()
+
+
+def test_queue_survives_restart_and_is_resent(sidecar_factory):
+    sink = GrpcSink()
+    config = small_queue_config(sink.url)
+    first = sidecar_factory([], config, name="restart")
+    sent = [genai_request(10).SerializeToString() for _ in range(20)]
+    for payload in sent:
+        assert post(f"{first.http_url}/v1/traces", payload)[0] == 200
+    assert first.stop() == 0
+    assert "kept on disk for the next start" in first.log()
+
+    sink.start()
+    second = sidecar_factory([], config, name="restart")
+    assert wait_until(lambda: len(sink.received.payloads["traces"]) == len(sent), timeout=30)
+    assert sorted(sink.received.payloads["traces"]) == sorted(sent)
+    second.stop()
+    sink.stop()
+
+
+def test_disk_cap_drops_are_counted_and_logged(sidecar_factory):
+    sink = GrpcSink()
+    config = small_queue_config(sink.url)
+    config["forward"][0]["max_disk_queue"] = "200KiB"
+    sidecar = sidecar_factory([], config)
+    for _ in range(20):
+        post(f"{sidecar.http_url}/v1/traces", genai_request(20).SerializeToString())
+    assert wait_until(lambda: sidecar.metric("tracejudge_forwarder_dropped_items_total", reason="queue_full") > 0)
+    assert "dropped" in sidecar.log() and "queue_full" in sidecar.log()
+
+
+def test_non_retryable_rejection_is_dropped_not_retried(sidecar_factory, http_sink):
+    sidecar = sidecar_factory([f"{http_sink.url}/wrong-prefix"])
+    http_sink.status = 400
+    post(f"{sidecar.http_url}/v1/traces", genai_request(1).SerializeToString())
+    assert wait_until(lambda: sidecar.metric("tracejudge_forwarder_dropped_items_total", reason="rejected") == 5)
+    assert len(http_sink.encodings) == 1
+    assert sidecar.metric("tracejudge_forwarder_retries_total") == 0
+    assert "HTTP 400" in sidecar.log()
+
+
+def test_late_spans_are_forwarded_and_archived_but_do_not_start_a_second_trace(sidecar_factory, grpc_sink):
+    sidecar = sidecar_factory([grpc_sink.url], {"assembler": {"trace_idle": "200ms"}})
+    request = genai_request(1)
+    spans = request.resource_spans[0].scope_spans[0].spans
+    late = spans.pop()
+    post(f"{sidecar.http_url}/v1/traces", request.SerializeToString())
+    assert wait_until(lambda: sidecar.metric("tracejudge_assembler_completed_traces_total", reason="root_idle") == 1)
+    del spans[:]
+    spans.append(late)
+    post(f"{sidecar.http_url}/v1/traces", request.SerializeToString())
+    assert wait_until(lambda: sidecar.metric("tracejudge_assembler_late_spans_total") == 1)
+    assert wait_until(lambda: len(grpc_sink.received.spans()) == 5)
+    sidecar.stop()
+    archive = sidecar.data_dir / "archive"
+    assert query(archive, "spans", "SELECT count(*) FROM t") == [(5,)]
+    assert query(archive, "traces", "SELECT span_count, completion_reason FROM t") == [(4, "root_idle")]
+
+
+def test_memory_cap_forces_oldest_traces_out_flagged_incomplete(sidecar_factory, grpc_sink):
+    config = {"assembler": {"max_buffered_bytes": "64KiB", "trace_idle": "60s", "trace_timeout": "60s"}}
+    sidecar = sidecar_factory([grpc_sink.url], config)
+    for _ in range(10):
+        request = genai_request(10)
+        spans = request.resource_spans[0].scope_spans[0].spans
+        rootless = [span for span in spans if span.parent_span_id]
+        del spans[:]
+        spans.extend(rootless)
+        post(f"{sidecar.http_url}/v1/traces", request.SerializeToString())
+    assert wait_until(lambda: sidecar.metric("tracejudge_assembler_completed_traces_total", reason="memory_cap") > 0)
+    assert sidecar.metric("tracejudge_assembler_buffered_bytes") <= 64 * 1024
+    buffered = sidecar.metric("tracejudge_assembler_buffered_traces")
+    sidecar.stop()
+    rows = query(
+        sidecar.data_dir / "archive",
+        "traces",
+        "SELECT completion_reason, complete, count(*) FROM t GROUP BY ALL ORDER BY 1",
+    )
+    evicted = dict(((reason, complete), n) for reason, complete, n in rows)
+    assert evicted[("memory_cap", False)] == 100 - buffered
+    assert evicted[("shutdown", False)] == buffered
+
+
+def test_sigterm_with_traffic_in_flight_loses_nothing_accepted(sidecar_factory, grpc_sink):
+    sidecar = sidecar_factory([grpc_sink.url], {"assembler": {"trace_idle": "30s"}})
+    accepted: list[bytes] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        with grpc.insecure_channel(sidecar.grpc_target) as channel:
+            export = channel.unary_unary(TRACE_METHOD)
+            while not stop.is_set():
+                payload = genai_request(10).SerializeToString()
+                try:
+                    export(payload, timeout=5)
+                except grpc.RpcError:
+                    return
+                accepted.append(payload)
+
+    senders = [threading.Thread(target=send) for _ in range(3)]
+    for sender in senders:
+        sender.start()
+    assert wait_until(lambda: len(accepted) >= 30)
+    assert sidecar.stop() == 0
+    stop.set()
+    for sender in senders:
+        sender.join()
+
+    assert sorted(grpc_sink.received.payloads["traces"]) == sorted(accepted)
+    archive = sidecar.data_dir / "archive"
+    assert query(archive, "spans", "SELECT count(*) FROM t") == [(50 * len(accepted),)]
+    assert query(archive, "traces", "SELECT count(*), bool_and(complete) FROM t") == [(10 * len(accepted), True)]
+    assert "tracejudge stopped" in sidecar.log()
+
+
+def test_health_readiness_and_metrics_endpoints(sidecar_factory, grpc_sink):
+    sidecar = sidecar_factory([grpc_sink.url])
+    for path, expected in (("/healthz", b"ok\n"), ("/readyz", b"ready\n")):
+        with urllib.request.urlopen(f"{sidecar.admin_url}{path}", timeout=5) as response:
+            assert (response.status, response.read()) == (200, expected)
+    post(f"{sidecar.http_url}/v1/traces", genai_request(2).SerializeToString())
+    assert wait_until(lambda: sidecar.metric("tracejudge_forwarder_sent_items_total") == 10)
+    text = sidecar.metrics()
+    for name in (
+        "tracejudge_receiver_accepted_items_total",
+        "tracejudge_forwarder_queue_items",
+        "tracejudge_assembler_buffered_traces",
+        "tracejudge_assembler_buffered_bytes",
+        "tracejudge_archive_queue_bytes",
+    ):
+        assert name in text
