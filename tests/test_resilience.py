@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import urllib.request
+from pathlib import Path
 
 import grpc
 
@@ -173,3 +176,47 @@ def test_health_readiness_and_metrics_endpoints(sidecar_factory, grpc_sink):
         "tracejudge_archive_queue_bytes",
     ):
         assert name in text
+
+
+def archive_writer_pids(pid: int) -> list[int]:
+    """The sidecar's spawned children, less multiprocessing's resource tracker."""
+    tasks = Path(f"/proc/{pid}/task")
+    children = [int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()]
+    return [
+        child
+        for child in children
+        if b"spawn_main" in (cmdline := Path(f"/proc/{child}/cmdline").read_bytes())
+        and b"resource_tracker" not in cmdline
+    ]
+
+
+def test_archive_writer_crash_is_restarted_and_archiving_continues(sidecar_factory, grpc_sink):
+    sidecar = sidecar_factory([grpc_sink.url])
+    [writer] = archive_writer_pids(sidecar.process.pid)
+    os.kill(writer, signal.SIGKILL)
+    payloads = [genai_request(2).SerializeToString() for _ in range(3)]
+    for payload in payloads:
+        assert post(f"{sidecar.http_url}/v1/traces", payload)[0] == 200
+    assert wait_until(lambda: sidecar.metric("tracejudge_archive_worker_restarts_total") == 1)
+    assert wait_until(lambda: len(grpc_sink.received.payloads["traces"]) == 3)
+    sidecar.stop()
+    assert query(sidecar.data_dir / "archive", "spans", "SELECT count(*) FROM t") == [(30,)]
+    assert "archive writer process is gone" in sidecar.log()
+
+
+def test_self_metrics_are_pushed_over_otlp(sidecar_factory, grpc_sink):
+    config = {"telemetry": {"otlp_endpoint": grpc_sink.url, "otlp_interval": "300ms"}}
+    sidecar = sidecar_factory([], config)
+    post(f"{sidecar.http_url}/v1/traces", genai_request(1).SerializeToString())
+
+    def pushed_names() -> set[str]:
+        return {
+            metric.name
+            for request in grpc_sink.received.requests("metrics")
+            for rm in request.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+        }
+
+    assert wait_until(lambda: "tracejudge.receiver.accepted_items" in pushed_names())
+    assert "tracejudge.assembler.buffered_traces" in pushed_names()
