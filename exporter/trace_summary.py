@@ -5,6 +5,7 @@ It is the first TraceConsumer; the scoring engine becomes another one beside it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tracejudge.exporter.rows import any_value
-from tracejudge.model import Trace
+from tracejudge.model import BufferedSpan, Trace
 
 # Where each instrumentation puts the conversation and the user (ordered by preference).
 SESSION_KEYS = (
@@ -25,7 +26,8 @@ SESSION_KEYS = (
     "traceloop.association.properties.chat_id",
 )
 USER_KEYS = ("user.id", "langfuse.user.id", "traceloop.association.properties.user_id", "enduser.id")
-_KEY_BYTES = tuple(key.encode() for key in SESSION_KEYS + USER_KEYS)
+_KEYS = frozenset(SESSION_KEYS + USER_KEYS)
+_KEY_BYTES = tuple(key.encode() for key in _KEYS)
 
 
 class TraceRowSink(Protocol):
@@ -43,18 +45,18 @@ class TraceSummaryRecorder:
 
 
 def summarize(trace: Trace) -> dict[str, Any]:
-    spans = [Span.FromString(s.span_bytes) for s in trace.spans]
-    buffered_root = trace.root
-    root_index = trace.spans.index(buffered_root) if buffered_root else _earliest(spans)
-    root = spans[root_index]
-    resource = Resource.FromString(trace.spans[root_index].resource_bytes)
+    """One `traces` row, from the buffered hot fields; only the root span (and spans that carry a
+    session or user attribute the root lacks) is parsed, since this runs for every trace."""
+    spans = trace.spans
+    root = trace.root or min(spans, key=lambda s: s.start_time_unix_nano)
+    root_span = Span.FromString(root.span_bytes)
     start = min(s.start_time_unix_nano for s in spans)
     end = max(s.end_time_unix_nano for s in spans)
-    found = _find_identity(trace, spans)
+    identity = _find_identity(root, root_span, spans)
     return {
         "trace_id": trace.trace_id.hex(),
-        "service_name": next((str(any_value(a.value)) for a in resource.attributes if a.key == "service.name"), ""),
-        "root_name": root.name,
+        "service_name": service_name_of(root.resource_bytes),
+        "root_name": root_span.name,
         "start_time": start,
         "end_time": end,
         "duration_ms": (end - start) / 1e6,
@@ -62,34 +64,47 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "span_count": len(spans),
         "complete": trace.complete,
         "completion_reason": trace.reason.value,
-        "session_id": found.get("session"),
-        "user_id": found.get("user"),
+        "session_id": identity.get("session"),
+        "user_id": identity.get("user"),
         "decided_at": time.time_ns(),
     }
 
 
-def _earliest(spans: list[Span]) -> int:
-    return min(range(len(spans)), key=lambda i: spans[i].start_time_unix_nano)
+@functools.lru_cache(maxsize=1024)
+def service_name_of(resource_bytes: bytes) -> str:
+    for attribute in Resource.FromString(resource_bytes).attributes:
+        if attribute.key == "service.name":
+            return str(any_value(attribute.value))
+    return ""
 
 
-def _trace_status(root: Span, spans: list[Span]) -> str:
-    if any(s.status.code == Status.STATUS_CODE_ERROR for s in spans):
+def _trace_status(root: BufferedSpan, spans: list[BufferedSpan]) -> str:
+    if any(s.status_code == Status.STATUS_CODE_ERROR for s in spans):
         return "ERROR"
-    return "OK" if root.status.code == Status.STATUS_CODE_OK else "UNSET"
+    return "OK" if root.status_code == Status.STATUS_CODE_OK else "UNSET"
 
 
-def _find_identity(trace: Trace, spans: list[Span]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for buffered, span in zip(trace.spans, spans, strict=True):
-        if not any(key in buffered.span_bytes for key in _KEY_BYTES):
+def _find_identity(root: BufferedSpan, root_span: Span, spans: list[BufferedSpan]) -> dict[str, str]:
+    found = _identity(root_span)
+    if len(found) == 2:
+        return found
+    for buffered in spans:
+        if buffered is root or not any(key in buffered.span_bytes for key in _KEY_BYTES):
             continue
-        attributes = {a.key: a.value for a in span.attributes}
-        for role, keys in (("session", SESSION_KEYS), ("user", USER_KEYS)):
-            value = next((_plain(any_value(attributes[k])) for k in keys if k in attributes), None)
-            if value and role not in found:
-                found[role] = value
+        for role, value in _identity(Span.FromString(buffered.span_bytes)).items():
+            found.setdefault(role, value)
         if len(found) == 2:
             break
+    return found
+
+
+def _identity(span: Span) -> dict[str, str]:
+    attributes = {a.key: a.value for a in span.attributes if a.key in _KEYS}
+    found = {}
+    for role, keys in (("session", SESSION_KEYS), ("user", USER_KEYS)):
+        value = next((_plain(any_value(attributes[k])) for k in keys if k in attributes), None)
+        if value:
+            found[role] = value
     return found
 
 

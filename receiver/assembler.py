@@ -110,15 +110,17 @@ class TraceAssembler:
                         if trace_id in self._decided:
                             late += 1
                             continue
+                        parent = span.parent_span_id
                         buffered = BufferedSpan(
-                            span_id=span.span_id,
-                            parent_span_id=span.parent_span_id,
-                            start_time_unix_nano=span.start_time_unix_nano,
-                            end_time_unix_nano=span.end_time_unix_nano,
-                            is_local_root=_is_local_root(span.parent_span_id, span.flags),
-                            span_bytes=span.SerializeToString(),
-                            resource_bytes=resource,
-                            scope_bytes=scope,
+                            span.span_id,
+                            parent,
+                            span.start_time_unix_nano,
+                            span.end_time_unix_nano,
+                            span.status.code,
+                            _is_local_root(parent, span.flags),
+                            span.SerializeToString(),
+                            resource,
+                            scope,
                         )
                         pending = self._touch(trace_id, now, len(buffered.span_bytes))
                         pending.spans.append(buffered)

@@ -185,7 +185,11 @@ class Sidecar:
     def start(self, timeout: float = 20.0) -> Sidecar:
         log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.args, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.args,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -205,9 +209,15 @@ class Sidecar:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
+    def interrupt_group(self, signum: int = signal.SIGINT, timeout: float = 30.0) -> int:
+        """Signal the whole process group, as Ctrl-C in a terminal or a supervisor does."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signum)
+        return self.process.wait(timeout)
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     @property

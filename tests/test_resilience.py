@@ -179,21 +179,24 @@ def test_health_readiness_and_metrics_endpoints(sidecar_factory, grpc_sink):
 
 
 def archive_writer_pids(pid: int) -> list[int]:
-    """The sidecar's spawned children, less multiprocessing's resource tracker."""
     tasks = Path(f"/proc/{pid}/task")
     children = [int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()]
-    return [
-        child
-        for child in children
-        if b"spawn_main" in (cmdline := Path(f"/proc/{child}/cmdline").read_bytes())
-        and b"resource_tracker" not in cmdline
-    ]
+    return [child for child in children if b"archive_worker" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def open_fds(pid: int) -> int:
+    """Open files of a process; 0 once it is dead and all its threads are gone (a crash is complete)."""
+    try:
+        return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    except OSError:
+        return 0
 
 
 def test_archive_writer_crash_is_restarted_and_archiving_continues(sidecar_factory, grpc_sink):
     sidecar = sidecar_factory([grpc_sink.url])
     [writer] = archive_writer_pids(sidecar.process.pid)
     os.kill(writer, signal.SIGKILL)
+    assert wait_until(lambda: open_fds(writer) == 0)
     payloads = [genai_request(2).SerializeToString() for _ in range(3)]
     for payload in payloads:
         assert post(f"{sidecar.http_url}/v1/traces", payload)[0] == 200
@@ -220,3 +223,15 @@ def test_self_metrics_are_pushed_over_otlp(sidecar_factory, grpc_sink):
 
     assert wait_until(lambda: "tracejudge.receiver.accepted_items" in pushed_names())
     assert "tracejudge.assembler.buffered_traces" in pushed_names()
+
+
+def test_ctrl_c_to_the_process_group_still_archives_everything(sidecar_factory, grpc_sink):
+    sidecar = sidecar_factory([grpc_sink.url])
+    payloads = [genai_request(10).SerializeToString() for _ in range(5)]
+    for payload in payloads:
+        assert post(f"{sidecar.http_url}/v1/traces", payload)[0] == 200
+    assert sidecar.interrupt_group(signal.SIGINT) == 0
+    assert "BrokenPipe" not in sidecar.log() and "Traceback" not in sidecar.log()
+    assert sorted(grpc_sink.received.payloads["traces"]) == sorted(payloads)
+    assert query(sidecar.data_dir / "archive", "spans", "SELECT count(*) FROM t") == [(250,)]
+    assert query(sidecar.data_dir / "archive", "traces", "SELECT count(*) FROM t") == [(50,)]

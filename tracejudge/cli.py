@@ -102,13 +102,10 @@ def serve(
     )
     from tracejudge.pipeline import Pipeline
 
-    pipeline = Pipeline(config)
     try:
-        pipeline.start()
+        Pipeline(config).serve_until_signalled()
     except OSError as exc:
-        pipeline.stop(0)
         raise click.ClickException(f"cannot start: {exc}") from exc
-    pipeline.run_until_signalled()
 
 
 @main.command("check-config")

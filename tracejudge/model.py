@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class Signal(str, enum.Enum):
@@ -27,25 +28,25 @@ class CompletionReason(str, enum.Enum):
     SHUTDOWN = "shutdown"
 
 
-@dataclass(frozen=True, slots=True)
-class BufferedSpan:
+class BufferedSpan(NamedTuple):
     """A span kept compact while its trace is assembled: hot fields plus the serialized span.
 
-    Parsed protobuf spans cost several KB each; the wire bytes cost about their size.
+    Parsed protobuf spans cost several KB each; the wire bytes cost about their size. A NamedTuple
+    because one is built per received span, and a tuple is the cheapest object to build.
     """
 
     span_id: bytes
     parent_span_id: bytes
     start_time_unix_nano: int
     end_time_unix_nano: int
+    status_code: int
     is_local_root: bool
     span_bytes: bytes
     resource_bytes: bytes
     scope_bytes: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class BufferedLog:
+class BufferedLog(NamedTuple):
     """A GenAI log event kept with its trace (the legacy message events carry prompts)."""
 
     span_id: bytes

@@ -120,7 +120,9 @@ class Pipeline:
         self.telemetry.shutdown()
         log.info("tracejudge stopped")
 
-    def run_until_signalled(self, drain_timeout: float = 10.0) -> None:
+    def serve_until_signalled(self, drain_timeout: float = 10.0) -> None:
+        """Start, serve until SIGTERM or SIGINT, stop. Handlers go in first, so a signal that
+        arrives while starting still leads to an orderly stop."""
         received = threading.Event()
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -129,5 +131,11 @@ class Pipeline:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        received.wait()
-        self.stop(drain_timeout)
+        try:
+            self.start()
+            # A timed wait: the kernel may hand the signal to another thread, and CPython runs the
+            # handler only when the main thread next runs Python code.
+            while not received.wait(0.25):
+                pass
+        finally:
+            self.stop(drain_timeout)
