@@ -488,14 +488,18 @@ def client_main(
     templates: list[Template],
     concurrency: int,
     backoff: float,
+    rate: float = 0.0,
 ) -> None:
-    """Load generator process: `concurrency` threads, one request in flight each."""
+    """Load generator process: `concurrency` threads, one request in flight each.
+
+    With `rate` (spans/s) > 0 the requests are paced on a fixed schedule (open loop), and latency is
+    measured from each request's scheduled time, so queueing behind a slow server is counted."""
     try:
         factory = grpc_sender_factory(target) if transport == "grpc" else http_sender_factory(target)
         results = [ThreadResult() for _ in range(concurrency)]
         warmed = threading.Barrier(concurrency + 1, timeout=60)
         go = threading.Event()
-        deadline = [0.0]
+        deadline = [0.0, 0.0]  # end of load, start of the pacing schedule
 
         def worker(n: int) -> None:
             send = factory()
@@ -504,18 +508,22 @@ def client_main(
             warmed.wait()
             go.wait(120)
             i = n
+            interval = templates[0].spans / rate if rate > 0 else 0.0
             while time.perf_counter() < deadline[0]:
                 template = templates[i % len(templates)]
+                due = deadline[1] + i * interval
                 i += concurrency
                 t0 = time.perf_counter()
                 data = template.fresh()
+                result.build_seconds += time.perf_counter() - t0
+                if interval and (wait := due - time.perf_counter()) > 0:
+                    time.sleep(wait)
                 t1 = time.perf_counter()
                 outcome, detail = send(data)
                 t2 = time.perf_counter()
-                result.build_seconds += t1 - t0
                 result.built += 1
                 if outcome == "ok":
-                    result.latencies.append(t2 - t1)
+                    result.latencies.append(t2 - (min(due, t1) if interval else t1))
                     result.accepted_spans += template.spans
                     result.last_done = t2
                 elif outcome == "refused":
@@ -538,6 +546,7 @@ def client_main(
         cpu0 = self_cpu()
         start = time.perf_counter()
         deadline[0] = start + seconds
+        deadline[1] = start
         go.set()
         for thread in threads:
             thread.join(seconds + 60)
@@ -621,7 +630,11 @@ class LoadResult:
 def run_load(
     transport: str, args: argparse.Namespace, templates: list[Template], sink: Sink, workdir: Path, ceiling: float
 ) -> LoadResult:
-    print(f"\n== {transport}: sidecar under load ({args.seconds:g}s, concurrency {args.concurrency}) ==", flush=True)
+    pacing = f", paced at {args.rate:,.0f} spans/s" if args.rate else ""
+    print(
+        f"\n== {transport}: sidecar under load ({args.seconds:g}s, concurrency {args.concurrency}{pacing}) ==",
+        flush=True,
+    )
     config = {"assembler": {"trace_idle": "1s"}}
     sidecar = Sidecar(workdir / transport, config, [f"grpc://127.0.0.1:{sink.port}"])
     context = multiprocessing.get_context("spawn")
@@ -633,7 +646,7 @@ def run_load(
         target = f"127.0.0.1:{sidecar.grpc_port if transport == 'grpc' else sidecar.http_port}"
         client = context.Process(
             target=client_main,
-            args=(child_conn, transport, target, templates, args.concurrency, args.refusal_backoff),
+            args=(child_conn, transport, target, templates, args.concurrency, args.refusal_backoff, args.rate),
             name=f"bench-client-{transport}",
             daemon=True,
         )
@@ -891,6 +904,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--traces-per-request", type=int, default=100, help="5-span traces per request [100]")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (client threads) [4]")
     parser.add_argument("--transports", default="grpc,http", help="comma-separated: grpc,http [grpc,http]")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="pace the load at this many spans/s (open loop) [0 = as fast as possible]",
+    )
     parser.add_argument("--pool", type=int, default=20, help="distinct pre-serialized requests [20]")
     parser.add_argument("--memory-spans", type=int, default=100_000, help="spans buffered in the memory phase")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory phase")

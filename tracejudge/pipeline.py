@@ -7,6 +7,7 @@ accepted before a stop is forwarded (or kept on disk), archived and assembled.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -64,6 +65,19 @@ class IngestRouter:
             self._assembler.add_spans(request)
         elif isinstance(request, ExportLogsServiceRequest):
             self._assembler.add_logs(request)
+
+
+def tune_garbage_collector() -> None:
+    """Freeze what start-up allocated and collect less often.
+
+    Measured with bench/ingest.py at 40k spans/s: full collections walked the import-time heap
+    (grpc, pyarrow, protobuf, OpenTelemetry) every second for 60-130 ms and freed nothing, which
+    was the request p99 (~150 ms). Frozen, with these thresholds: p99 ~40 ms and ~12% less CPU.
+    Buffered spans hold no reference cycles, so rarer collections cost little memory.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,7 @@ class Pipeline:
         signal.signal(signal.SIGINT, on_signal)
         try:
             self.start()
+            tune_garbage_collector()
             # A timed wait: the kernel may hand the signal to another thread, and CPython runs the
             # handler only when the main thread next runs Python code.
             while not received.wait(0.25):
