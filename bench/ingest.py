@@ -25,13 +25,11 @@ import http.client
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -39,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.receiver.assembler import SPAN_OVERHEAD_BYTES
 from tracejudge.synthetic import genai_request
+from tracejudge.testing import MetricSamples, SidecarProcess
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -205,136 +203,52 @@ def self_cpu() -> float:
 # --------------------------------------------------------------------------- sidecar and sink
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Metrics:
-    def __init__(self, text: str) -> None:
-        self.samples: list[tuple[str, str, float]] = []
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            head, _, value = line.rpartition(" ")
-            name, _, labels = head.partition("{")
-            self.samples.append((name, labels, float(value)))
-
-    def get(self, name: str, **labels: str) -> float:
-        return sum(
-            v for n, lab, v in self.samples if n == name and all(f'{k}="{val}"' in lab for k, val in labels.items())
-        )
-
-
-class Sidecar:
-    """`python -m tracejudge.cli serve` in its own session, so Ctrl-C reaches only this script."""
+class Sidecar(SidecarProcess):
+    """The shared harness, plus what a benchmark needs: its child processes, found and cleaned up."""
 
     def __init__(self, data_dir: Path, config: dict[str, Any], forward: list[str]) -> None:
-        self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
-        config_path = data_dir / "tracejudge.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        self.args = [
-            sys.executable,
-            "-m",
-            "tracejudge.cli",
-            "serve",
-            "--config",
-            str(config_path),
-            "--grpc",
-            f"127.0.0.1:{self.grpc_port}",
-            "--http",
-            f"127.0.0.1:{self.http_port}",
-            "--metrics",
-            f"127.0.0.1:{self.admin_port}",
-            "--data-dir",
-            str(data_dir),
-            "--log-level",
-            "WARNING",
-            *[arg for url in forward for arg in ("--forward", url)],
-        ]
-        self.log_path = data_dir / "tracejudge.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(data_dir, forward, config, log_level="WARNING")
         self.known_children: set[int] = set()
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
     def start(self, timeout: float = 30.0) -> Sidecar:
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                self.args,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        self.children()
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"tracejudge not ready after {timeout:.0f}s:\n{self.log_tail()}")
-
-    def check_alive(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"tracejudge exited with {self.process.returncode}:\n{self.log_tail()}")
+        super().start(timeout)
+        self.children()
+        return self
 
     def children(self) -> list[int]:
         pids = descendants(self.pid)
         self.known_children.update(pids)
         return pids
 
-    def metrics(self) -> Metrics:
-        url = f"http://127.0.0.1:{self.admin_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return Metrics(response.read().decode())
-
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (the sidecar drains and closes the archive), then SIGKILL whatever is left."""
-        if self.process is None:
-            return None
+        assert self.process is not None
         if self.process.poll() is None:
             self.children()
-            self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout)
+                super().stop(timeout)
             except subprocess.TimeoutExpired:
                 print(f"  ! tracejudge did not stop within {timeout:.0f}s; killing it", flush=True)
-                self.process.kill()
-                self.process.wait(10)
+                self.kill()
         for pid in self.known_children:
             deadline = time.monotonic() + 5
             while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _is_our_child(pid, self.pid):
+            if _is_our_child(pid):
                 os.kill(pid, signal.SIGKILL)
         return self.process.returncode
 
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+def _is_our_child(pid: int) -> bool:
+    """Still running and still a tracejudge process (the pid was not reused by someone else).
 
-def _is_our_child(pid: int, sidecar_pid: int) -> bool:
-    """Still running and still in the sidecar's session (pid not reused by someone else)."""
+    The archive writer runs in a session of its own, so the session id cannot tell."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return fields[0] != "Z" and int(fields[3]) == sidecar_pid  # field 6: session id
+    return state != "Z" and b"tracejudge" in cmdline
 
 
 def sink_main(conn: Connection) -> None:
@@ -714,7 +628,7 @@ def run_load(
     rate = spans / elapsed if elapsed else 0.0
     p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
 
-    def delta(name: str, m: Metrics = after, **labels_: str) -> float:
+    def delta(name: str, m: MetricSamples = after, **labels_: str) -> float:
         return m.get(name, **labels_) - before.get(name, **labels_)
 
     accepted_m = delta("tracejudge_receiver_accepted_items_total", transport=transport, signal="traces")
@@ -811,7 +725,7 @@ def run_load(
     return LoadResult(transport, rate, p50, p99, report["refused"], report["errors"], total_sidecar / window, ok)
 
 
-def _forward_caught_up(m: Metrics) -> bool:
+def _forward_caught_up(m: MetricSamples) -> bool:
     accepted = m.get("tracejudge_receiver_accepted_items_total", signal="traces")
     sent = m.get("tracejudge_forwarder_sent_items_total", signal="traces")
     dropped = m.get("tracejudge_forwarder_dropped_items_total")

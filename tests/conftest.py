@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from otlp_peers import GrpcSink, HttpSink, Sidecar
+from tracejudge.testing import SidecarProcess as Sidecar
+
+from otlp_peers import GrpcSink, HttpSink
 
 
 @pytest.fixture

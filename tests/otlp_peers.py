@@ -1,4 +1,6 @@
-"""Real OTLP peers for tests: a downstream sink (gRPC and HTTP) and a tracejudge process.
+"""Real OTLP peers for tests: downstream sinks (gRPC and HTTP) and a raw OTLP/HTTP client.
+
+The tracejudge process itself is tracejudge.testing.SidecarProcess (shared with bench/).
 
 The sink records the exact request bytes it receives, so tests can assert byte-for-byte forwarding,
 and can be told to fail (outage) or be stopped and restarted on the same port.
@@ -7,26 +9,20 @@ and can be told to fail (outage) or be stopped and restarted on the same port.
 from __future__ import annotations
 
 import gzip
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tracejudge.testing import free_port
 
 TRACE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 SERVICES = {
@@ -39,12 +35,6 @@ REQUEST_TYPES: dict[str, Any] = {
     "metrics": ExportMetricsServiceRequest,
     "logs": ExportLogsServiceRequest,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -144,120 +134,6 @@ class HttpSink:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
-class Sidecar:
-    """`tracejudge serve` as a user runs it: a child process with its own ports and data dir."""
-
-    def __init__(
-        self,
-        data_dir: Path,
-        forward: list[str],
-        config: dict[str, Any] | None = None,
-        extra_args: list[str] | None = None,
-    ) -> None:
-        self.data_dir = data_dir
-        self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
-        self.config_path = data_dir / "tracejudge.yaml"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(config or {}))
-        self.args = [
-            sys.executable,
-            "-m",
-            "tracejudge.cli",
-            "serve",
-            "--config",
-            str(self.config_path),
-            "--grpc",
-            f"127.0.0.1:{self.grpc_port}",
-            "--http",
-            f"127.0.0.1:{self.http_port}",
-            "--metrics",
-            f"127.0.0.1:{self.admin_port}",
-            "--data-dir",
-            str(data_dir),
-            *[arg for url in forward for arg in ("--forward", url)],
-            *(extra_args or []),
-        ]
-        self.log_path = data_dir / "tracejudge.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 20.0) -> Sidecar:
-        log_file = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.args,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tracejudge exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"tracejudge not ready after {timeout}s:\n{self.log()}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def interrupt_group(self, signum: int = signal.SIGINT, timeout: float = 30.0) -> int:
-        """Signal the whole process group, as Ctrl-C in a terminal or a supervisor does."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signum)
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=5) as response:
-            return str(response.read().decode())
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` whose labels include `labels`."""
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            head, _, value = line.rpartition(" ")
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                total += float(value)
-        return total
-
-
-def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def post(

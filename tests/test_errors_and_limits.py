@@ -14,8 +14,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tracejudge.synthetic import genai_request
+from tracejudge.testing import wait_until
 
-from otlp_peers import TRACE_METHOD, GrpcSink, post, wait_until
+from otlp_peers import TRACE_METHOD, GrpcSink, post
 
 
 @pytest.fixture

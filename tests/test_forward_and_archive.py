@@ -15,9 +15,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tracejudge.synthetic import genai_request
+from tracejudge.testing import wait_until
 
 from archive_reader import query
-from otlp_peers import TRACE_METHOD, GrpcSink, HttpSink, post, wait_until
+from otlp_peers import TRACE_METHOD, GrpcSink, HttpSink, post
 
 
 def emit_with_sdk(exporter: object, service: str, traces: int) -> InMemorySpanExporter:

@@ -11,9 +11,10 @@ from pathlib import Path
 import grpc
 
 from tracejudge.synthetic import genai_request
+from tracejudge.testing import wait_until
 
 from archive_reader import query
-from otlp_peers import TRACE_METHOD, GrpcSink, post, wait_until
+from otlp_peers import TRACE_METHOD, GrpcSink, post
 
 
 def small_queue_config(url: str) -> dict:
@@ -167,7 +168,7 @@ def test_health_readiness_and_metrics_endpoints(sidecar_factory, grpc_sink):
             assert (response.status, response.read()) == (200, expected)
     post(f"{sidecar.http_url}/v1/traces", genai_request(2).SerializeToString())
     assert wait_until(lambda: sidecar.metric("tracejudge_forwarder_sent_items_total") == 10)
-    text = sidecar.metrics()
+    names = sidecar.metrics().names
     for name in (
         "tracejudge_receiver_accepted_items_total",
         "tracejudge_forwarder_queue_items",
@@ -175,7 +176,7 @@ def test_health_readiness_and_metrics_endpoints(sidecar_factory, grpc_sink):
         "tracejudge_assembler_buffered_bytes",
         "tracejudge_archive_queue_bytes",
     ):
-        assert name in text
+        assert name in names
 
 
 def archive_writer_pids(pid: int) -> list[int]:
