@@ -108,13 +108,15 @@ def _retry_info_delay(error: grpc.RpcError) -> float | None:
 
 
 class HttpTransport:
-    def __init__(self, config: ForwardEndpointConfig, workers: int) -> None:
+    def __init__(self, config: ForwardEndpointConfig) -> None:
         self._base = config.url
         self._gzip = config.compression == "gzip"
         self._headers = {**config.headers, "Content-Type": "application/x-protobuf"}
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._pool = urllib3.PoolManager(maxsize=workers, retries=False, timeout=urllib3.Timeout(total=config.timeout))
+        self._pool = urllib3.PoolManager(
+            maxsize=config.workers, retries=False, timeout=urllib3.Timeout(total=config.timeout)
+        )
 
     def send(self, signal: Signal, payload: bytes) -> SendResult:
         body = gzip.compress(payload, compresslevel=1) if self._gzip else payload
@@ -152,9 +154,7 @@ class EndpointSender:
         self.name = config.url
         digest = hashlib.sha256(config.url.encode()).hexdigest()[:12]
         self.queue = SpillQueue(queue_dir / digest, config.max_memory_queue, config.max_disk_queue)
-        self._transport: Transport = (
-            GrpcTransport(config) if config.protocol == "grpc" else HttpTransport(config, config.workers)
-        )
+        self._transport: Transport = GrpcTransport(config) if config.protocol == "grpc" else HttpTransport(config)
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._workers = [

@@ -34,9 +34,7 @@ class AiohttpServerThread:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, backlog=1024)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        return int(server.sockets[0].getsockname()[1])
+        return int(self._runner.addresses[0][1])
 
     def stop(self, timeout: float = 5.0) -> None:
         if not self._thread.is_alive():
