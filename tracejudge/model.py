@@ -7,7 +7,7 @@ Nothing here knows about transports or storage.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -65,7 +65,6 @@ class Trace:
     last_seen: float
     reason: CompletionReason
     complete: bool
-    late_spans: int = field(default=0)
 
     @property
     def root(self) -> BufferedSpan | None:
