@@ -1,4 +1,4 @@
-"""ParquetArchive: every span, log record and trace summary, as Parquet files.
+"""ParquetArchive: every span, log record, trace summary and assessment, as Parquet files.
 
 Turning spans into rows is the most CPU-hungry step of ingest, and Python threads share one core,
 so rows are built and written by a child process (exporter/archive_worker.py) fed through a pipe:
@@ -25,7 +25,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from tracejudge.config import ArchiveConfig
-from tracejudge.exporter.archive_worker import ACK, CLOSE, FLUSH, FRAME, LOGS, SPANS, TRACES
+from tracejudge.exporter.archive_worker import ACK, ASSESSMENTS, CLOSE, FLUSH, FRAME, LOGS, SPANS, TRACES
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class ParquetArchive:
         self._ack_fd = -1
         self._feeder = threading.Thread(target=self._feed, name="archive-feeder", daemon=True)
         self._written = meter.create_counter(
-            "tracejudge.archive.enqueued_items", description="Spans, log records and trace rows sent to the archive"
+            "tracejudge.archive.enqueued_items",
+            description="Spans, log records, trace and assessment rows sent to the archive",
         )
         self._restarts = meter.create_counter(
             "tracejudge.archive.worker_restarts", description="Archive writer processes restarted after a crash"
@@ -84,6 +85,11 @@ class ParquetArchive:
     def write_traces(self, summaries: list[dict[str, Any]]) -> None:
         """Trace summaries are never refused: they are small and their spans were already accepted."""
         self._enqueue(TRACES + pickle.dumps(summaries, protocol=5), len(summaries), "traces", force=True)
+
+    def write_assessments(self, assessments: list[dict[str, Any]]) -> None:
+        """Assessment rows (rows.ASSESSMENTS_SCHEMA) are never refused either: few, and costly to make."""
+        payload = ASSESSMENTS + pickle.dumps(assessments, protocol=5)
+        self._enqueue(payload, len(assessments), "assessments", force=True)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Close the open files so that everything accepted so far is readable; True when done."""

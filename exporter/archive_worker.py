@@ -33,7 +33,7 @@ from tracejudge.exporter import rows
 
 log = logging.getLogger("tracejudge.archive")
 
-SPANS, LOGS, TRACES, FLUSH, CLOSE = b"S", b"L", b"T", b"F", b"C"
+SPANS, LOGS, TRACES, ASSESSMENTS, FLUSH, CLOSE = b"S", b"L", b"T", b"A", b"F", b"C"
 FRAME = struct.Struct(">I")
 ACK = b"k"
 
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         SPANS: TableWriter(args.directory / "spans", rows.SPANS_SCHEMA, args.roll_size, args.roll_interval),
         LOGS: TableWriter(args.directory / "logs", rows.LOGS_SCHEMA, args.roll_size, args.roll_interval),
         TRACES: TableWriter(args.directory / "traces", rows.TRACES_SCHEMA, args.roll_size, args.roll_interval),
+        ASSESSMENTS: TableWriter(
+            args.directory / "assessments", rows.ASSESSMENTS_SCHEMA, args.roll_size, args.roll_interval
+        ),
     }
     serve(args.input_fd, args.ack_fd, tables)
 
@@ -117,6 +120,8 @@ def _decode(kind: bytes, payload: bytes) -> pa.RecordBatch:
         return rows.spans_batch(ExportTraceServiceRequest.FromString(payload))
     if kind == LOGS:
         return rows.logs_batch(ExportLogsServiceRequest.FromString(payload))
+    if kind == ASSESSMENTS:
+        return rows.assessments_batch(pickle.loads(payload))
     return rows.traces_batch(pickle.loads(payload))
 
 

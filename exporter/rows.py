@@ -1,4 +1,5 @@
-"""OTLP protobuf → Arrow record batches for the archive's `spans` and `logs` tables.
+"""OTLP protobuf → Arrow record batches for the archive's `spans` and `logs` tables (and the
+`traces` and `assessments` tables, from rows built by their producers).
 
 Attributes, events and links become JSON text so DuckDB reads them with `->>'$."key"'` in one
 query, whatever convention wrote them. This is the archive's hottest loop, so it stays flat.
@@ -76,6 +77,34 @@ TRACES_SCHEMA = pa.schema(
         ("session_id", pa.string()),
         ("user_id", pa.string()),
         ("decided_at", TIMESTAMP),
+    ]
+)
+
+# One row per Assessment (tracejudge.model), written by exporter/assessment_emitter.py. trace_id and
+# span_id are lowercase hex like the `spans` table's, so DuckDB joins them on trace_id; `value` is the
+# plain text form (true/false, a number, the string) and `value_type` says which; metadata is JSON.
+ASSESSMENTS_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("name", pa.string()),
+        ("value", pa.string()),
+        ("value_type", pa.string()),
+        ("score", pa.float64()),
+        ("label", pa.string()),
+        ("rationale", pa.string()),
+        ("error", pa.string()),
+        ("error_type", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("session_id", pa.string()),
+        ("scorer_version", pa.int32()),
+        ("metadata", pa.string()),
+        ("judge_input_tokens", pa.int64()),
+        ("judge_output_tokens", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("timestamp", TIMESTAMP),
+        ("emitted_at", TIMESTAMP),
     ]
 )
 
@@ -201,4 +230,8 @@ def traces_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist(rows, schema=TRACES_SCHEMA)
 
 
-__all__ = ["KeyValue", "attributes_dict", "logs_batch", "spans_batch", "traces_batch"]
+def assessments_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(rows, schema=ASSESSMENTS_SCHEMA)
+
+
+__all__ = ["KeyValue", "assessments_batch", "attributes_dict", "logs_batch", "spans_batch", "traces_batch"]
