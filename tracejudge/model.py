@@ -7,7 +7,7 @@ Nothing here knows about transports or storage.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
@@ -71,3 +71,44 @@ class Trace:
         """The earliest-starting local root span, if one arrived."""
         roots = [s for s in self.spans if s.is_local_root]
         return min(roots, key=lambda s: s.start_time_unix_nano) if roots else None
+
+
+class AssessmentSource(str, enum.Enum):
+    """Who produced a verdict (MLflow's AssessmentSourceType)."""
+
+    LLM_JUDGE = "LLM_JUDGE"
+    CODE = "CODE"
+    HUMAN = "HUMAN"
+
+
+AssessmentValue = bool | int | float | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """One verdict on one trace (parity with MLflow's Feedback).
+
+    `value` is what the scorer returned; `score` is its numeric reading where one exists (bool: 1/0,
+    number: itself), so metrics can aggregate it; `label` is a low-cardinality text form (yes/no,
+    a category, "not_applicable", "error"). A failed scorer still yields an Assessment, with `error`
+    set and `value` None: a gap in the results is never silent.
+    """
+
+    name: str
+    trace_id: str  # hex
+    span_id: str  # hex: the evaluated span (the trace's root)
+    value: AssessmentValue
+    source: AssessmentSource
+    source_id: str  # the judge's model, or the code scorer's module:function
+    score: float | None = None
+    label: str | None = None
+    rationale: str | None = None
+    error: str | None = None  # message
+    error_type: str | None = None  # short machine-readable kind: timeout, rate_limited, exception, ...
+    session_id: str | None = None
+    scorer_version: int = 1
+    metadata: dict[str, str] = field(default_factory=dict)
+    judge_input_tokens: int | None = None
+    judge_output_tokens: int | None = None
+    latency_ms: float | None = None
+    timestamp_ns: int = 0

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -20,13 +21,19 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tracejudge.config import Config
 from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
+from tracejudge.exporter.assessment_emitter import AssessmentEmitter, assessment_row
 from tracejudge.exporter.forwarder import Forwarder
 from tracejudge.exporter.trace_summary import TraceSummaryRecorder
-from tracejudge.model import Signal, Trace
+from tracejudge.model import Assessment, Signal, Trace
 from tracejudge.receiver.assembler import TraceAssembler, TraceConsumer
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
+from tracejudge.scoring.engine import ScoringEngine
+from tracejudge.scoring.judge_client import JudgePool
+from tracejudge.scoring.registry import ScorerRegistry
+from tracejudge.scoring.scorers import Scorer, build_scorer
+from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.telemetry import SelfTelemetry
 
 log = logging.getLogger(__name__)
@@ -95,7 +102,19 @@ class Pipeline:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.archive = ParquetArchive(config.archive, config.archive_dir, meter) if config.archive.enabled else None
         self.forwarder = Forwarder(config.forward, config.queue_dir, meter)
-        consumers = [*([TraceSummaryRecorder(self.archive)] if self.archive else []), *trace_consumers]
+        self.emitter = AssessmentEmitter(config.assessments_endpoint, meter, archive=self.archive)
+        self.judges = JudgePool(config.judges)
+        self._code_executor = ThreadPoolExecutor(config.scoring.code_workers, thread_name_prefix="code-scorer")
+        self.registry = ScorerRegistry(
+            config.data_dir / "scorers.json", config.scoring.max_active_scorers, validate=self._build_scorer
+        )
+        self.registry.apply_config(config.scorers)
+        self.engine = ScoringEngine(
+            self.registry, self._build_scorer, self.emitter, self._record_skipped, meter,
+            config.scoring.max_backlog, config.scoring.max_concurrency,
+        )  # fmt: skip
+        summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
+        consumers = [*summaries, self.engine, *trace_consumers]
         self.assembler = TraceAssembler(config.assembler, FanOut(consumers), meter)
         router = IngestRouter(self.forwarder, self.archive, self.assembler)
         receiver = config.receiver
@@ -107,6 +126,7 @@ class Pipeline:
         if self.archive is not None:
             self.archive.start()
         self.forwarder.start()
+        self.engine.start()
         self.assembler.start()
         admin = self.telemetry.start()
         ports = BoundPorts(
@@ -128,11 +148,21 @@ class Pipeline:
         if self.http:
             self.http.stop()
         self.assembler.stop()
+        self.engine.stop(self.config.scoring.drain_timeout)
+        self.emitter.shutdown()
+        self._code_executor.shutdown(wait=False, cancel_futures=True)
         self.forwarder.stop(drain_timeout)
         if self.archive is not None:
             self.archive.stop()
         self.telemetry.shutdown()
         log.info("tracejudge stopped")
+
+    def _build_scorer(self, spec: ScorerSpec) -> Scorer:
+        return build_scorer(spec, self.judges.get, self._code_executor, self.config.scoring.code_timeout)
+
+    def _record_skipped(self, assessments: list[Assessment]) -> None:
+        if self.archive is not None:
+            self.archive.write_assessments([assessment_row(a) for a in assessments])
 
     def serve_until_signalled(self, drain_timeout: float = 10.0) -> None:
         """Start, serve until SIGTERM or SIGINT, stop. Handlers go in first, so a signal that

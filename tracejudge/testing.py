@@ -70,8 +70,10 @@ class SidecarProcess:
         config: dict[str, Any] | None = None,
         log_level: str = "INFO",
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = data_dir / "tracejudge.yaml"
@@ -110,7 +112,7 @@ class SidecarProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=self.env,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout

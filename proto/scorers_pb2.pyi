@@ -1,0 +1,112 @@
+from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ScorerStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCORER_STATUS_UNSPECIFIED: _ClassVar[ScorerStatus]
+    SCORER_STATUS_STOPPED: _ClassVar[ScorerStatus]
+    SCORER_STATUS_STARTED: _ClassVar[ScorerStatus]
+SCORER_STATUS_UNSPECIFIED: ScorerStatus
+SCORER_STATUS_STOPPED: ScorerStatus
+SCORER_STATUS_STARTED: ScorerStatus
+
+class Scorer(_message.Message):
+    __slots__ = ("name", "builtin", "guidelines", "instructions", "code", "feedback_value_type", "feedback_categories", "model", "params", "sample_rate", "filter_string", "version", "status")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BUILTIN_FIELD_NUMBER: _ClassVar[int]
+    GUIDELINES_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_VALUE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_STRING_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    builtin: str
+    guidelines: Guidelines
+    instructions: str
+    code: str
+    feedback_value_type: str
+    feedback_categories: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    params: _struct_pb2.Struct
+    sample_rate: float
+    filter_string: str
+    version: int
+    status: ScorerStatus
+    def __init__(self, name: _Optional[str] = ..., builtin: _Optional[str] = ..., guidelines: _Optional[_Union[Guidelines, _Mapping]] = ..., instructions: _Optional[str] = ..., code: _Optional[str] = ..., feedback_value_type: _Optional[str] = ..., feedback_categories: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sample_rate: _Optional[float] = ..., filter_string: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[ScorerStatus, str]] = ...) -> None: ...
+
+class Guidelines(_message.Message):
+    __slots__ = ("guidelines",)
+    GUIDELINES_FIELD_NUMBER: _ClassVar[int]
+    guidelines: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, guidelines: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SamplingConfig(_message.Message):
+    __slots__ = ("sample_rate", "filter_string")
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_STRING_FIELD_NUMBER: _ClassVar[int]
+    sample_rate: float
+    filter_string: str
+    def __init__(self, sample_rate: _Optional[float] = ..., filter_string: _Optional[str] = ...) -> None: ...
+
+class RegisterScorerRequest(_message.Message):
+    __slots__ = ("scorer",)
+    SCORER_FIELD_NUMBER: _ClassVar[int]
+    scorer: Scorer
+    def __init__(self, scorer: _Optional[_Union[Scorer, _Mapping]] = ...) -> None: ...
+
+class StartScorerRequest(_message.Message):
+    __slots__ = ("name", "sampling_config")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sampling_config: SamplingConfig
+    def __init__(self, name: _Optional[str] = ..., sampling_config: _Optional[_Union[SamplingConfig, _Mapping]] = ...) -> None: ...
+
+class UpdateScorerRequest(_message.Message):
+    __slots__ = ("name", "sampling_config")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sampling_config: SamplingConfig
+    def __init__(self, name: _Optional[str] = ..., sampling_config: _Optional[_Union[SamplingConfig, _Mapping]] = ...) -> None: ...
+
+class StopScorerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteScorerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetScorerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListScorersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListScorersResponse(_message.Message):
+    __slots__ = ("scorers",)
+    SCORERS_FIELD_NUMBER: _ClassVar[int]
+    scorers: _containers.RepeatedCompositeFieldContainer[Scorer]
+    def __init__(self, scorers: _Optional[_Iterable[_Union[Scorer, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,133 @@
+"""Code scorers: plain Python functions that judge a trace, as MLflow's `@scorer` does.
+
+A function declares what it needs by parameter name — `inputs`, `outputs`, `expectations`,
+`trace` — and returns a bool, a number, a string, a Feedback or a list of Feedbacks. tracejudge
+only loads them from an importable `module:function` named in the config file, never from the
+network. They run in worker threads with a timeout; an exception or a timeout becomes an
+assessment with `error` set, so a broken scorer shows up in the results instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tracejudge.model import Assessment, AssessmentSource, AssessmentValue
+
+from .view import TraceView
+
+BINDABLE = ("inputs", "outputs", "expectations", "trace")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A verdict a code scorer returns when a bare value is not enough (MLflow's Feedback)."""
+
+    value: AssessmentValue = None
+    rationale: str | None = None
+    name: str | None = None  # defaults to the scorer's name
+    metadata: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+def scorer(function: F | None = None, *, name: str | None = None) -> Any:
+    """Mark a function as a scorer; usable bare (`@scorer`) or with a name (`@scorer(name="x")`)."""
+
+    def mark(target: F) -> F:
+        target.__tracejudge_scorer_name__ = name or target.__name__  # type: ignore[attr-defined]
+        return target
+
+    return mark(function) if function is not None else mark
+
+
+class CodeScorerError(Exception):
+    """A `module:function` that cannot be loaded or does not take scorer arguments."""
+
+
+def load_function(reference: str) -> Callable[..., Any]:
+    module_name, _, attribute = reference.partition(":")
+    try:
+        function: Callable[..., Any] = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise CodeScorerError(f"cannot load code scorer {reference!r}: {exc}") from exc
+    if not callable(function):
+        raise CodeScorerError(f"code scorer {reference!r} is not callable")
+    unknown = [p for p in inspect.signature(function).parameters if p not in BINDABLE]
+    if unknown:
+        raise CodeScorerError(f"code scorer {reference!r} takes {unknown}; parameters must be among {BINDABLE}")
+    return function
+
+
+def bind_arguments(function: Callable[..., Any], view: TraceView) -> dict[str, Any]:
+    available = {"inputs": view.request, "outputs": view.response, "expectations": dict(view.expectations),
+                 "trace": view}  # fmt: skip
+    return {name: available[name] for name in inspect.signature(function).parameters}
+
+
+def to_assessments(
+    result: Any, name: str, view: TraceView, source: AssessmentSource, source_id: str, version: int, latency_ms: float
+) -> list[Assessment]:
+    """Normalize whatever a scorer returned into assessments."""
+    items = result if isinstance(result, list) else [result]
+    return [_one(item, name, view, source, source_id, version, latency_ms) for item in items]
+
+
+def _one(
+    item: Any, name: str, view: TraceView, source: AssessmentSource, source_id: str, version: int, latency_ms: float
+) -> Assessment:
+    feedback = item if isinstance(item, Feedback) else Feedback(value=item)
+    value = feedback.value
+    if not isinstance(value, (bool, int, float, str, type(None))):
+        return error_assessment(name, view, source, source_id, version, "bad_return",
+                                f"returned {type(value).__name__}; expected bool, number, str or Feedback")  # fmt: skip
+    return Assessment(
+        name=feedback.name or name,
+        trace_id=view.trace_id,
+        span_id=view.root_span_id,
+        value=value,
+        source=source,
+        source_id=source_id,
+        score=numeric_score(value),
+        label=value_label(value),
+        rationale=feedback.rationale,
+        error=feedback.error,
+        error_type="scorer_error" if feedback.error else None,
+        session_id=view.session_id,
+        scorer_version=version,
+        metadata=dict(feedback.metadata),
+        latency_ms=latency_ms,
+        timestamp_ns=time.time_ns(),
+    )
+
+
+def error_assessment(
+    name: str, view: TraceView, source: AssessmentSource, source_id: str, version: int, kind: str, message: str
+) -> Assessment:
+    return Assessment(
+        name=name, trace_id=view.trace_id, span_id=view.root_span_id, value=None, source=source,
+        source_id=source_id, label="error", error=message, error_type=kind, session_id=view.session_id,
+        scorer_version=version, timestamp_ns=time.time_ns(),
+    )  # fmt: skip
+
+
+def numeric_score(value: AssessmentValue) -> float | None:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value.lower() in ("yes", "no", "pass", "fail", "true", "false"):
+        return 1.0 if value.lower() in ("yes", "pass", "true") else 0.0
+    return None
+
+
+def value_label(value: AssessmentValue) -> str | None:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str) and len(value) <= 64:
+        return value
+    return None
