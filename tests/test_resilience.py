@@ -185,19 +185,22 @@ def archive_writer_pids(pid: int) -> list[int]:
     return [child for child in children if b"archive_worker" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
-def open_fds(pid: int) -> int:
-    """Open files of a process; 0 once it is dead and all its threads are gone (a crash is complete)."""
+def fully_dead(pid: int) -> bool:
+    """Dead with every thread gone: only then are its files, the pipe's read end among them, closed.
+
+    A killed multi-threaded process shows as a zombie while its other threads are still exiting."""
     try:
-        return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return 0
+        return True
+    return "State:\tZ" in status and "Threads:\t1\n" in status
 
 
 def test_archive_writer_crash_is_restarted_and_archiving_continues(sidecar_factory, grpc_sink):
     sidecar = sidecar_factory([grpc_sink.url])
     [writer] = archive_writer_pids(sidecar.process.pid)
     os.kill(writer, signal.SIGKILL)
-    assert wait_until(lambda: open_fds(writer) == 0)
+    assert wait_until(lambda: fully_dead(writer))
     payloads = [genai_request(2).SerializeToString() for _ in range(3)]
     for payload in payloads:
         assert post(f"{sidecar.http_url}/v1/traces", payload)[0] == 200
