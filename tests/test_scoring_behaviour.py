@@ -1,0 +1,113 @@
+"""Scoring through the real sidecar when things go wrong, and across instrumentation conventions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mock_openai import MockOpenAI, faults
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from test_scoring_e2e import evaluation_spans, event_attributes, run_agent
+
+from tracejudge.testing import SidecarProcess, wait_until
+
+from archive_reader import query
+from otlp_peers import GrpcSink
+
+
+def sidecar_with(tmp_path: Path, sink: GrpcSink, judge: MockOpenAI, scorers: list[dict[str, Any]],
+                 **sections: Any) -> SidecarProcess:  # fmt: skip
+    config = {
+        "assembler": {"trace_idle": "200ms"},
+        "judges": {"default": {"base_url": judge.base_url, "api_key_env": "TRACEJUDGE_TEST_NO_KEY",
+                               "max_retries": 2, "timeout": "2s"}},
+        "scorers": scorers,
+        **sections,
+    }  # fmt: skip
+    return SidecarProcess(tmp_path / "tj", [sink.url], config).start()
+
+
+def test_rate_limited_judge_is_retried_and_a_failing_one_yields_an_error_assessment(tmp_path, grpc_sink):
+    with MockOpenAI() as judge:
+        judge.script(faults.rate_limited(retry_after=0.5))
+        sidecar = sidecar_with(tmp_path, grpc_sink, judge, [{"name": "safety", "builtin": "Safety", "sample_rate": 1}])
+        try:
+            run_agent(sidecar.grpc_target, [("Fine answer.", False)])
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=20)
+            [first] = evaluation_spans(grpc_sink)
+            assert event_attributes(first)["gen_ai.evaluation.score.label"] == "yes"
+            requests = judge.chat_requests()
+            assert len(requests) == 2 and requests[1].received_at - requests[0].received_at >= 0.5
+
+            judge.always(faults.server_error(500))
+            run_agent(sidecar.grpc_target, [("Another answer.", False)])
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 2, timeout=20)
+            failed = next(s for s in evaluation_spans(grpc_sink) if s.span_id != first.span_id)
+            attributes = event_attributes(failed)
+            assert attributes["error.type"] == "server_error"
+            assert failed.status.code == failed.status.STATUS_CODE_ERROR
+        finally:
+            sidecar.stop()
+    rows = query(sidecar.data_dir / "archive", "assessments",
+                 "SELECT label, error_type, error IS NOT NULL FROM t ORDER BY timestamp")  # fmt: skip
+    assert rows == [("yes", None, False), ("error", "server_error", True)]
+
+
+def test_full_backlog_is_recorded_as_skipped_never_silently_dropped(tmp_path, grpc_sink):
+    with MockOpenAI(latency=1.0) as judge:
+        scorers = [{"name": "safety", "builtin": "Safety", "sample_rate": 1}]
+        sidecar = sidecar_with(tmp_path, grpc_sink, judge, scorers, scoring={"max_backlog": 2})
+        try:
+            run_agent(sidecar.grpc_target, [(f"Answer {i}.", False) for i in range(8)])
+            skipped = lambda: sidecar.metric("tracejudge_scoring_skipped_total", reason="backlog_full")  # noqa: E731
+            assert wait_until(lambda: skipped() > 0, timeout=20)
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) + skipped() == 8, timeout=30)
+            judged = len(evaluation_spans(grpc_sink))
+        finally:
+            sidecar.stop()
+    rows = query(sidecar.data_dir / "archive", "assessments", "SELECT label, error_type, count(*) FROM t GROUP BY ALL")
+    assert dict(((label, kind), n) for label, kind, n in rows) == {
+        ("yes", None): judged,
+        ("skipped", "backlog_full"): 8 - judged,
+    }
+
+
+def send_conventions(target: str) -> dict[str, str]:
+    """One trace each in OpenInference, MLflow and OpenLLMetry form; returns answer text by convention."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "multi-convention"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=target, insecure=True)))
+    tracer = provider.get_tracer("apps")
+    answers = {"openinference": "Phoenix answer 17", "mlflow": "MLflow answer 23", "openllmetry": "Traceloop answer 31"}
+    with tracer.start_as_current_span("agent") as span:
+        span.set_attributes({"openinference.span.kind": "AGENT", "input.value": "question one",
+                             "output.value": answers["openinference"]})  # fmt: skip
+    with tracer.start_as_current_span("predict") as span:
+        span.set_attributes({"mlflow.spanType": json.dumps("CHAIN"),
+                             "mlflow.spanInputs": json.dumps({"question": "question two"}),
+                             "mlflow.spanOutputs": json.dumps(answers["mlflow"])})  # fmt: skip
+    with tracer.start_as_current_span("workflow") as span:
+        span.set_attributes({"traceloop.span.kind": "workflow",
+                             "traceloop.entity.input": json.dumps({"args": ["question three"], "kwargs": {}}),
+                             "traceloop.entity.output": json.dumps(answers["openllmetry"])})  # fmt: skip
+    provider.shutdown()
+    return answers
+
+
+def test_traces_from_three_conventions_are_all_judged_on_their_own_content(tmp_path, grpc_sink):
+    with MockOpenAI() as judge:
+        scorers = [{"name": "relevance", "builtin": "RelevanceToQuery", "sample_rate": 1}]
+        sidecar = sidecar_with(tmp_path, grpc_sink, judge, scorers)
+        try:
+            answers = send_conventions(sidecar.grpc_target)
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 3, timeout=20)
+            prompts = [request.user_text for request in judge.chat_requests()]
+        finally:
+            sidecar.stop()
+    for convention, answer in answers.items():
+        assert sum(answer in prompt for prompt in prompts) == 1, convention
+    for question in ("question one", "question two", "question three"):
+        assert sum(question in prompt for prompt in prompts) == 1, question
