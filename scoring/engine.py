@@ -106,10 +106,13 @@ class ScoringEngine:
         active = self._active
         if not active or not self._accepting:
             return
+        admitted = []
         for trace in traces:
             chosen = [scorer for scorer in active if scorer.sampler.sampled(trace.trace_id)]
-            if chosen:
-                self._admit(trace, chosen)
+            if chosen and self._admit(trace, chosen):
+                admitted.append((trace, chosen))
+        if admitted:
+            self._loop.call_soon_threadsafe(self._spawn, admitted)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop admitting; let running scorers finish within `timeout`; record the rest as skipped."""
@@ -121,26 +124,25 @@ class ScoringEngine:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
-    def _admit(self, trace: Trace, chosen: list[ActiveScorer]) -> None:
-        if not trace.complete:
-            self._skip(trace, chosen, "incomplete")
-            return
-        with self._lock:
-            if self._backlog + len(chosen) > self._max_backlog:
-                full = True
-            else:
-                full = False
-                self._backlog += len(chosen)
-        if full:
-            self._skip(trace, chosen, "backlog_full")
-            return
-        self._loop.call_soon_threadsafe(self._spawn, trace, chosen)
+    def _admit(self, trace: Trace, chosen: list[ActiveScorer]) -> bool:
+        """Reserve backlog room for the pairs, or record them as skipped; True when admitted."""
+        reason = "incomplete" if not trace.complete else None
+        if reason is None:
+            with self._lock:
+                if self._backlog + len(chosen) > self._max_backlog:
+                    reason = "backlog_full"
+                else:
+                    self._backlog += len(chosen)
+        if reason is not None:
+            self._skip(trace, chosen, reason)
+        return reason is None
 
-    def _spawn(self, trace: Trace, chosen: list[ActiveScorer]) -> None:
-        task = self._loop.create_task(self._score_trace(trace, chosen))
-        task.chosen = (trace, chosen)  # type: ignore[attr-defined]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, admitted: list[tuple[Trace, list[ActiveScorer]]]) -> None:
+        for trace, chosen in admitted:
+            task = self._loop.create_task(self._score_trace(trace, chosen))
+            task.chosen = (trace, chosen)  # type: ignore[attr-defined]
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _score_trace(self, trace: Trace, chosen: list[ActiveScorer]) -> None:
         try:
