@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
@@ -87,9 +88,9 @@ FIVE_SCORERS: list[dict[str, Any]] = [
 
 
 def sink_main(conn: Connection) -> None:
-    """Downstream OTLP/gRPC sink (traces and logs). Counts every request; parses the ones carrying
-    evaluation spans while recording is on, keeping (trace id, scorer, arrival, arrival wall ns,
-    span end ns, status ERROR) per evaluation span."""
+    """Downstream OTLP/gRPC sink (traces and logs). Counts every request; parses only the emitter's (those
+    carrying evaluation spans / log events) to count them, and while recording is on keeps (trace id,
+    scorer, arrival, arrival wall ns, span end ns, status ERROR) per evaluation span."""
     from concurrent.futures import ThreadPoolExecutor
 
     lock = threading.Lock()
@@ -100,35 +101,36 @@ def sink_main(conn: Connection) -> None:
     def export_traces(payload: bytes, _context: grpc.ServicerContext) -> bytes:
         arrived, arrived_wall = time.monotonic(), time.time_ns()
         evaluation = EVALUATION_MARK in payload
-        rows = []
-        if evaluation and recording[0]:
+        rows, spans = [], 0
+        if evaluation:  # only the emitter's requests are parsed, never the forwarded load
             request = ExportTraceServiceRequest.FromString(payload)
             for resource_spans in request.resource_spans:
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
-                        if span.name.startswith("evaluation "):
+                        if not span.name.startswith("evaluation "):
+                            continue
+                        spans += 1
+                        if recording[0]:
                             error = span.status.code == Status.STATUS_CODE_ERROR
-                            rows.append(
-                                (
-                                    span.trace_id.hex(),
-                                    span.name[11:],
-                                    arrived,
-                                    arrived_wall,
-                                    span.end_time_unix_nano,
-                                    error,
-                                )
-                            )
+                            row = (span.trace_id.hex(), span.name[11:], arrived, arrived_wall, span.end_time_unix_nano)
+                            rows.append((*row, error))
         kind = "evaluation" if evaluation else "traces"
         with lock:
             counts[f"{kind}_requests"] += 1
             counts[f"{kind}_bytes"] += len(payload)
+            counts["evaluation_spans"] += spans
             evals.extend(rows)
         return b""
 
     def export_logs(payload: bytes, _context: grpc.ServicerContext) -> bytes:
+        records = 0
+        if EVALUATION_MARK in payload:
+            request = ExportLogsServiceRequest.FromString(payload)
+            records = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
         with lock:
             counts["logs_requests"] += 1
             counts["logs_bytes"] += len(payload)
+            counts["evaluation_logs"] += records
         return b""
 
     server = grpc.server(
@@ -327,47 +329,47 @@ class CpuSampler:
 
 
 class Profiler:
-    """`py-spy record --gil --nonblocking -f raw` of one process for `seconds`, when --py-spy DIR is given."""
+    """`py-spy record --gil --nonblocking` (raw, full file names) of one process, when --py-spy DIR is given;
+    each recording is summarized when it ends: share of GIL-holding samples by package and by function."""
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         exe = Path(sys.executable).parent / "py-spy"
         self.exe = str(exe) if exe.exists() else shutil.which("py-spy")
         self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.timers: list[threading.Timer] = []
+        self.lock = threading.Lock()
 
-    def start(self, pid: int, name: str, seconds: float) -> None:
+    def start(self, pid: int, name: str, seconds: float, delay: float = 0.0) -> None:
         if self.directory is None or self.exe is None:
+            return
+        if delay > 0:
+            timer = threading.Timer(delay, self.start, (pid, name, seconds))
+            self.timers.append(timer)
+            timer.start()
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         out = self.directory / f"{name}.txt"
-        command = [
-            self.exe,
-            "record",
-            "--gil",
-            "--nonblocking",
-            "-p",
-            str(pid),
-            "-d",
-            str(max(1, round(seconds))),
-            "-r",
-            "100",
-            "-f",
-            "raw",
-            "-o",
-            str(out),
-        ]
+        duration = str(max(1, round(seconds)))
+        command = [self.exe, "record", "--gil", "--nonblocking", "--full-filenames", "-r", "100", "-d", duration]
+        command += ["-f", "raw", "-p", str(pid), "-o", str(out)]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.running.append((process, out))
+        with self.lock:
+            self.running.append((process, out))
 
     def finish(self) -> None:
-        for process, out in self.running:
+        for timer in self.timers:
+            timer.join()
+        self.timers.clear()
+        with self.lock:
+            running, self.running = self.running, []
+        for process, out in running:
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
             summarize_profile(out)
-        self.running.clear()
 
 
 def summarize_profile(path: Path, top: int = 8) -> None:
@@ -375,7 +377,9 @@ def summarize_profile(path: Path, top: int = 8) -> None:
         print(f"  ! py-spy wrote no {path}")
         return
     own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
+    own_package: Counter[str] = Counter()
+    in_package: Counter[str] = Counter()
+    in_project: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -383,27 +387,52 @@ def summarize_profile(path: Path, top: int = 8) -> None:
             continue
         count = int(count_text)
         total += count
-        frames = [_frame(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
-        if frames:
-            own[frames[-1]] += count
-        for frame in set(frames):
-            if "tracejudge" in frame or "/work/" in frame:
-                inclusive[frame] += count
+        frames = [_frame(f) for f in stack.split(";") if " (" in f]
+        if not frames:
+            continue
+        own[frames[-1][1]] += count
+        own_package[frames[-1][0]] += count
+        for package in {p for p, _ in frames}:
+            in_package[package] += count
+        for function in {f for p, f in frames if p.startswith("tracejudge")}:
+            in_project[function] += count
     if not total:
         print(f"  py-spy {path.name}: no samples")
         return
-    print(f"  py-spy {path.name}: {total} GIL-holding samples ({path})")
-    print("    self:      " + "; ".join(f"{n / total:.0%} {f}" for f, n in own.most_common(top)))
-    print("    inclusive: " + "; ".join(f"{n / total:.0%} {f}" for f, n in inclusive.most_common(top)))
+
+    def shares(counter: Counter[str]) -> str:
+        return "; ".join(f"{n / total:.0%} {k}" for k, n in counter.most_common(top))
+
+    print(f"  py-spy {path.name}: {total} GIL-holding samples at 100/s ({path})")
+    print(f"    self by package:      {shares(own_package)}")
+    print(f"    inclusive by package: {shares(in_package)}")
+    print(f"    self by function:     {shares(own)}")
+    print(f"    tracejudge inclusive: {shares(in_project)}")
 
 
-def _frame(raw: str) -> str:
-    """'func (path/to/mod.py:12)' -> 'func (mod.py)'."""
+PROJECT_DIR = str(BENCH_DIR.parent) + "/"
+
+
+def _frame(raw: str) -> tuple[str, str]:
+    """'func (/path/to/pkg/mod.py:12)' -> (package, 'func (pkg/mod.py)'); tracejudge's own code as tracejudge.X."""
     name, _, where = raw.partition(" (")
     file = where.rstrip(")").rsplit(":", 1)[0]
-    parts = file.split("/")
-    short = "/".join(parts[-2:]) if len(parts) > 1 else file
-    return f"{name} ({short})"
+    if "site-packages/" in file:
+        relative = file.split("site-packages/", 1)[1]
+        package = relative.split("/", 1)[0].removesuffix(".py")
+        short = relative
+    elif file.startswith(PROJECT_DIR):
+        relative = file[len(PROJECT_DIR) :]
+        package = "tracejudge." + relative.split("/", 1)[0] if "/" in relative else relative
+        short = relative
+    elif "/lib/python3" in file:
+        relative = file.split("/lib/python3", 1)[1].split("/", 1)[-1]
+        package = "stdlib:" + relative.split("/", 1)[0].removesuffix(".py")
+        short = relative
+    else:
+        package = short = file
+    parts = short.split("/")
+    return package, f"{name} ({'/'.join(parts[-2:])})"
 
 
 # --------------------------------------------------------------------------- phases 1 and 2
@@ -522,14 +551,13 @@ def run_judge_phases(
         for payload, _ in batches:
             export(payload, timeout=30)
         t_sent = time.monotonic()
-        profiler.start(sidecar.pid, "judge-phase", min(5.0, n / ideal))
+        profiler.start(sidecar.pid, "judge-phase", min(5.0, n / ideal), delay=args.trace_idle + 0.2)
         timeout = args.trace_idle + 3 * n / ideal + 30
         complete = verdicts.wait(phase_ids, "safety", timeout)
         t_done = time.monotonic()
         stats = judge.ask("stats")
         m1 = sidecar.metrics()
         sidecar.check_alive()
-        profiler.finish()
         got = verdicts.count(phase_ids, "safety")
         if not complete:
             ok = False
@@ -595,6 +623,7 @@ def run_judge_phases(
             ok = False
             print(f"  ! the mock answered {calls:,} calls for {n:,} traces")
 
+        profiler.finish()
         fresh_result, fresh_ok = run_freshness(args, export, judge, verdicts, sidecar)
         ok = ok and fresh_ok
     except Exception as exc:
@@ -713,7 +742,10 @@ def run_ingest(
         child_conn.close()
         if not parent_conn.poll(90) or parent_conn.recv() != "ready":
             raise RuntimeError("load client not ready within 90s")
-        time.sleep(1.5)  # the client's warm-up traces are decided (trace_idle 1s) and scored
+        # the client's warm-up traces are decided (trace_idle 1s), scored and their verdicts exported (1s batches)
+        wait_for(lambda: sidecar.metrics().get("tracejudge_assembler_completed_traces_total") >= 1, 15)
+        wait_for(lambda: sidecar.metrics().get("tracejudge_scoring_backlog") == 0, 15)
+        time.sleep(1.5 if scorers else 0.5)
         before = sidecar.metrics()
         sink_before = sink.ask("stats")[0]
         pids = {"sidecar": [sidecar.pid], "children": sidecar.children(), "sink": [sink.pid]}
@@ -733,7 +765,6 @@ def run_ingest(
         at_end = sidecar.metrics()
         sink_end = sink.ask("stats")[0]
         sidecar.check_alive()
-        profiler.finish()
 
         def drained() -> bool:
             m = sidecar.metrics()
@@ -746,6 +777,10 @@ def run_ingest(
 
         drained_ok = wait_for(drained, args.drain_timeout)
         after = sidecar.metrics()
+        if scorers:
+            time.sleep(1.5)  # the emitter exports what it holds (batch delay 1s)
+        sink_after = sink.ask("stats")[0]
+        queue_full = sidecar.log().count("Queue full, dropping")
 
         elapsed = max(report["elapsed"], 1e-9)
         spans = report["accepted_spans"]
@@ -774,17 +809,24 @@ def run_ingest(
             scored = delta("tracejudge_scoring_scored_total")
             skipped = {k: round(v) for k, v in skipped_by_reason(before, at_end).items()}
             emitted = delta("tracejudge_assessments_total")
-            eval_requests = sink_end.get("evaluation_requests", 0) - sink_before.get("evaluation_requests", 0)
+
+            def at_sink(key: str, stats: dict[str, int] = sink_end) -> int:
+                return stats.get(key, 0) - sink_before.get(key, 0)
+
             print(
                 f"  scoring     during load: {fmt(traces)} traces decided x {len(scorers)} scorers; scored "
-                f"{fmt(scored)} ({scored / elapsed:,.0f}/s), skipped {skipped or 0}, assessments emitted "
-                f"{fmt(emitted)}; evaluation export requests at sink {eval_requests:,}; backlog at end "
+                f"{fmt(scored)} ({scored / elapsed:,.0f}/s), skipped {skipped or 0}; assessments emitted "
+                f"{fmt(emitted)}, evaluation spans at the sink {fmt(at_sink('evaluation_spans'))}; backlog at end "
                 f"{fmt(at_end.get('tracejudge_scoring_backlog'))}"
             )
+            skipped_after = {k: round(v) for k, v in skipped_by_reason(before, after).items()}
             print(
-                f"              after {'drain' if drained_ok else 'drain timeout'}: scored "
-                f"{fmt(delta('tracejudge_scoring_scored_total', after))}, skipped "
-                f"{ {k: round(v) for k, v in skipped_by_reason(before, after).items()} or 0 }",
+                f"              after {'drain' if drained_ok else 'drain timeout'} (+{args.drain_timeout:g}s max): "
+                f"scored {fmt(delta('tracejudge_scoring_scored_total', after))}, skipped {skipped_after or 0}; "
+                f"emitted {fmt(delta('tracejudge_assessments_total', after))}, at the sink "
+                f"{fmt(at_sink('evaluation_spans', sink_after))} evaluation spans, "
+                f"{fmt(at_sink('evaluation_logs', sink_after))} evaluation log events; "
+                f"'Queue full, dropping' warnings in the sidecar log: {queue_full:,}",
                 flush=True,
             )
         if report["errors"] or report["hung"] or not spans:

@@ -7,6 +7,7 @@ bytes are what gets forwarded, and they are parsed exactly once, here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,7 +40,14 @@ SERVICES = {
 
 
 class GrpcReceiver:
-    def __init__(self, config: ReceiverConfig, consumer: ExportConsumer, meter: metrics.Meter) -> None:
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        consumer: ExportConsumer,
+        meter: metrics.Meter,
+        handlers: Sequence[grpc.GenericRpcHandler] = (),
+    ) -> None:
+        """`handlers`: further services on the same port (tracejudge's control plane)."""
         assert config.grpc_endpoint is not None
         self._endpoint = config.grpc_endpoint
         self._consumer = consumer
@@ -54,6 +62,7 @@ class GrpcReceiver:
         for signal, service in SERVICES.items():
             handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))
             self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
+        self._server.add_generic_rpc_handlers(tuple(handlers))
         self._empty_responses: dict[Signal, bytes] = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
 
     def start(self) -> int:

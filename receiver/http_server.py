@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from google.rpc import status_pb2
@@ -39,7 +39,14 @@ JSON = "application/json"
 
 
 class HttpReceiver:
-    def __init__(self, config: ReceiverConfig, consumer: ExportConsumer, meter: metrics.Meter) -> None:
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        consumer: ExportConsumer,
+        meter: metrics.Meter,
+        routes: Sequence[web.RouteDef] = (),
+    ) -> None:
+        """`routes`: further endpoints on the same port (tracejudge's control plane)."""
         assert config.http_endpoint is not None
         self._endpoint = config.http_endpoint
         self._limit = config.max_request_body_size
@@ -48,6 +55,7 @@ class HttpReceiver:
         app = web.Application()
         for signal in Signal:
             app.router.add_route("*", f"/v1/{signal.value}", self._route(signal))
+        app.add_routes(routes)
         host, port = parse_host_port(self._endpoint)
         self._server = AiohttpServerThread(app, host, port, "otlp-http", auto_decompress=False)
         self._empty_protobuf: dict[Signal, bytes] = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}

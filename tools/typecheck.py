@@ -24,7 +24,7 @@ def build_tree(destination: Path) -> None:
     for package, folder in mapping.items():
         target = destination.joinpath(*package.split("."))
         target.mkdir(parents=True, exist_ok=True)
-        for source in (ROOT / folder).glob("*.py"):
+        for source in [*(ROOT / folder).glob("*.py"), *(ROOT / folder).glob("*.pyi")]:
             (target / source.name).symlink_to(source)
 
 

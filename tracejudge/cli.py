@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import click
 
 from tracejudge import __version__
+from tracejudge.cli_scorers import scorers
 from tracejudge.config import ConfigError, load_config
 
 
@@ -93,6 +95,8 @@ def serve(
         overrides["data_dir"] = str(data_dir)
     if log_level is not None:
         overrides["telemetry.log_level"] = log_level.upper()
+    if os.environ.get("TRACEJUDGE_TOKEN"):
+        overrides["control.token"] = os.environ["TRACEJUDGE_TOKEN"]
     try:
         config = load_config(config_path, overrides)
     except ConfigError as exc:
@@ -119,6 +123,9 @@ def check_config(config_path: Path) -> None:
     import yaml
 
     click.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+main.add_command(scorers)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,10 @@ class ScoringConfig(_Strict):
         return value
 
 
+class ControlConfig(_Strict):
+    token: str | None = None  # bearer token for the scorer API; env TRACEJUDGE_TOKEN. Required beyond loopback.
+
+
 class Config(_Strict):
     data_dir: Path = Path("./data")
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
@@ -149,6 +153,7 @@ class Config(_Strict):
     judges: dict[str, JudgeEndpointConfig] = Field(default_factory=dict)  # "default" serves scorers without model
     scorers: list[ScorerSpec] = Field(default_factory=list)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
 
     @field_validator("scorers")
     @classmethod

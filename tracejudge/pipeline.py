@@ -29,6 +29,7 @@ from tracejudge.receiver.assembler import TraceAssembler, TraceConsumer
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
+from tracejudge.scoring.control import exposed_endpoints, grpc_handler, http_routes
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.judge_client import JudgePool
 from tracejudge.scoring.registry import ScorerRegistry
@@ -118,8 +119,15 @@ class Pipeline:
         self.assembler = TraceAssembler(config.assembler, FanOut(consumers), meter)
         router = IngestRouter(self.forwarder, self.archive, self.assembler)
         receiver = config.receiver
-        self.grpc = GrpcReceiver(receiver, router, meter) if receiver.grpc_endpoint else None
-        self.http = HttpReceiver(receiver, router, meter) if receiver.http_endpoint else None
+        listen = [receiver.grpc_endpoint, receiver.http_endpoint]
+        token = config.control.token
+        if exposed_endpoints(listen) and not token:
+            log.warning("listening beyond loopback (%s) without control.token: the scorer API refuses every call",
+                        ", ".join(exposed_endpoints(listen)))  # fmt: skip
+        control_grpc = [grpc_handler(self.registry, token, listen)]
+        self.grpc = GrpcReceiver(receiver, router, meter, control_grpc) if receiver.grpc_endpoint else None
+        control_http = http_routes(self.registry, token, listen)
+        self.http = HttpReceiver(receiver, router, meter, control_http) if receiver.http_endpoint else None
         self._stopped = threading.Event()
 
     def start(self) -> BoundPorts:

@@ -1,0 +1,228 @@
+"""`tracejudge scorers ...`: manage a running sidecar's scorers through its control plane.
+
+The same calls as tracejudge.scorers (MLflow's register/start/update/stop/delete/list/get), at
+TRACEJUDGE_ENDPOINT (default 127.0.0.1:4317) with TRACEJUDGE_TOKEN when the sidecar needs one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import yaml
+
+from tracejudge.scorers import (
+    VALUE_TYPE_NAMES,
+    ControlPlaneError,
+    Scorer,
+    ScorerClient,
+    ScorerSamplingConfig,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _client() -> ScorerClient:
+    client = click.get_current_context().find_object(ScorerClient)
+    assert client is not None
+    return client
+
+
+def _reported(command: F) -> F:
+    """Control-plane errors as one line on stderr and exit code 1 (2 for usage errors, as click does)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ControlPlaneError as exc:
+            first_line = exc.message.strip().partition("\n")[0]
+            raise click.ClickException(f"{first_line} ({exc.code})") from None
+        except ValueError as exc:
+            raise click.ClickException(str(exc).splitlines()[0]) from None
+
+    return run  # type: ignore[return-value]
+
+
+@click.group("scorers")
+@click.option(
+    "--endpoint",
+    envvar="TRACEJUDGE_ENDPOINT",
+    metavar="HOST:PORT|URL",
+    help="The sidecar: host:port or grpc://host:port (gRPC), http://host:port (HTTP/JSON) "
+    "[127.0.0.1:4317]. Env: TRACEJUDGE_ENDPOINT",
+)
+@click.option(
+    "--token",
+    envvar="TRACEJUDGE_TOKEN",
+    help="Bearer token, when the sidecar's control plane has one. Env: TRACEJUDGE_TOKEN",
+)
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per call.")
+@click.pass_context
+def scorers(ctx: click.Context, endpoint: str | None, token: str | None, timeout: float) -> None:
+    """List, register, start, update, stop and delete the scorers of a running tracejudge."""
+    try:
+        ctx.obj = ScorerClient(endpoint, token, timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--endpoint") from None
+
+
+@scorers.command("list")
+@click.option("--output", "-o", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@_reported
+def list_command(output: str) -> None:
+    """Every registered scorer: name, kind, status, sample rate, filter."""
+    items = _client().list()
+    if output != "table":
+        click.echo(_dump([item.to_dict() for item in items], output))
+        return
+    rows = [("NAME", "KIND", "STATUS", "SAMPLE_RATE", "FILTER")]
+    rows += [(s.name, _kind(s), s.status.value, f"{s.sample_rate:g}", s.filter_string or "") for s in items]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4])
+    if not items:
+        click.echo("(no scorers registered)")
+
+
+@scorers.command("get")
+@click.argument("name")
+@click.option("--output", "-o", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+@_reported
+def get_command(name: str, output: str) -> None:
+    """One scorer, as a config file's `scorers:` entry plus its status."""
+    click.echo(_dump(_client().get(name).to_dict(), output))
+
+
+@scorers.command("register")
+@click.argument("name")
+@click.option("--builtin", metavar="NAME", help="A built-in judge or check: Safety, Correctness, NoError, ...")
+@click.option("--guidelines", multiple=True, metavar="TEXT", help="A Guidelines judge rule; repeatable.")
+@click.option("--instructions", metavar="TEMPLATE", help="A make_judge prompt using {{ inputs }}, {{ outputs }}, ...")
+@click.option(
+    "--feedback-value-type",
+    metavar="TYPE",
+    help=f"What a prompt judge answers: {', '.join(VALUE_TYPE_NAMES)}, or categories as a,b,c.",
+)
+@click.option("--model", help="A judge endpoint name from the config's `judges:`, or a model URI.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A builtin option; repeatable.")
+@_reported
+def register_command(
+    name: str,
+    builtin: str | None,
+    guidelines: tuple[str, ...],
+    instructions: str | None,
+    feedback_value_type: str | None,
+    model: str | None,
+    params: tuple[str, ...],
+) -> None:
+    """Register NAME, stopped (sample rate 0); `start` runs it. Code scorers come from the config file only."""
+    kinds = [
+        flag
+        for flag, value in (("--builtin", builtin), ("--guidelines", guidelines), ("--instructions", instructions))
+        if value
+    ]
+    if len(kinds) != 1:
+        raise click.UsageError(f"give exactly one of --builtin, --guidelines, --instructions (got {kinds or 'none'})")
+    definition = Scorer(
+        name=name,
+        builtin=builtin,
+        guidelines=list(guidelines) or None,
+        instructions=instructions,
+        feedback_value_type=_parse_value_type(feedback_value_type),
+        model=model,
+        params=_parse_params(params),
+    )
+    registered = _client().register(definition)
+    click.echo(
+        f"registered {registered.name} ({_kind(registered)}), {registered.status.value.lower()}; "
+        f"run it with: tracejudge scorers start {registered.name} --sample-rate RATE"
+    )
+
+
+@scorers.command("start")
+@click.argument("name")
+@click.option("--sample-rate", type=float, required=True, help="Fraction of traces to score, 0 < RATE <= 1.")
+@click.option("--filter", "filter_string", metavar="FILTER", help="MLflow search_traces filter; '' removes it.")
+@_reported
+def start_command(name: str, sample_rate: float, filter_string: str | None) -> None:
+    """Start NAME on a sample of the traces (matching --filter)."""
+    _echo_state("started", _client().start(name, ScorerSamplingConfig(sample_rate, filter_string)))
+
+
+@scorers.command("update")
+@click.argument("name")
+@click.option("--sample-rate", type=float, help="New fraction of traces to score (0 stops it).")
+@click.option("--filter", "filter_string", metavar="FILTER", help="New filter; '' removes it.")
+@_reported
+def update_command(name: str, sample_rate: float | None, filter_string: str | None) -> None:
+    """Change NAME's sampling; what is not given is kept."""
+    if sample_rate is None and filter_string is None:
+        raise click.UsageError("give --sample-rate and/or --filter")
+    _echo_state("updated", _client().update(name, ScorerSamplingConfig(sample_rate, filter_string)))
+
+
+@scorers.command("stop")
+@click.argument("name")
+@_reported
+def stop_command(name: str) -> None:
+    """Stop NAME (sample rate 0); it stays registered."""
+    _echo_state("stopped", _client().stop(name))
+
+
+@scorers.command("delete")
+@click.argument("name")
+@_reported
+def delete_command(name: str) -> None:
+    """Unregister NAME (a scorer from the config file comes back at the next start)."""
+    _client().delete(name)
+    click.echo(f"deleted {name}")
+
+
+def _echo_state(verb: str, scorer: Scorer) -> None:
+    where = f", filter {scorer.filter_string}" if scorer.filter_string else ""
+    click.echo(f"{verb} {scorer.name}: {scorer.status.value.lower()}, sample_rate {scorer.sample_rate:g}{where}")
+
+
+def _kind(scorer: Scorer) -> str:
+    if scorer.builtin is not None:
+        return f"builtin:{scorer.builtin}"
+    if scorer.code is not None:
+        return f"code:{scorer.code}"
+    return scorer.kind
+
+
+def _dump(data: Any, output: str) -> str:
+    if output == "json":
+        return json.dumps(data, indent=2, ensure_ascii=False)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n")
+
+
+def _parse_value_type(text: str | None) -> str | list[str] | None:
+    if text is None:
+        return None
+    if text in VALUE_TYPE_NAMES:
+        return text
+    categories = [item.strip() for item in text.split(",") if item.strip()]
+    if len(categories) < 2:
+        raise click.BadParameter(
+            f"use one of {', '.join(VALUE_TYPE_NAMES)} or at least two categories as a,b",
+            param_hint="--feedback-value-type",
+        )
+    return categories
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--param")
+        try:
+            params[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            params[key.strip()] = value
+    return params
