@@ -21,7 +21,7 @@ from archive_reader import query
 from otlp_peers import GrpcSink
 
 CODE_SCORER = """
-from tracejudge.scoring.code import Feedback, scorer
+from tracejudge.scorers import Feedback, scorer
 
 @scorer
 def mentions_refund(outputs):
