@@ -42,7 +42,8 @@ from types import TracebackType
 from typing import Any, Literal
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+import orjson
+from openai.types.chat import ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 
 from tracejudge.config import JudgeEndpointConfig
@@ -164,13 +165,24 @@ def _check_required(value: dict[str, Any], schema: Mapping[str, Any]) -> None:
         raise JudgeError("malformed_output", f"judge reply lacks required keys {missing}: {json.dumps(value)[:200]}")
 
 
-def _reply_text(completion: object) -> str:
-    if not isinstance(completion, ChatCompletion) or not completion.choices:
+def _reply_text(completion: Mapping[str, Any]) -> str:
+    choices = completion.get("choices")
+    message = (
+        choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+    )
+    if not isinstance(message, dict):
         raise JudgeError("malformed_output", f"not a chat completion: {str(completion)[:200]!r}")
-    message = completion.choices[0].message
-    if message.refusal:
-        raise JudgeError("malformed_output", f"judge refused: {message.refusal[:200]}")
-    return message.content or ""
+    if message.get("refusal"):
+        raise JudgeError("malformed_output", f"judge refused: {str(message['refusal'])[:200]}")
+    return str(message.get("content") or "")
+
+
+def _usage(completion: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    usage = completion.get("usage")
+    if not isinstance(usage, dict):
+        return None, None
+    prompt, reply = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (prompt if isinstance(prompt, int) else None), (reply if isinstance(reply, int) else None)
 
 
 # --- structured output ----------------------------------------------------------------------------------
@@ -438,14 +450,12 @@ class JudgeClient:
             started = time.monotonic()
             completion = await self._create(messages, _response_format(mode, schema, schema_name))
             latency = time.monotonic() - started
-        usage = completion.usage
-        if self._tokens is not None and usage is not None:
-            self._tokens.charge(usage.total_tokens - estimate)
+        input_tokens, output_tokens = _usage(completion)
+        if self._tokens is not None and input_tokens is not None:
+            self._tokens.charge(input_tokens + (output_tokens or 0) - estimate)
         text = _reply_text(completion)
         value = parse_json_object(text)
         _check_required(value, schema)
-        input_tokens = usage.prompt_tokens if usage else None
-        output_tokens = usage.completion_tokens if usage else None
         return JudgeReply(value, text, input_tokens, output_tokens, latency, self.config.model, attempts=1)
 
     async def _admit(self, estimate: int) -> None:
@@ -460,14 +470,26 @@ class JudgeClient:
 
     async def _create(
         self, messages: list[ChatCompletionMessageParam], response_format: ResponseFormat | openai.Omit
-    ) -> ChatCompletion:
-        request = self._openai.chat.completions.create(
-            model=self.model, messages=messages, response_format=response_format
-        )
+    ) -> dict[str, Any]:
+        """POST /chat/completions through the SDK's request path (auth, base URL, errors as APIStatusError)
+        but with the body sent as built and the reply read as bytes: bench/scoring.py showed the typed
+        `chat.completions.create` spending most of a judge call's CPU transforming params and building
+        response models."""
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        if not isinstance(response_format, openai.Omit):
+            body["response_format"] = response_format
+        request = self._openai.post("/chat/completions", body=body, cast_to=bytes)
         try:
-            return await asyncio.wait_for(request, self.config.timeout)
+            raw = await asyncio.wait_for(request, self.config.timeout)
         except (openai.OpenAIError, asyncio.TimeoutError) as exc:
             raise _from_sdk(exc) from exc
+        try:
+            completion = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise JudgeError("malformed_output", f"reply is not JSON: {raw[:200]!r}") from exc
+        if not isinstance(completion, dict):
+            raise JudgeError("malformed_output", f"not a chat completion: {raw[:200]!r}")
+        return completion
 
     async def _recover(self, call: _Call, error: JudgeError) -> None:
         """Prepare the next attempt (another format, the same again, or the same after a backoff); else raise."""

@@ -130,6 +130,7 @@ class ScoringConfig(_Strict):
     code_timeout: Duration = 10.0
     code_workers: int = Field(default=4, ge=1)
     drain_timeout: Duration = 10.0  # at shutdown, how long running scorers may finish
+    emit_interval: Duration = 0.2  # verdicts are exported in batches at most this far apart (freshness)
 
     @field_validator("otlp_endpoint")
     @classmethod

@@ -103,7 +103,9 @@ class Pipeline:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.archive = ParquetArchive(config.archive, config.archive_dir, meter) if config.archive.enabled else None
         self.forwarder = Forwarder(config.forward, config.queue_dir, meter)
-        self.emitter = AssessmentEmitter(config.assessments_endpoint, meter, archive=self.archive)
+        self.emitter = AssessmentEmitter(
+            config.assessments_endpoint, meter, archive=self.archive, export_interval_s=config.scoring.emit_interval
+        )
         self.judges = JudgePool(config.judges)
         self._code_executor = ThreadPoolExecutor(config.scoring.code_workers, thread_name_prefix="code-scorer")
         self.registry = ScorerRegistry(
