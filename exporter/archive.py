@@ -25,7 +25,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from tracejudge.config import ArchiveConfig
-from tracejudge.exporter.archive_worker import ACK, ASSESSMENTS, CLOSE, FLUSH, FRAME, LOGS, SPANS, TRACES
+from tracejudge.exporter.archive_worker import ACK, ASSESSMENTS, CLOSE, FLUSH, FRAME, LOGS, SKIPPED, SPANS, TRACES
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,17 @@ class ParquetArchive:
         self._enqueue(LOGS + payload, items, "logs")
 
     def write_traces(self, summaries: list[dict[str, Any]]) -> None:
-        """Trace summaries are never refused: they are small and their spans were already accepted."""
-        self._enqueue(TRACES + pickle.dumps(summaries, protocol=5), len(summaries), "traces", force=True)
+        self._write_rows(TRACES, summaries, "traces")
 
     def write_assessments(self, assessments: list[dict[str, Any]]) -> None:
-        """Assessment rows (rows.ASSESSMENTS_SCHEMA) are never refused either: few, and costly to make."""
-        payload = ASSESSMENTS + pickle.dumps(assessments, protocol=5)
-        self._enqueue(payload, len(assessments), "assessments", force=True)
+        self._write_rows(ASSESSMENTS, assessments, "assessments")
+
+    def write_skipped(self, skipped: list[dict[str, Any]]) -> None:
+        self._write_rows(SKIPPED, skipped, "skipped")
+
+    def _write_rows(self, kind: bytes, rows: list[dict[str, Any]], table: str) -> None:
+        """Rows built by tracejudge (rows.*_SCHEMA) are never refused: their spans were already accepted."""
+        self._enqueue(kind + pickle.dumps(rows, protocol=5), len(rows), table, force=True)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Close the open files so that everything accepted so far is readable; True when done."""

@@ -33,7 +33,13 @@ from tracejudge.exporter import rows
 
 log = logging.getLogger("tracejudge.archive")
 
-SPANS, LOGS, TRACES, ASSESSMENTS, FLUSH, CLOSE = b"S", b"L", b"T", b"A", b"F", b"C"
+SPANS, LOGS, TRACES, ASSESSMENTS, SKIPPED, FLUSH, CLOSE = b"S", b"L", b"T", b"A", b"K", b"F", b"C"
+# Tables whose messages are pickled lists of row dicts (built in tracejudge, not decoded from OTLP).
+ROW_TABLES = {
+    TRACES: ("traces", rows.TRACES_SCHEMA),
+    ASSESSMENTS: ("assessments", rows.ASSESSMENTS_SCHEMA),
+    SKIPPED: ("skipped", rows.SKIPPED_SCHEMA),
+}
 FRAME = struct.Struct(">I")
 ACK = b"k"
 
@@ -50,13 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     os.set_inheritable(args.input_fd, False)
     os.set_inheritable(args.ack_fd, False)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    schemas = {SPANS: ("spans", rows.SPANS_SCHEMA), LOGS: ("logs", rows.LOGS_SCHEMA), **ROW_TABLES}
     tables = {
-        SPANS: TableWriter(args.directory / "spans", rows.SPANS_SCHEMA, args.roll_size, args.roll_interval),
-        LOGS: TableWriter(args.directory / "logs", rows.LOGS_SCHEMA, args.roll_size, args.roll_interval),
-        TRACES: TableWriter(args.directory / "traces", rows.TRACES_SCHEMA, args.roll_size, args.roll_interval),
-        ASSESSMENTS: TableWriter(
-            args.directory / "assessments", rows.ASSESSMENTS_SCHEMA, args.roll_size, args.roll_interval
-        ),
+        kind: TableWriter(args.directory / name, schema, args.roll_size, args.roll_interval)
+        for kind, (name, schema) in schemas.items()
     }
     serve(args.input_fd, args.ack_fd, tables)
 
@@ -120,9 +123,7 @@ def _decode(kind: bytes, payload: bytes) -> pa.RecordBatch:
         return rows.spans_batch(ExportTraceServiceRequest.FromString(payload))
     if kind == LOGS:
         return rows.logs_batch(ExportLogsServiceRequest.FromString(payload))
-    if kind == ASSESSMENTS:
-        return rows.assessments_batch(pickle.loads(payload))
-    return rows.traces_batch(pickle.loads(payload))
+    return pa.RecordBatch.from_pylist(pickle.loads(payload), schema=ROW_TABLES[kind][1])
 
 
 class TableWriter:

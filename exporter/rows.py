@@ -226,12 +226,15 @@ def logs_batch(request: ExportLogsServiceRequest, received_at: int | None = None
     return pa.RecordBatch.from_pydict(columns, schema=LOGS_SCHEMA)
 
 
-def traces_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(rows, schema=TRACES_SCHEMA)
+SKIPPED_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("scorers", pa.list_(pa.string())),
+        ("reason", pa.string()),
+        ("timestamp", TIMESTAMP),
+    ]
+)
 
 
-def assessments_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(rows, schema=ASSESSMENTS_SCHEMA)
-
-
-__all__ = ["KeyValue", "assessments_batch", "attributes_dict", "logs_batch", "spans_batch", "traces_batch"]
+__all__ = ["KeyValue", "attributes_dict", "logs_batch", "spans_batch"]

@@ -16,12 +16,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from tracejudge.model import Assessment, AssessmentSource, Trace
+from tracejudge.model import Assessment, Trace
 
 from .extract import extract
 from .filters import TraceFilter, parse_filter
@@ -52,7 +52,7 @@ class ScoringEngine:
         registry: ScorerRegistry,
         build: Callable[[ScorerSpec], Scorer],
         sink: AssessmentSink,
-        record_skipped: Callable[[list[Assessment]], None],
+        record_skipped: Callable[[list[dict[str, Any]]], None],
         meter: metrics.Meter,
         max_backlog: int = 10_000,
         max_concurrency: int = 256,
@@ -107,12 +107,20 @@ class ScoringEngine:
         if not active or not self._accepting:
             return
         admitted = []
+        skipped: list[tuple[Trace, list[ActiveScorer], str]] = []
         for trace in traces:
             chosen = [scorer for scorer in active if scorer.sampler.sampled(trace.trace_id)]
-            if chosen and self._admit(trace, chosen):
+            if not chosen:
+                continue
+            reason = self._admit(trace, chosen)
+            if reason is None:
                 admitted.append((trace, chosen))
+            else:
+                skipped.append((trace, chosen, reason))
         if admitted:
             self._loop.call_soon_threadsafe(self._spawn, admitted)
+        if skipped:
+            self._skip(skipped)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop admitting; let running scorers finish within `timeout`; record the rest as skipped."""
@@ -124,18 +132,15 @@ class ScoringEngine:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
-    def _admit(self, trace: Trace, chosen: list[ActiveScorer]) -> bool:
-        """Reserve backlog room for the pairs, or record them as skipped; True when admitted."""
-        reason = "incomplete" if not trace.complete else None
-        if reason is None:
-            with self._lock:
-                if self._backlog + len(chosen) > self._max_backlog:
-                    reason = "backlog_full"
-                else:
-                    self._backlog += len(chosen)
-        if reason is not None:
-            self._skip(trace, chosen, reason)
-        return reason is None
+    def _admit(self, trace: Trace, chosen: list[ActiveScorer]) -> str | None:
+        """Reserve backlog room for the pairs; else the reason they cannot be scored."""
+        if not trace.complete:
+            return "incomplete"
+        with self._lock:
+            if self._backlog + len(chosen) > self._max_backlog:
+                return "backlog_full"
+            self._backlog += len(chosen)
+        return None
 
     def _spawn(self, admitted: list[tuple[Trace, list[ActiveScorer]]]) -> None:
         for trace, chosen in admitted:
@@ -175,24 +180,26 @@ class ScoringEngine:
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout)
         for task in pending:
-            trace, chosen = task.chosen  # type: ignore[attr-defined]
             task.cancel()
-            self._skip(trace, chosen, "shutdown")
         if pending:
+            self._skip([(*task.chosen, "shutdown") for task in pending])  # type: ignore[attr-defined]
             log.warning("stopped with %d traces unscored (recorded as skipped: shutdown)", len(pending))
 
-    def _skip(self, trace: Trace, chosen: list[ActiveScorer], reason: str) -> None:
-        self._count_skips(chosen, reason)
-        root = trace.root or (trace.spans[0] if trace.spans else None)
-        span_id = root.span_id.hex() if root else ""
+    def _skip(self, skipped: Sequence[tuple[Trace, list[ActiveScorer], str]]) -> None:
+        """One `skipped` archive row per trace (with its scorers), and the counts, per batch: under
+        overload most sampled traces end here, so this must stay cheap."""
         now = time.time_ns()
-        self._record_skipped([
-            Assessment(name=s.spec.name, trace_id=trace.trace_id.hex(), span_id=span_id, value=None,
-                       source=AssessmentSource.CODE if s.spec.kind == "code" else AssessmentSource.LLM_JUDGE,
-                       source_id="tracejudge", label="skipped", error=f"not scored: {reason}", error_type=reason,
-                       scorer_version=s.spec.version, timestamp_ns=now)
-            for s in chosen
-        ])  # fmt: skip
+        rows = []
+        counts: Counter[tuple[str, str]] = Counter()
+        for trace, chosen, reason in skipped:
+            root = trace.root or (trace.spans[0] if trace.spans else None)
+            names = [scorer.spec.name for scorer in chosen]
+            rows.append({"trace_id": trace.trace_id.hex(), "span_id": root.span_id.hex() if root else "",
+                         "scorers": names, "reason": reason, "timestamp": now})  # fmt: skip
+            counts.update((name, reason) for name in names)
+        self._record_skipped(rows)
+        for (name, reason), count in counts.items():
+            self._skipped.add(count, {"scorer": name, "reason": reason})
 
     def _count_skips(self, chosen: Sequence[ActiveScorer], reason: str) -> None:
         for name, count in Counter(s.spec.name for s in chosen).items():

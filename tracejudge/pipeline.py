@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -21,10 +22,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tracejudge.config import Config
 from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
-from tracejudge.exporter.assessment_emitter import AssessmentEmitter, assessment_row
+from tracejudge.exporter.assessment_emitter import AssessmentEmitter
 from tracejudge.exporter.forwarder import Forwarder
 from tracejudge.exporter.trace_summary import TraceSummaryRecorder
-from tracejudge.model import Assessment, Signal, Trace
+from tracejudge.model import Signal, Trace
 from tracejudge.receiver.assembler import TraceAssembler, TraceConsumer
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
@@ -170,9 +171,9 @@ class Pipeline:
     def _build_scorer(self, spec: ScorerSpec) -> Scorer:
         return build_scorer(spec, self.judges.get, self._code_executor, self.config.scoring.code_timeout)
 
-    def _record_skipped(self, assessments: list[Assessment]) -> None:
+    def _record_skipped(self, rows: list[dict[str, Any]]) -> None:
         if self.archive is not None:
-            self.archive.write_assessments([assessment_row(a) for a in assessments])
+            self.archive.write_skipped(rows)
 
     def serve_until_signalled(self, drain_timeout: float = 10.0) -> None:
         """Start, serve until SIGTERM or SIGINT, stop. Handlers go in first, so a signal that
