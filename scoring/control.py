@@ -245,7 +245,7 @@ def spec_from_proto(message: pb.Scorer) -> ScorerSpec:
     if message.HasField("model"):
         raw["model"] = message.model
     if message.HasField("params"):
-        raw["params"] = _plain(json_format.MessageToDict(message.params))
+        raw["params"] = plain_struct(json_format.MessageToDict(message.params))
     if message.HasField("filter_string"):
         _check_filter(message.filter_string)
         raw["filter_string"] = message.filter_string
@@ -264,12 +264,12 @@ def describe_validation(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _plain(value: Any) -> Any:
+def plain_struct(value: Any) -> Any:
     """Struct numbers are doubles: give whole numbers back as ints (threshold_ms: 5000, not 5000.0)."""
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain_struct(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        return [plain_struct(item) for item in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value

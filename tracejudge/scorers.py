@@ -39,7 +39,7 @@ from google.protobuf.message import Message
 from tracejudge.proto import scorers_pb2 as pb
 from tracejudge.scoring.code import Feedback
 from tracejudge.scoring.code import scorer as _mark_scorer
-from tracejudge.scoring.control import CODE_OVER_NETWORK, METHODS, SERVICE_NAME
+from tracejudge.scoring.control import CODE_OVER_NETWORK, METHODS, SERVICE_NAME, plain_struct
 
 __all__ = [
     "Completeness",
@@ -504,7 +504,7 @@ class Scorer:
 
     @property
     def params(self) -> dict[str, Any]:
-        return _plain(json_format.MessageToDict(self._message.params)) if self._message.HasField("params") else {}
+        return plain_struct(json_format.MessageToDict(self._message.params)) if self._message.HasField("params") else {}
 
     @property
     def sample_rate(self) -> float:
@@ -571,16 +571,6 @@ def _value_type(value: Any) -> str | list[str] | None:
     if isinstance(value, (list, tuple)) and value and all(isinstance(item, str) for item in value):
         return list(value)
     raise TypeError(f"feedback_value_type must be bool, int, float, str or Literal[...] of strings, got {value!r}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    return value
 
 
 class _Builtin(Scorer):
