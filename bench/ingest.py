@@ -313,10 +313,10 @@ class Sink:
     def stop(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.send("stop")
-        _end_process(self.process)
+        end_process(self.process)
 
 
-def _end_process(process: Any) -> None:
+def end_process(process: Any) -> None:
     process.join(5)
     if process.is_alive():
         process.terminate()
@@ -616,7 +616,7 @@ def run_load(
         labels = {pid: process_label(pid) for pid in sidecar.children()}
     finally:
         if client is not None:
-            _end_process(client)
+            end_process(client)
         code = sidecar.stop()
         if code not in (0, None):
             ok = False

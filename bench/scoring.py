@@ -65,6 +65,7 @@ from ingest import (  # noqa: E402  (bench/ is not a package)
     Template,
     client_main,
     cpu_seconds,
+    end_process,
     fmt,
     machine_cpu,
     percentile,
@@ -235,16 +236,6 @@ class Helper:
         with contextlib.suppress(OSError):
             self.conn.send("stop")
         end_process(self.process)
-
-
-def end_process(process: Any) -> None:
-    process.join(5)
-    if process.is_alive():
-        process.terminate()
-        process.join(5)
-    if process.is_alive():
-        process.kill()
-        process.join(5)
 
 
 class Verdicts:
