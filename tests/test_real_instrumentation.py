@@ -1,0 +1,65 @@
+"""A real instrumented app, not hand-set attributes: mlflow-tracing's own OTLP export into tracejudge."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from mock_openai import MockOpenAI
+from test_scoring_e2e import evaluation_spans, event_attributes
+
+from tracejudge.testing import SidecarProcess, wait_until
+
+from otlp_peers import GrpcSink
+
+MLFLOW_APP = """
+import mlflow
+
+@mlflow.trace(span_type="RETRIEVER")
+def retrieve(query):
+    return [{"page_content": "Policy 4.2: damaged items are refunded within 30 days.",
+             "metadata": {"doc_uri": "kb://policy/4.2"}}]
+
+@mlflow.trace(span_type="CHAIN")
+def answer(question):
+    retrieve(question)
+    return "Damaged items are refunded within 30 days (policy 4.2)."
+
+answer("Is a damaged kettle refunded?")
+"""
+
+
+def test_mlflow_traced_app_is_judged_on_its_retrieved_documents(tmp_path: Path, grpc_sink: GrpcSink):
+    (tmp_path / "app.py").write_text(textwrap.dedent(MLFLOW_APP))
+    with MockOpenAI() as judge:
+        config = {
+            "assembler": {"trace_idle": "200ms"},
+            "judges": {"default": {"base_url": judge.base_url, "api_key_env": "TRACEJUDGE_TEST_NO_KEY"}},
+            "scorers": [
+                {"name": "grounded", "builtin": "RetrievalGroundedness", "sample_rate": 1.0},
+                {"name": "safety", "builtin": "Safety", "sample_rate": 1.0},
+            ],
+        }
+        sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config).start()
+        try:
+            env = {
+                **os.environ,
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://{sidecar.grpc_target}",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+                "MLFLOW_TRACKING_URI": str(tmp_path / "mlruns"),
+            }
+            app = subprocess.run([sys.executable, str(tmp_path / "app.py")], env=env, capture_output=True,
+                                 text=True, timeout=120)  # fmt: skip
+            assert app.returncode == 0, app.stderr
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 2, timeout=30), sidecar.log_tail()
+            prompts = {request.user_text for request in judge.chat_requests()}
+        finally:
+            sidecar.stop()
+    verdicts = {s.name: event_attributes(s)["gen_ai.evaluation.score.label"] for s in evaluation_spans(grpc_sink)}
+    assert verdicts == {"evaluation grounded": "yes", "evaluation safety": "yes"}
+    grounded_prompt = next(p for p in prompts if "Policy 4.2" in p)
+    assert "Damaged items are refunded within 30 days (policy 4.2)." in grounded_prompt
+    assert "Is a damaged kettle refunded?" in grounded_prompt
