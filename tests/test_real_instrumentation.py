@@ -13,6 +13,7 @@ from test_scoring_e2e import evaluation_spans, event_attributes
 
 from tracejudge.testing import SidecarProcess, wait_until
 
+from archive_reader import query
 from otlp_peers import GrpcSink
 
 MLFLOW_APP = """
@@ -63,3 +64,49 @@ def test_mlflow_traced_app_is_judged_on_its_retrieved_documents(tmp_path: Path, 
     grounded_prompt = next(p for p in prompts if "Policy 4.2" in p)
     assert "Damaged items are refunded within 30 days (policy 4.2)." in grounded_prompt
     assert "Is a damaged kettle refunded?" in grounded_prompt
+
+
+OPENINFERENCE_APP = """
+import sys
+import openai
+from openinference.instrumentation import using_session
+from openinference.instrumentation.openai import OpenAIInstrumentor
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=sys.argv[1], insecure=True)))
+OpenAIInstrumentor().instrument(tracer_provider=provider)
+client = openai.OpenAI(base_url=sys.argv[2], api_key="app-key")
+with using_session("chat-7"):
+    client.chat.completions.create(model="gpt-4.1-mini",
+                                   messages=[{"role": "user", "content": "What is the refund window?"}])
+provider.shutdown()
+"""
+
+
+def test_openinference_instrumented_openai_app_is_judged(tmp_path: Path, grpc_sink: GrpcSink):
+    (tmp_path / "app.py").write_text(textwrap.dedent(OPENINFERENCE_APP))
+    with MockOpenAI() as app_model, MockOpenAI() as judge:
+        config = {
+            "assembler": {"trace_idle": "200ms"},
+            "judges": {"default": {"base_url": judge.base_url, "api_key_env": "TRACEJUDGE_TEST_NO_KEY"}},
+            "scorers": [{"name": "relevance", "builtin": "RelevanceToQuery", "sample_rate": 1.0}],
+        }
+        sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config).start()
+        try:
+            app = subprocess.run([sys.executable, str(tmp_path / "app.py"), sidecar.grpc_target, app_model.base_url],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert app.returncode == 0, app.stderr
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=30), sidecar.log_tail()
+            [prompt] = [request.user_text for request in judge.chat_requests()]
+        finally:
+            sidecar.stop()
+    [verdict] = evaluation_spans(grpc_sink)
+    assert event_attributes(verdict)["gen_ai.evaluation.score.label"] == "yes"
+    assert "What is the refund window?" in prompt
+    assert app_model.chat_requests() and "Here is my assessment" in prompt  # the app model's reply text
+    assert app_model.chat_requests()[0].user_text == "What is the refund window?"
+    sessions = query(sidecar.data_dir / "archive", "assessments", "SELECT session_id FROM t")
+    assert sessions == [("chat-7",)]
