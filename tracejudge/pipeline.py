@@ -146,7 +146,17 @@ class Pipeline:
             admin=admin,
         )
         self.telemetry.ready = True
+        self._log_plan()
         return ports
+
+    def _log_plan(self) -> None:
+        """One line a new user can check: where spans and verdicts go, and what is scored."""
+        forward = ", ".join(endpoint.url for endpoint in self.config.forward) or "nowhere (archive only)"
+        archive = str(self.config.archive_dir) if self.archive is not None else "off"
+        active = [f"{spec.name}@{spec.sample_rate:g}" for spec in self.registry.active()]
+        verdicts = self.config.assessments_endpoint or "metrics and archive only"
+        log.info("forwarding to %s; archive %s; scorers %s; verdicts to %s", forward, archive,
+                 ", ".join(active) or "none active", verdicts)  # fmt: skip
 
     def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, decide every buffered trace, drain the forwarder, close archive files."""
