@@ -41,9 +41,12 @@ class ArchiveFull(Exception):
 
 class ParquetArchive:
     def __init__(self, config: ArchiveConfig, directory: Path, meter: metrics.Meter) -> None:
+        # `python -m` puts the working directory first on sys.path; started from a source checkout, its
+        # tracejudge/ folder would shadow the installed package. So the worker runs in its own directory.
+        self._directory = directory.resolve()
         self._command = [
             sys.executable, "-m", "tracejudge.exporter.archive_worker",
-            "--directory", str(directory),
+            "--directory", str(self._directory),
             "--roll-size", str(config.roll_size),
             "--roll-interval", str(config.roll_interval),
             "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()),
@@ -176,8 +179,13 @@ class ParquetArchive:
         except OSError:
             log.debug("could not widen the archive pipe; continuing with the default size")
         command = [*self._command, "--input-fd", str(input_read), "--ack-fd", str(ack_write)]
+        self._directory.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, pass_fds=(input_read, ack_write), start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(input_read, ack_write),
+            start_new_session=True,
+            cwd=self._directory,
         )
         os.close(input_read)
         os.close(ack_write)

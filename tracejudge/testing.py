@@ -71,7 +71,11 @@ class SidecarProcess:
         log_level: str = "INFO",
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        """`launcher` replaces `python -m tracejudge.cli` (e.g. an installed `tracejudge` script);
+        `cwd` is the directory it runs in."""
         self.data_dir = data_dir
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
@@ -79,11 +83,12 @@ class SidecarProcess:
         self.config_path = data_dir / "tracejudge.yaml"
         self.config_path.write_text(yaml.safe_dump(config or {}))
         self.args = [
-            sys.executable, "-m", "tracejudge.cli", "serve", "--config", str(self.config_path),
+            *(launcher or [sys.executable, "-m", "tracejudge.cli"]), "serve", "--config", str(self.config_path),
             "--grpc", self.grpc_target, "--http", f"127.0.0.1:{self.http_port}",
             "--metrics", f"127.0.0.1:{self.admin_port}", "--data-dir", str(data_dir), "--log-level", log_level,
             *[arg for url in forward for arg in ("--forward", url)], *(extra_args or []),
         ]  # fmt: skip
+        self.cwd = cwd
         self.log_path = data_dir / "tracejudge.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -113,6 +118,7 @@ class SidecarProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
