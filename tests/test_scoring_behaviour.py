@@ -110,3 +110,22 @@ def test_traces_from_three_conventions_are_all_judged_on_their_own_content(tmp_p
         assert sum(answer in prompt for prompt in prompts) == 1, convention
     for question in ("question one", "question two", "question three"):
         assert sum(question in prompt for prompt in prompts) == 1, question
+
+
+def test_without_judges_config_the_openai_environment_and_default_model_are_used(tmp_path, grpc_sink):
+    with MockOpenAI() as judge:
+        scorers = [{"name": "safety", "builtin": "Safety", "sample_rate": 1}]
+        env = {"OPENAI_BASE_URL": judge.base_url, "OPENAI_API_KEY": "sk-from-environment"}
+        sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], {"assembler": {"trace_idle": "200ms"},
+                                 "scorers": scorers}, env=env).start()  # fmt: skip
+        try:
+            run_agent(sidecar.grpc_target, [("Fine answer.", False)])
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=20), sidecar.log_tail()
+            [request] = judge.chat_requests()
+        finally:
+            sidecar.stop()
+    assert request.headers["Authorization"] == "Bearer sk-from-environment"
+    assert request.body is not None and request.body["model"] == "gpt-4.1-mini"
+    [span] = evaluation_spans(grpc_sink)
+    source_id = {a.key: a.value.string_value for a in span.attributes}["tracejudge.assessment.source_id"]
+    assert source_id == "openai:/gpt-4.1-mini"
