@@ -50,6 +50,18 @@ class ScorerSpec(BaseModel):
             raise ValueError("use 1-100 letters, digits, '_', '-' or '.'")
         return value
 
+    @field_validator("builtin")
+    @classmethod
+    def _known_builtin(cls, value: str | None) -> str | None:
+        # Imported here: the judges import the judge client, which imports the config, which imports this.
+        from .checks import CHECKS
+        from .judges import BUILTIN_JUDGES
+
+        known = sorted([*CHECKS, *BUILTIN_JUDGES, "Guidelines"])
+        if value is not None and value not in known:
+            raise ValueError(f"unknown builtin {value!r}; known: {', '.join(known)}")
+        return value
+
     @field_validator("code")
     @classmethod
     def _valid_code(cls, value: str | None) -> str | None:

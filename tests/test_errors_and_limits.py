@@ -127,3 +127,18 @@ def test_bad_config_stops_startup_naming_the_key(tmp_path):
         timeout=30,
     )
     assert bad_forward.returncode != 0 and "forward.0.url" in bad_forward.stderr
+
+
+def test_scorer_mistakes_in_the_config_stop_startup_with_one_clear_line(tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("scorers:\n  - {name: x, builtin: Safty, sample_rate: 1}\n")
+    checked = subprocess.run([sys.executable, "-m", "tracejudge.cli", "check-config", str(typo)],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert checked.returncode != 0 and "scorers.0.builtin" in checked.stderr and "'Safty'" in checked.stderr
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("scorers:\n  - {name: x, code: 'no_such_module:f', sample_rate: 1}\n")
+    listeners_off = ["--grpc", "off", "--http", "off", "--metrics", "off"]
+    command = [sys.executable, "-m", "tracejudge.cli", "serve", "--config", str(missing), "--data-dir", str(tmp_path)]
+    served = subprocess.run([*command, *listeners_off], capture_output=True, text=True, timeout=30)
+    assert served.returncode != 0
+    assert "cannot load code scorer 'no_such_module:f'" in served.stderr and "Traceback" not in served.stderr

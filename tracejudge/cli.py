@@ -105,9 +105,15 @@ def serve(
         level=config.telemetry.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     from tracejudge.pipeline import Pipeline
+    from tracejudge.scoring.registry import RegistryError
+    from tracejudge.scoring.scorers import UnknownScorer
 
     try:
-        Pipeline(config).serve_until_signalled()
+        pipeline = Pipeline(config)
+    except (RegistryError, UnknownScorer) as exc:
+        raise click.ClickException(f"cannot start: a scorer in the config cannot run: {exc}") from exc
+    try:
+        pipeline.serve_until_signalled()
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
 
