@@ -85,14 +85,18 @@ class AssessmentEmitter:
         timeout_s: float = 10.0,
         export_interval_s: float = 1.0,
         max_queue_size: int = 8192,
+        exporters: tuple[SpanExporter, LogRecordExporter] | None = None,
     ) -> None:
+        """`exporters` replaces the OTLP exporters built from `url` (tracejudge passes queue-backed ones)."""
         self._archive = archive
         self._lock = threading.Lock()
         self._closed = False
         self._tracer_provider: TracerProvider | None = None
         self._logger_provider: LoggerProvider | None = None
-        if url is not None:
-            span_exporter, log_exporter = _otlp_exporters(url, dict(headers or {}), compression, timeout_s)
+        if url is not None or exporters is not None:
+            span_exporter, log_exporter = exporters or _otlp_exporters(
+                str(url), dict(headers or {}), compression, timeout_s
+            )
             resource = Resource.create({"service.name": "tracejudge", "service.version": __version__})
             delay_ms = export_interval_s * 1000
             # ALWAYS_ON, not the default ParentBased sampler: an evaluation span is wanted whatever

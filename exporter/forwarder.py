@@ -243,8 +243,18 @@ class EndpointSender:
 
 
 class Forwarder:
-    def __init__(self, endpoints: Iterable[ForwardEndpointConfig], queue_dir: Path, meter: metrics.Meter) -> None:
-        self.senders = [EndpointSender(config, queue_dir, meter) for config in endpoints]
+    """`endpoints` get every accepted request; `private` endpoints only what `submit_to` sends them
+    (tracejudge's own verdicts, when they go somewhere the app's data does not)."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[ForwardEndpointConfig],
+        queue_dir: Path,
+        meter: metrics.Meter,
+        private: Iterable[ForwardEndpointConfig] = (),
+    ) -> None:
+        self.forward_senders = [EndpointSender(config, queue_dir, meter) for config in endpoints]
+        self.senders = [*self.forward_senders, *(EndpointSender(config, queue_dir, meter) for config in private)]
         meter.create_observable_gauge(
             "tracejudge.forwarder.queue_items",
             [self._observe_depth],
@@ -263,8 +273,13 @@ class Forwarder:
 
     def submit(self, signal: Signal, payload: bytes, items: int) -> None:
         item = QueueItem(signal, payload, items)
-        for sender in self.senders:
+        for sender in self.forward_senders:
             sender.submit(item)
+
+    def submit_to(self, url: str, signal: Signal, payload: bytes, items: int) -> None:
+        """Queue for one endpoint only; `url` must be one of the forwarder's endpoints."""
+        sender = next(sender for sender in self.senders if sender.name == url.rstrip("/"))
+        sender.submit(QueueItem(signal, payload, items))
 
     def stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

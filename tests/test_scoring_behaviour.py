@@ -129,3 +129,34 @@ def test_without_judges_config_the_openai_environment_and_default_model_are_used
     [span] = evaluation_spans(grpc_sink)
     source_id = {a.key: a.value.string_value for a in span.attributes}["tracejudge.assessment.source_id"]
     assert source_id == "openai:/gpt-4.1-mini"
+
+
+def log_records(sink: GrpcSink) -> list:
+    return [r for q in sink.received.requests("logs") for rl in q.resource_logs for sl in rl.scope_logs
+            for r in sl.log_records]  # fmt: skip
+
+
+def test_verdicts_survive_an_outage_of_their_own_destination(tmp_path, grpc_sink):
+    verdict_sink = GrpcSink().start()
+    verdict_sink.failing = True
+    try:
+        with MockOpenAI() as judge:
+            scorers = [{"name": "no_error", "builtin": "NoError", "sample_rate": 1}]
+            sidecar = sidecar_with(tmp_path, grpc_sink, judge, scorers, scoring={"otlp_endpoint": verdict_sink.url})
+            try:
+                run_agent(sidecar.grpc_target, [("Fine answer.", False), ("Another.", False)])
+
+                def retries() -> float:
+                    return sidecar.metric("tracejudge_forwarder_retries_total", endpoint=verdict_sink.url)
+
+                assert wait_until(lambda: retries() > 0, timeout=20), sidecar.log_tail()
+                verdict_sink.failing = False
+                assert wait_until(lambda: len(evaluation_spans(verdict_sink)) == 2, timeout=60)
+                assert wait_until(lambda: len(log_records(verdict_sink)) == 2)
+            finally:
+                sidecar.stop()
+        assert not evaluation_spans(grpc_sink), "verdicts went to the app's backend too"
+        assert {s.name for s in grpc_sink.received.spans()} == {"invoke_agent support", "chat gpt-4.1-mini"}
+        assert {s.name for s in verdict_sink.received.spans()} == {"evaluation no_error"}
+    finally:
+        verdict_sink.stop()

@@ -7,6 +7,7 @@ accepted before a stop is forwarded (or kept on disk), archived and assembled.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -20,10 +21,11 @@ from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tracejudge.config import Config
+from tracejudge.config import Config, ForwardEndpointConfig
 from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
 from tracejudge.exporter.assessment_emitter import AssessmentEmitter
 from tracejudge.exporter.forwarder import Forwarder
+from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
 from tracejudge.exporter.trace_summary import TraceSummaryRecorder
 from tracejudge.model import Signal, Trace
 from tracejudge.receiver.assembler import TraceAssembler, TraceConsumer
@@ -103,10 +105,16 @@ class Pipeline:
         meter = self.telemetry.meter
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.archive = ParquetArchive(config.archive, config.archive_dir, meter) if config.archive.enabled else None
-        self.forwarder = Forwarder(config.forward, config.queue_dir, meter)
-        self.emitter = AssessmentEmitter(
-            config.assessments_endpoint, meter, archive=self.archive, export_interval_s=config.scoring.emit_interval
+        verdicts_to = config.assessments_endpoint
+        forwarded = {endpoint.url for endpoint in config.forward}
+        private = (
+            [ForwardEndpointConfig(url=verdicts_to)] if verdicts_to and verdicts_to.rstrip("/") not in forwarded else []
         )
+        self.forwarder = Forwarder(config.forward, config.queue_dir, meter, private=private)
+        self.emitter = AssessmentEmitter(
+            None, meter, archive=self.archive, export_interval_s=config.scoring.emit_interval,
+            exporters=self._verdict_exporters(verdicts_to),
+        )  # fmt: skip
         self.judges = JudgePool(config.judges)
         self._code_executor = ThreadPoolExecutor(config.scoring.code_workers, thread_name_prefix="code-scorer")
         self.registry = ScorerRegistry(
@@ -177,6 +185,13 @@ class Pipeline:
             self.archive.stop()
         self.telemetry.shutdown()
         log.info("tracejudge stopped")
+
+    def _verdict_exporters(self, url: str | None) -> tuple[QueuedSpanExporter, QueuedLogExporter] | None:
+        """Verdicts go through the forwarder's queue: retried, spilled to disk, counted, like app data."""
+        if url is None:
+            return None
+        submit = functools.partial(self.forwarder.submit_to, url)
+        return QueuedSpanExporter(submit), QueuedLogExporter(submit)
 
     def _build_scorer(self, spec: ScorerSpec) -> Scorer:
         return build_scorer(spec, self.judges.get, self._code_executor, self.config.scoring.code_timeout)
