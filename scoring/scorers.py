@@ -7,6 +7,7 @@ judges await the judge client. Whatever fails becomes an assessment with `error`
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -31,6 +32,28 @@ from .spec import ScorerSpec
 from .view import TraceView
 
 JudgeLookup = Callable[[str | None], JudgeClient]
+log = logging.getLogger(__name__)
+
+
+class FailureLog:
+    """Warns about a scorer's failures at most every `interval_s`, counting what it held back."""
+
+    def __init__(self, scorer_name: str, interval_s: float = 10.0) -> None:
+        self._name = scorer_name
+        self._interval_s = interval_s
+        self._last = float("-inf")
+        self._held_back = 0
+
+    def record(self, assessment: Assessment) -> Assessment:
+        now = time.monotonic()
+        if now - self._last < self._interval_s:
+            self._held_back += 1
+            return assessment
+        extra = f" ({self._held_back} more since the last warning)" if self._held_back else ""
+        log.warning("scorer %s failed on trace %s: %s%s; recorded as an error assessment", self._name,
+                    assessment.trace_id, assessment.error, extra)  # fmt: skip
+        self._last, self._held_back = now, 0
+        return assessment
 
 
 class Scorer(Protocol):
@@ -66,6 +89,7 @@ class CodeScorer:
         self._function = function
         self._executor = executor
         self._timeout_s = timeout_s
+        self._failures = FailureLog(spec.name)
 
     async def score(self, view: TraceView) -> list[Assessment]:
         source_id = str(self.spec.code)
@@ -77,10 +101,10 @@ class CodeScorer:
             result = await asyncio.wait_for(call, self._timeout_s)
         except TimeoutError:
             message = f"timed out after {self._timeout_s:g}s"
-            return [error_assessment(self.spec.name, view, AssessmentSource.CODE, source_id, self.spec.version,
-                                     "timeout", message)]  # fmt: skip
+            return [self._failures.record(error_assessment(self.spec.name, view, AssessmentSource.CODE, source_id,
+                                                           self.spec.version, "timeout", message))]  # fmt: skip
         except Exception as exc:
-            return [_failed(self.spec, view, AssessmentSource.CODE, source_id, "exception", exc)]
+            return [self._failures.record(_failed(self.spec, view, AssessmentSource.CODE, source_id, "exception", exc))]
         elapsed = (time.perf_counter() - started) * 1000
         return to_assessments(result, self.spec.name, view, AssessmentSource.CODE, source_id, self.spec.version,
                               elapsed)  # fmt: skip
@@ -92,6 +116,7 @@ class JudgeScorer:
         self._definition = definition
         self._client = client
         self._schema = result_schema(definition)
+        self._failures = FailureLog(spec.name)
 
     async def score(self, view: TraceView) -> list[Assessment]:
         missing = missing_inputs(view, self._definition)
@@ -101,8 +126,9 @@ class JudgeScorer:
         try:
             reply = await self._client.judge(SYSTEM_PROMPT, user, self._schema, self.spec.name)
         except JudgeError as exc:
-            return [error_assessment(self.spec.name, view, AssessmentSource.LLM_JUDGE, self._client.config.model,
-                                     self.spec.version, exc.kind, str(exc))]  # fmt: skip
+            failed = error_assessment(self.spec.name, view, AssessmentSource.LLM_JUDGE, self._client.config.model,
+                                      self.spec.version, exc.kind, str(exc))  # fmt: skip
+            return [self._failures.record(failed)]
         value = reply.value.get("result")
         rationale = reply.value.get("rationale")
         return [Assessment(

@@ -52,6 +52,8 @@ def test_rate_limited_judge_is_retried_and_a_failing_one_yields_an_error_assessm
             assert failed.status.code == failed.status.STATUS_CODE_ERROR
         finally:
             sidecar.stop()
+    warnings = [line for line in sidecar.log().splitlines() if "scorer safety failed on trace" in line]
+    assert len(warnings) == 1 and "server_error" in warnings[0] and "recorded as an error assessment" in warnings[0]
     rows = query(sidecar.data_dir / "archive", "assessments",
                  "SELECT label, error_type, error IS NOT NULL FROM t ORDER BY timestamp")  # fmt: skip
     assert rows == [("yes", None, False), ("error", "server_error", True)]
