@@ -324,11 +324,8 @@ def _translated() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- gRPC
 
 
-def grpc_handler(
-    registry: ScorerRegistry, token: str | None = None, listen: Iterable[str | None] = ()
-) -> grpc.GenericRpcHandler:
+def grpc_handler(service: ScorerService) -> grpc.GenericRpcHandler:
     """The ScorerService for a grpc.Server: `server.add_generic_rpc_handlers((grpc_handler(...),))` before start."""
-    service = ScorerService(registry, token, listen)
     handlers = {
         method: grpc.unary_unary_rpc_method_handler(
             _grpc_method(service, method),
@@ -338,12 +335,6 @@ def grpc_handler(
         for method, (request_type, _) in METHODS.items()
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
-
-
-def add_to_server(
-    server: grpc.Server, registry: ScorerRegistry, token: str | None = None, listen: Iterable[str | None] = ()
-) -> None:
-    server.add_generic_rpc_handlers((grpc_handler(registry, token, listen),))
 
 
 def _serialize(message: Message) -> bytes:
@@ -372,11 +363,9 @@ def _grpc_method(service: ScorerService, method: str) -> Callable[[Message, grpc
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def http_routes(
-    registry: ScorerRegistry, token: str | None = None, listen: Iterable[str | None] = ()
-) -> list[web.RouteDef]:
+def http_routes(service: ScorerService) -> list[web.RouteDef]:
     """The ScorerService as HTTP/JSON: `app.add_routes(http_routes(...))` on the OTLP/HTTP application."""
-    api = _HttpApi(ScorerService(registry, token, listen))
+    api = _HttpApi(service)
     return [
         web.get("/v1/scorers", api.handler("ListScorers", lambda _r, _b: pb.ListScorersRequest())),
         web.post("/v1/scorers", api.handler("RegisterScorer", _register_request)),

@@ -34,7 +34,7 @@ from tracejudge.scorers import (
     scorer,
 )
 from tracejudge.scoring.checks import CHECKS
-from tracejudge.scoring.control import SERVICE_NAME, check_exposure, grpc_handler, http_routes
+from tracejudge.scoring.control import SERVICE_NAME, ScorerService, check_exposure, grpc_handler, http_routes
 from tracejudge.scoring.filters import FilterSyntaxError, parse_filter
 from tracejudge.scoring.judge_client import JudgePool
 from tracejudge.scoring.judges import BUILTIN_JUDGES
@@ -81,13 +81,14 @@ def serve() -> Iterator[Callable[..., ControlPlane]]:
     stops: list[Callable[[], None]] = []
 
     def start(registry: ScorerRegistry, token: str | None = None, listen: tuple[str, ...] = ()) -> ControlPlane:
+        service = ScorerService(registry, token, listen)
         server = grpc.server(ThreadPoolExecutor(max_workers=4))
-        server.add_generic_rpc_handlers((grpc_handler(registry, token, listen),))
+        server.add_generic_rpc_handlers((grpc_handler(service),))
         grpc_port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         stops.append(lambda: server.stop(None).wait(5))
         app = web.Application()
-        app.add_routes(http_routes(registry, token, listen))
+        app.add_routes(http_routes(service))
         http = AiohttpServerThread(app, "127.0.0.1", 0, "control-http", auto_decompress=False)
         http_port = http.start()
         stops.append(http.stop)

@@ -32,7 +32,7 @@ from tracejudge.receiver.assembler import TraceAssembler, TraceConsumer
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
-from tracejudge.scoring.control import exposed_endpoints, grpc_handler, http_routes
+from tracejudge.scoring.control import ScorerService, grpc_handler, http_routes
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.judge_client import JudgePool
 from tracejudge.scoring.registry import ScorerRegistry
@@ -132,12 +132,10 @@ class Pipeline:
         receiver = config.receiver
         listen = [receiver.grpc_endpoint, receiver.http_endpoint]
         token = config.control.token
-        if exposed_endpoints(listen) and not token:
-            log.warning("listening beyond loopback (%s) without control.token: the scorer API refuses every call",
-                        ", ".join(exposed_endpoints(listen)))  # fmt: skip
-        control_grpc = [grpc_handler(self.registry, token, listen)]
+        control = ScorerService(self.registry, token, listen)
+        control_grpc = [grpc_handler(control)]
         self.grpc = GrpcReceiver(receiver, router, meter, control_grpc) if receiver.grpc_endpoint else None
-        control_http = http_routes(self.registry, token, listen)
+        control_http = http_routes(control)
         self.http = HttpReceiver(receiver, router, meter, control_http) if receiver.http_endpoint else None
         self._stopped = threading.Event()
 
