@@ -921,10 +921,21 @@ def _dict_message(d: dict[str, Any], role: str, results: dict[str, str]) -> Mess
     calls.extend(tc for item in _as_list(d.get("tool_calls")) if (tc := _tool_call(item)) is not None)
     if isinstance(d.get("function_call"), dict) and (tc := _tool_call(d["function_call"])) is not None:
         calls.append(tc)
-    call_id = d.get("tool_call_id") or d.get("tool_use_id")
-    if call_id and isinstance(call_id, (str, int)):
-        results.setdefault(str(call_id), content)
-    return Message(role, content, tuple(calls))
+    call_id = d.get("tool_call_id") or d.get("tool_use_id") or _response_part_id(items)
+    if not call_id and role == "tool":
+        call_id = d.get("id")  # the legacy gen_ai.tool.message event names the call `id`
+    answered = str(call_id) if call_id and isinstance(call_id, (str, int)) else ""
+    if answered:
+        results.setdefault(answered, content)
+    return Message(role, content, tuple(calls), tool_call_id=answered)
+
+
+def _response_part_id(items: Any) -> str | int | None:
+    """The call id a GenAI `tool_call_response` part answers."""
+    if not isinstance(items, list):
+        return None
+    part = next((p for p in items if isinstance(p, dict) and p.get("type") == "tool_call_response"), None)
+    return part.get("id") if part else None
 
 
 def _role(d: dict[str, Any], default: str) -> str:
@@ -1036,4 +1047,4 @@ def _document(item: Any, strict: bool = False) -> Document | None:
     uri = next((_scalar(m.get(k)) for m in (metadata, item) for k in _URI_KEYS if _scalar(m.get(k))), "")
     doc_id = _scalar(item.get("id")) or _scalar(metadata.get("chunk_id")) or _scalar(metadata.get("id"))
     score = _float(item.get("score", metadata.get("score")))
-    return Document(content=content, id=doc_id, score=score, uri=uri)
+    return Document(content=content, id=doc_id, score=score, uri=uri, metadata=metadata)

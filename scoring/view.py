@@ -25,6 +25,7 @@ class Message:
     role: str  # system | user | assistant | tool
     content: str
     tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""  # on a tool message: the call it answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class Document:
     id: str = ""
     score: float | None = None
     uri: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # as the retriever recorded it (title, chunk, ...)
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,6 +190,8 @@ def test_otel_genai_latest_conventions() -> None:
     assert first.output_messages[0].tool_calls == (ToolCall("get_weather", PARIS, "call_1"),)
     assert [m.role for m in second.input_messages] == ["user", "assistant", "tool"]
     assert second.input_messages[2].content == "21C"
+    assert second.input_messages[2].tool_call_id == "call_1"  # the GenAI tool_call_response part's id
+    assert second.input_messages[0].tool_call_id == ""
     assert second.output_messages == (Message("assistant", ANSWER),)
     [doc] = view.retrieved_documents  # doc-2 has no text: not invented
     assert doc == Document("Paris weather: mild.", id="doc-1", score=0.9)
@@ -248,6 +250,7 @@ def test_legacy_genai_log_events_become_the_llm_calls_messages() -> None:
         ("tool", "21C"),
     ]
     assert call.input_messages[2].tool_calls == (ToolCall("get_weather", PARIS, "call_9"),)
+    assert call.input_messages[3].tool_call_id == "call_9"
     assert call.output_messages == (Message("assistant", ANSWER),)
     assert view.request == QUESTION and view.request_text == QUESTION  # no root inputs: the first call's user text
     assert view.response_text == ANSWER
@@ -316,7 +319,9 @@ def test_openinference() -> None:
     assert view.request == QUESTION and view.request_text == QUESTION
     assert view.response == {"answer": ANSWER} and view.response_text == ANSWER
     assert [d.content for d in view.retrieved_documents] == ["Paris is in France.", "Forecast: sunny, 21C."]
-    assert view.retrieved_documents[0] == Document("Paris is in France.", id="d1", score=0.87, uri="s3://kb/paris.md")
+    assert view.retrieved_documents[0] == Document(
+        "Paris is in France.", id="d1", score=0.87, uri="s3://kb/paris.md", metadata={"source": "s3://kb/paris.md"}
+    )
     [call] = view.llm_calls
     assert call.input_messages == (Message("system", "Use the context."), Message("user", QUESTION))
     assert call.output_messages[0].tool_calls == (ToolCall("get_weather", '{"city": "Paris"}', "call_oi"),)
@@ -414,11 +419,14 @@ def test_openllmetry() -> None:
     assert view.request == QUESTION and view.response == ANSWER
     assert (view.request_text, view.response_text) == (QUESTION, ANSWER)
     # the retriever task and the vector-DB span inside it are one retrieval
-    assert view.retrieved_documents == (Document("Paris is in France.", uri="wiki/Paris"),)
+    assert view.retrieved_documents == (
+        Document("Paris is in France.", uri="wiki/Paris", metadata={"source": "wiki/Paris"}),
+    )
     first, second = view.llm_calls
     assert first.input_messages == (Message("system", "Answer from the context."), Message("user", QUESTION))
     assert first.output_messages[0].tool_calls == (ToolCall("get_weather", PARIS, "call_tl"),)
     assert second.output_messages == (Message("assistant", ANSWER),)
+    assert second.input_messages[0] == Message("tool", "21", tool_call_id="call_tl")  # flattened gen_ai.prompt.N
     assert (view.input_tokens, view.output_tokens) == (144, 22)
     assert view.model == "gpt-4o"  # the last call reported no response model
     [tool_call] = view.tool_calls
@@ -478,7 +486,8 @@ def test_mlflow_spans() -> None:
 
     assert view.request == {"question": QUESTION} and view.request_text == QUESTION
     assert view.response == ANSWER and view.response_text == ANSWER
-    assert view.retrieved_documents == (Document("Paris: 21C.", id="p1", uri="kb/paris"),)
+    metadata = {"doc_uri": "kb/paris", "chunk_id": "7"}
+    assert view.retrieved_documents == (Document("Paris: 21C.", id="p1", uri="kb/paris", metadata=metadata),)
     [call] = view.llm_calls
     assert call.input_messages == (Message("user", QUESTION),)
     assert call.output_messages[0].tool_calls == (ToolCall("lookup", '{"q":"Paris"}', "call_ml"),)
