@@ -272,19 +272,34 @@ def sink_main(conn: Connection) -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     conn.send(port)
+
+    def respond(message: Any) -> Any:
+        if message != "stats":
+            return STOP
+        with lock:
+            return counts[0], counts[1]
+
     try:
-        while True:
-            try:
-                message = conn.recv()
-            except EOFError:
-                return
-            if message == "stats":
-                with lock:
-                    conn.send((counts[0], counts[1]))
-            else:
-                return
+        answer_requests(conn, respond)
     finally:
         server.stop(0).wait(5)
+
+
+STOP = object()
+
+
+def answer_requests(conn: Connection, respond: Callable[[Any], Any]) -> None:
+    """A helper process's loop: send `respond(request)` back for each request from the parent, until
+    the parent closes the pipe or `respond` returns STOP."""
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        reply = respond(message)
+        if reply is STOP:
+            return
+        conn.send(reply)
 
 
 class Sink:

@@ -60,9 +60,11 @@ if str(BENCH_DIR) not in sys.path:
 from ingest import (  # noqa: E402  (bench/ is not a package)
     EXPORT_METHOD,
     MAX_MESSAGE,
+    STOP,
     TRACE_SERVICE,
     Sidecar,
     Template,
+    answer_requests,
     client_main,
     cpu_seconds,
     end_process,
@@ -150,23 +152,20 @@ def sink_main(conn: Connection) -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     conn.send(port)
-    try:
-        while True:
-            try:
-                message = conn.recv()
-            except EOFError:
-                return
+
+    def respond(message: Any) -> Any:
+        with lock:
             if message == "stats":
-                with lock:
-                    conn.send((dict(counts), len(evals)))
-            elif isinstance(message, tuple) and message[0] == "evals":
-                with lock:
-                    conn.send(evals[message[1] :])
-            elif isinstance(message, tuple) and message[0] == "record":
-                recording[0] = bool(message[1])
-                conn.send(True)
-            else:
-                return
+                return dict(counts), len(evals)
+            if isinstance(message, tuple) and message[0] == "evals":
+                return evals[message[1] :]
+        if isinstance(message, tuple) and message[0] == "record":
+            recording[0] = bool(message[1])
+            return True
+        return STOP
+
+    try:
+        answer_requests(conn, respond)
     finally:
         server.stop(0).wait(5)
 
@@ -178,31 +177,27 @@ def judge_main(conn: Connection, latency: float, tests_dir: str) -> None:
 
     server = MockOpenAI(latency=latency).start()
     conn.send(server.port)
+
+    def respond(message: Any) -> Any:
+        if message == "reset":
+            server.reset()
+            return True
+        if message != "stats":
+            return STOP
+        requests = server.chat_requests()
+        done = [r for r in requests if r.finished_at is not None]
+        return {
+            "calls": len(requests),
+            "done": len(done),
+            "first": min((r.received_at for r in requests), default=0.0),
+            "last": max((r.finished_at or 0.0 for r in done), default=0.0),
+            "statuses": Counter(r.status for r in done),
+            "max_in_flight": server.max_in_flight,
+            "service": [(r.finished_at or 0.0) - r.received_at for r in done],
+        }
+
     try:
-        while True:
-            try:
-                message = conn.recv()
-            except EOFError:
-                return
-            if message == "stats":
-                requests = server.chat_requests()
-                done = [r for r in requests if r.finished_at is not None]
-                conn.send(
-                    {
-                        "calls": len(requests),
-                        "done": len(done),
-                        "first": min((r.received_at for r in requests), default=0.0),
-                        "last": max((r.finished_at or 0.0 for r in done), default=0.0),
-                        "statuses": Counter(r.status for r in done),
-                        "max_in_flight": server.max_in_flight,
-                        "service": [(r.finished_at or 0.0) - r.received_at for r in done],
-                    }
-                )
-            elif message == "reset":
-                server.reset()
-                conn.send(True)
-            else:
-                return
+        answer_requests(conn, respond)
     finally:
         server.stop()
 
