@@ -19,6 +19,10 @@ Why `fence`: traced content is untrusted text (user input, tool output, retrieve
 the judge between boundary lines carrying a random token, with look-alike boundaries in it broken up,
 so it cannot close its own fence and pose as instructions.
 
+Why the SDK's aiohttp transport (`openai.DefaultAioHttpClient`, the SDK's `aiohttp` extra): its default
+pure-Python HTTP stack (httpx2/httpcore2/h11) cost 1.6-1.9 ms of CPU per call at 64 calls in flight on
+our 2-core machine, the aiohttp transport 0.9-1.1 ms; judge calls are the engine's hottest path.
+
 One JudgeClient per endpoint config and per event loop (its semaphore and HTTP pool belong to the loop).
 """
 
@@ -41,6 +45,8 @@ from itertools import islice
 from types import TracebackType
 from typing import Any, Literal
 
+import aiohttp
+import httpx2
 import openai
 import orjson
 from openai.types.chat import ChatCompletionMessageParam
@@ -284,7 +290,17 @@ def backoff_delay(retry: int, *, base: float, cap: float, retry_after: float | N
     return delay if retry_after is None else max(delay, retry_after)
 
 
+def _http_client(max_concurrency: int) -> Any:
+    """The SDK's aiohttp-backed client, with a pool that keeps every concurrent call's connection alive
+    (its default keeps 20, so 64 in flight would reconnect constantly)."""
+    limits = httpx2.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+    return openai.DefaultAioHttpClient(limits=limits)
+
+
 def _from_sdk(exc: BaseException) -> JudgeError:
+    refused = _refused_connection(exc)
+    if refused is not None:
+        return JudgeError("connection", f"cannot connect: {refused}")
     if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
         return JudgeError("timeout", "no reply within the timeout")
     if isinstance(exc, openai.APIConnectionError):
@@ -295,6 +311,17 @@ def _from_sdk(exc: BaseException) -> JudgeError:
     if isinstance(exc, openai.APIResponseValidationError):
         return JudgeError("malformed_output", exc.message, status=exc.status_code)
     return JudgeError("connection", f"{type(exc).__name__}: {exc}")
+
+
+def _refused_connection(exc: BaseException) -> BaseException | None:
+    """The aiohttp connector error under an SDK error, if any: the aiohttp transport reports a refused
+    connection as a connect *timeout*, which would mislabel a judge that is down."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 def _from_status(status: int, message: str, retry_after: float | None) -> JudgeError:
@@ -394,6 +421,7 @@ class JudgeClient:
             api_key=self._api_key(),
             timeout=self.config.timeout + _SDK_TIMEOUT_SLACK_S,
             max_retries=0,  # retries are ours, see the module docstring
+            http_client=_http_client(self.config.max_concurrency),
         )
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         self._requests = TokenBucket(self.config.requests_per_minute) if self.config.requests_per_minute else None
