@@ -165,8 +165,10 @@ def process_label(pid: int) -> str:
         return f"pid {pid}"
     if "resource_tracker" in cmdline:
         return "resource-tracker"
-    if "spawn_main" in cmdline:
+    if "archive_worker" in cmdline:
         return "archive-writer"
+    if "scoring_worker" in cmdline:
+        return "scoring-worker"
     return cmdline[:40]
 
 

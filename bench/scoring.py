@@ -71,6 +71,7 @@ from ingest import (  # noqa: E402  (bench/ is not a package)
     fmt,
     machine_cpu,
     percentile,
+    process_label,
     self_cpu,
     wait_for,
 )
@@ -259,6 +260,14 @@ class Verdicts:
 
 
 # --------------------------------------------------------------------------- CPU sampling
+
+
+def child_roles(sidecar: Sidecar) -> dict[str, list[int]]:
+    """The sidecar's child processes by role (scoring-worker, archive-writer)."""
+    roles: dict[str, list[int]] = {"scoring-worker": [], "archive-writer": []}
+    for pid in sidecar.children():
+        roles.setdefault(process_label(pid), []).append(pid)
+    return roles
 
 
 class CpuSampler:
@@ -519,10 +528,12 @@ def run_judge_phases(
             batches.append((request.SerializeToString(), trace_ids_of(request)))
         phase_ids = [tid for _, ids in batches for tid in ids]
 
+        roles = child_roles(sidecar)
         sampler = CpuSampler(
             {
                 "sidecar": [sidecar.pid],
-                "children": sidecar.children(),
+                "scoring": roles["scoring-worker"],
+                "archive": roles["archive-writer"],
                 "judge": [judge.pid],
                 "sink": [sink.pid],
             }
@@ -538,6 +549,8 @@ def run_judge_phases(
             export(payload, timeout=30)
         t_sent = time.monotonic()
         profiler.start(sidecar.pid, "judge-phase", min(5.0, n / ideal), delay=args.trace_idle + 0.2)
+        for pid in roles["scoring-worker"]:
+            profiler.start(pid, "judge-phase-worker", min(5.0, n / ideal), delay=args.trace_idle + 0.2)
         timeout = args.trace_idle + 3 * n / ideal + 30
         complete = verdicts.wait(phase_ids, "safety", timeout)
         t_done = time.monotonic()
@@ -552,16 +565,18 @@ def run_judge_phases(
             (verdicts.rows[(tid, "safety")][2] for tid in phase_ids if (tid, "safety") in verdicts.rows), default=t_done
         )
 
-        idle_rate = sampler.between("sidecar", idle0, idle1) / (idle1 - idle0)
+        engine = ("sidecar", "scoring")  # the engine's CPU: the sidecar process and its scoring worker
+        idle_rate = sum(sampler.between(label, idle0, idle1) for label in engine) / (idle1 - idle0)
         calls = stats["done"]
         window = max(stats["last"] - stats["first"], 1e-9)
         rate = calls / window
-        cpu = sampler.between("sidecar", stats["first"], stats["last"])
+        parts = {label: sampler.between(label, stats["first"], stats["last"]) for label in engine}
+        cpu = sum(parts.values())
         cpu_net = cpu - idle_rate * window
         whole = last_arrival - t_send
-        cpu_whole = sampler.between("sidecar", t_send, last_arrival)
+        cpu_whole = sum(sampler.between(label, t_send, last_arrival) for label in engine)
         cpu_whole_net = cpu_whole - idle_rate * whole
-        children_cpu = sampler.between("children", t_send, last_arrival)
+        children_cpu = sampler.between("archive", t_send, last_arrival)
         judge_cpu = sampler.between("judge", stats["first"], stats["last"])
         sink_cpu = sampler.between("sink", t_send, last_arrival)
         others = sampler.others(stats["first"], stats["last"])
@@ -589,11 +604,12 @@ def run_judge_phases(
             f"{error_assessments(m0, m1):g} (metric); skipped: {skipped or 0}"
         )
         print(
-            f"  cpu         sidecar {cpu:.2f}s over the judge window ({cpu / window:.2f} s/s); idle baseline "
+            f"  cpu         sidecar + scoring worker {cpu:.2f}s over the judge window ({cpu / window:.2f} s/s: sidecar "
+            f"{parts['sidecar'] / window:.2f}, worker {parts['scoring'] / window:.2f}); idle baseline "
             f"{idle_rate:.3f} s/s -> {cpu_net * per_call:.3f} ms/call (raw {cpu * per_call:.3f})"
         )
         print(
-            f"              whole phase (first send -> last verdict, incl. ingest/forward/emit): sidecar "
+            f"              whole phase (first send -> last verdict, incl. ingest/forward/emit): sidecar + worker "
             f"{cpu_whole_net * per_call:.3f} ms/call net, archive writer {children_cpu * per_call:.3f} ms/call, "
             f"sink {sink_cpu * per_call:.3f} ms/call"
         )
@@ -734,7 +750,9 @@ def run_ingest(
         time.sleep(1.5 if scorers else 0.5)
         before = sidecar.metrics()
         sink_before = sink.ask("stats")[0]
-        pids = {"sidecar": [sidecar.pid], "children": sidecar.children(), "sink": [sink.pid]}
+        roles = child_roles(sidecar)
+        pids = {"sidecar": [sidecar.pid], "scoring": roles["scoring-worker"], "children": roles["archive-writer"],
+                "sink": [sink.pid]}  # fmt: skip
         cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
         machine0, bench0 = machine_cpu()[0], self_cpu()
         parent_conn.send("go")
@@ -781,7 +799,8 @@ def run_ingest(
             f"refused {report['refused']:,}, errors {report['errors']:,}"
         )
         print(
-            f"  cpu (s/s)   sidecar {cpu['sidecar'] / elapsed:.2f}, archive writer {cpu['children'] / elapsed:.2f}, "
+            f"  cpu (s/s)   sidecar {cpu['sidecar'] / elapsed:.2f}, scoring worker {cpu['scoring'] / elapsed:.2f}, "
+            f"archive writer {cpu['children'] / elapsed:.2f}, "
             f"client {report['cpu'] / elapsed:.2f}, sink {cpu['sink'] / elapsed:.2f}; other processes "
             f"{max(0.0, machine - ours) / elapsed:.2f}; per span sidecar "
             f"{cpu['sidecar'] / max(spans, 1) * 1e6:.1f} us"

@@ -30,6 +30,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.exporter import rows
+from tracejudge.logs import configure_logging
 
 log = logging.getLogger("tracejudge.archive")
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.set_inheritable(args.input_fd, False)
     os.set_inheritable(args.ack_fd, False)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     schemas = {SPANS: ("spans", rows.SPANS_SCHEMA), LOGS: ("logs", rows.LOGS_SCHEMA), **ROW_TABLES}
     tables = {
         kind: TableWriter(args.directory / name, schema, args.roll_size, args.roll_interval)

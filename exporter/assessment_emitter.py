@@ -65,19 +65,73 @@ class AssessmentRowSink(Protocol):
     def write_assessments(self, assessments: list[dict[str, Any]]) -> None: ...
 
 
+class AssessmentMetrics:
+    """The assessment metrics: `gen_ai.evaluation.score` and tracejudge's assessment, latency and token
+    series. Also an assessment sink of its own, for the sidecar, where the scoring worker's verdicts
+    are counted."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self._score = meter.create_histogram(
+            "gen_ai.evaluation.score",
+            unit="1",
+            description="Numeric score of each evaluation, by evaluation name",
+            explicit_bucket_boundaries_advisory=SCORE_BUCKETS,
+        )
+        self._assessments = meter.create_counter(
+            "tracejudge.assessments",
+            unit="{assessment}",
+            description="Assessments emitted, by name, label, source and error type",
+        )
+        self._latency = meter.create_histogram(
+            "tracejudge.judge.latency",
+            unit="ms",
+            description="Time a scorer took to produce an assessment",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_MS,
+        )
+        self._tokens = meter.create_counter(
+            "tracejudge.judge.tokens",
+            unit="{token}",
+            description="Tokens the LLM judges used, by assessment name and direction (input/output)",
+        )
+
+    def emit(self, assessments: Sequence[Assessment]) -> None:
+        for assessment in assessments:
+            self.record(assessment)
+
+    def record(self, assessment: Assessment) -> None:
+        name = assessment.name
+        if assessment.score is not None:
+            self._score.record(assessment.score, {EVALUATION_NAME: name})
+        self._assessments.add(
+            1,
+            {
+                "name": name,
+                "label": assessment.label or NONE,
+                "source": assessment.source.value,
+                "error_type": _error_type(assessment) or NONE,
+            },
+        )
+        if assessment.latency_ms is not None:
+            self._latency.record(assessment.latency_ms, {"name": name})
+        for direction, tokens in (("input", assessment.judge_input_tokens), ("output", assessment.judge_output_tokens)):
+            if tokens:
+                self._tokens.add(tokens, {"name": name, "direction": direction})
+
+
 class AssessmentEmitter:
     """Emit assessments as OTLP spans, span events, log events, metrics and archive rows.
 
     `url`: `grpc://host:port`, `http://host:port` or `https://host:port` (the form of tracejudge's
     forward URLs); None emits no OTLP, only metrics and archive rows. `meter`: tracejudge's own
-    meter (tracejudge.telemetry.SelfTelemetry.meter). `archive`: an object with
+    meter (tracejudge.telemetry.SelfTelemetry.meter), or None where metrics are recorded elsewhere
+    (the scoring worker emits, the sidecar records metrics). `archive`: an object with
     `write_assessments(list[dict])`, or None.
     """
 
     def __init__(
         self,
         url: str | None,
-        meter: metrics.Meter,
+        meter: metrics.Meter | None,
         *,
         headers: Mapping[str, str] | None = None,
         archive: AssessmentRowSink | None = None,
@@ -112,28 +166,7 @@ class AssessmentEmitter:
         self._tracer = self._tracer_provider.get_tracer(SCOPE, __version__) if self._tracer_provider else None
         self._logger = self._logger_provider.get_logger(SCOPE, __version__) if self._logger_provider else None
 
-        self._score = meter.create_histogram(
-            "gen_ai.evaluation.score",
-            unit="1",
-            description="Numeric score of each evaluation, by evaluation name",
-            explicit_bucket_boundaries_advisory=SCORE_BUCKETS,
-        )
-        self._assessments = meter.create_counter(
-            "tracejudge.assessments",
-            unit="{assessment}",
-            description="Assessments emitted, by name, label, source and error type",
-        )
-        self._latency = meter.create_histogram(
-            "tracejudge.judge.latency",
-            unit="ms",
-            description="Time a scorer took to produce an assessment",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_MS,
-        )
-        self._tokens = meter.create_counter(
-            "tracejudge.judge.tokens",
-            unit="{token}",
-            description="Tokens the LLM judges used, by assessment name and direction (input/output)",
-        )
+        self._metrics = AssessmentMetrics(meter) if meter is not None else None
 
     @property
     def otlp_enabled(self) -> bool:
@@ -150,7 +183,8 @@ class AssessmentEmitter:
         rows: list[dict[str, Any]] = []
         for assessment in assessments:
             try:
-                self._record_metrics(assessment)
+                if self._metrics is not None:
+                    self._metrics.record(assessment)
                 if self._tracer is not None:
                     self._emit_otlp(assessment, emitted_at)
                 if self._archive is not None:
@@ -185,25 +219,6 @@ class AssessmentEmitter:
                     provider.shutdown()
                 except Exception:
                     log.exception("error while shutting down the assessment exporter")
-
-    def _record_metrics(self, assessment: Assessment) -> None:
-        name = assessment.name
-        if assessment.score is not None:
-            self._score.record(assessment.score, {EVALUATION_NAME: name})
-        self._assessments.add(
-            1,
-            {
-                "name": name,
-                "label": assessment.label or NONE,
-                "source": assessment.source.value,
-                "error_type": _error_type(assessment) or NONE,
-            },
-        )
-        if assessment.latency_ms is not None:
-            self._latency.record(assessment.latency_ms, {"name": name})
-        for direction, tokens in (("input", assessment.judge_input_tokens), ("output", assessment.judge_output_tokens)):
-            if tokens:
-                self._tokens.add(tokens, {"name": name, "direction": direction})
 
     def _emit_otlp(self, assessment: Assessment, emitted_at: int) -> None:
         assert self._tracer is not None and self._logger is not None

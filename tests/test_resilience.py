@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from tracejudge.synthetic import genai_request
-from tracejudge.testing import wait_until
+from tracejudge.testing import child_processes, wait_until
 
 from archive_reader import query
 from otlp_peers import TRACE_METHOD, GrpcSink, post
@@ -179,12 +179,6 @@ def test_health_readiness_and_metrics_endpoints(sidecar_factory, grpc_sink):
         assert name in names
 
 
-def archive_writer_pids(pid: int) -> list[int]:
-    tasks = Path(f"/proc/{pid}/task")
-    children = [int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()]
-    return [child for child in children if b"archive_worker" in Path(f"/proc/{child}/cmdline").read_bytes()]
-
-
 def fully_dead(pid: int) -> bool:
     """Dead with every thread gone: only then are its files, the pipe's read end among them, closed.
 
@@ -198,7 +192,7 @@ def fully_dead(pid: int) -> bool:
 
 def test_archive_writer_crash_is_restarted_and_archiving_continues(sidecar_factory, grpc_sink):
     sidecar = sidecar_factory([grpc_sink.url])
-    [writer] = archive_writer_pids(sidecar.process.pid)
+    [writer] = child_processes(sidecar.process.pid, "tracejudge.exporter.archive_worker")
     os.kill(writer, signal.SIGKILL)
     assert wait_until(lambda: fully_dead(writer))
     payloads = [genai_request(2).SerializeToString() for _ in range(3)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from test_scoring_e2e import evaluation_spans, event_attributes, run_agent
 
-from tracejudge.testing import SidecarProcess, wait_until
+from tracejudge.testing import SidecarProcess, child_processes, wait_until
 
 from archive_reader import query
 from otlp_peers import GrpcSink
@@ -162,3 +164,32 @@ def test_verdicts_survive_an_outage_of_their_own_destination(tmp_path, grpc_sink
         assert {s.name for s in verdict_sink.received.spans()} == {"evaluation no_error"}
     finally:
         verdict_sink.stop()
+
+
+def nice_value(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_a_dead_scoring_worker_is_restarted_and_what_it_held_is_recorded_as_skipped(tmp_path, grpc_sink):
+    with MockOpenAI(latency=5.0) as judge:
+        scorers = [{"name": "safety", "builtin": "Safety", "sample_rate": 1}]
+        sidecar = sidecar_with(tmp_path, grpc_sink, judge, scorers, scoring={"worker_nice": 7})
+        try:
+            [worker] = child_processes(sidecar.pid, "tracejudge.scoring_worker")
+            assert wait_until(lambda: nice_value(worker) == 7) and nice_value(sidecar.pid) == 0
+            [(held, _)] = run_agent(sidecar.grpc_target, [("Held by the worker when it dies.", False)])
+            assert wait_until(lambda: len(judge.chat_requests()) == 1, timeout=20)
+            os.kill(worker, signal.SIGKILL)
+            crashed = lambda: sidecar.metric("tracejudge_scoring_skipped_total", reason="worker_crashed")  # noqa: E731
+            assert wait_until(lambda: crashed() == 1, timeout=20), sidecar.log_tail()
+            assert sidecar.metric("tracejudge_scoring_worker_restarts_total") == 1
+            judge.latency = 0.0
+            [(scored, _)] = run_agent(sidecar.grpc_target, [("Scored by the new worker.", False)])
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=30), sidecar.log_tail()
+            assert child_processes(sidecar.pid, "tracejudge.scoring_worker") not in ([], [worker])
+        finally:
+            sidecar.stop()
+    assert [int.from_bytes(span.trace_id, "big") for span in evaluation_spans(grpc_sink)] == [scored]
+    assert "the scoring worker exited" in sidecar.log()
+    rows = query(sidecar.data_dir / "archive", "skipped", "SELECT trace_id, scorers, reason FROM t")
+    assert rows == [(f"{held:032x}", ["safety"], "worker_crashed")]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import click
 from tracejudge import __version__
 from tracejudge.cli_scorers import scorers
 from tracejudge.config import ConfigError, load_config
+from tracejudge.logs import configure_logging
 
 
 @click.group()
@@ -101,7 +100,7 @@ def serve(
         config = load_config(config_path, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    _configure_logging(config.telemetry.log_level)
+    configure_logging(config.telemetry.log_level)
     from tracejudge.pipeline import Pipeline
     from tracejudge.scoring.registry import RegistryError
     from tracejudge.scoring.scorers import UnknownScorer
@@ -114,14 +113,6 @@ def serve(
         pipeline.serve_until_signalled()
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if level != "DEBUG":
-        # The openai SDK's transport logs every judge request at INFO: hundreds of lines a second.
-        for noisy in ("httpx2", "httpcore2", "httpx", "httpcore"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @main.command("check-config")

@@ -126,11 +126,12 @@ class ScoringConfig(_Strict):
     otlp_endpoint: str | None = None  # where assessments are emitted; default: the first forward endpoint
     max_active_scorers: int = Field(default=20, ge=1)
     max_backlog: int = Field(default=10_000, ge=1)  # sampled (trace, scorer) pairs waiting; beyond: skipped
-    max_concurrency: int = Field(default=256, ge=1)  # scorer runs at once (judges also have their own cap)
+    max_concurrency: int = Field(default=256, ge=1)  # traces being scored at once (judges also have their own cap)
     code_timeout: Duration = 10.0
     code_workers: int = Field(default=4, ge=1)
     drain_timeout: Duration = 10.0  # at shutdown, how long running scorers may finish
     emit_interval: Duration = 0.2  # verdicts are exported in batches at most this far apart (freshness)
+    worker_nice: int = Field(default=10, ge=0, le=19)  # the scoring process's CPU priority below ingest's
 
     @field_validator("otlp_endpoint")
     @classmethod

@@ -11,6 +11,7 @@ import functools
 import gc
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +24,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tracejudge.config import Config, ForwardEndpointConfig
 from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
-from tracejudge.exporter.assessment_emitter import AssessmentEmitter
+from tracejudge.exporter.assessment_emitter import AssessmentMetrics
 from tracejudge.exporter.forwarder import Forwarder
-from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
 from tracejudge.exporter.trace_summary import TraceSummaryRecorder
 from tracejudge.model import Signal, Trace
 from tracejudge.receiver.assembler import TraceAssembler, TraceConsumer
@@ -38,6 +38,8 @@ from tracejudge.scoring.judge_client import JudgePool
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.scorers import Scorer, build_scorer
 from tracejudge.scoring.spec import ScorerSpec
+from tracejudge.scoring.worker import WorkerSettings
+from tracejudge.scoring.worker_process import ScoringWorker
 from tracejudge.telemetry import SelfTelemetry
 
 log = logging.getLogger(__name__)
@@ -111,20 +113,24 @@ class Pipeline:
             [ForwardEndpointConfig(url=verdicts_to)] if verdicts_to and verdicts_to.rstrip("/") not in forwarded else []
         )
         self.forwarder = Forwarder(config.forward, config.queue_dir, meter, private=private)
-        self.emitter = AssessmentEmitter(
-            None, meter, archive=self.archive, export_interval_s=config.scoring.emit_interval,
-            exporters=self._verdict_exporters(verdicts_to),
-        )  # fmt: skip
+        self.verdicts_to = verdicts_to
         self.judges = JudgePool(config.judges)
         self._code_executor = ThreadPoolExecutor(config.scoring.code_workers, thread_name_prefix="code-scorer")
         self.registry = ScorerRegistry(
             config.data_dir / "scorers.json", config.scoring.max_active_scorers, validate=self._build_scorer
         )
         self.registry.apply_config(config.scorers)
+        scoring = config.scoring
         self.engine = ScoringEngine(
-            self.registry, self._build_scorer, self.emitter, self._record_skipped, meter,
-            config.scoring.max_backlog, config.scoring.max_concurrency,
+            self.registry, AssessmentMetrics(meter), self._record_skipped, meter, scoring.max_backlog
+        )
+        self.scoring_worker = ScoringWorker(
+            self._worker_settings(), config.data_dir, scoring.worker_nice,
+            self.engine.on_progress, self.engine.on_worker_lost,
+            forward_verdicts=functools.partial(self.forwarder.submit_to, verdicts_to) if verdicts_to else None,
+            archive_rows=self.archive.write_assessments if self.archive else None,
         )  # fmt: skip
+        self.engine.attach(self.scoring_worker)
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
         consumers = [*summaries, self.engine, *trace_consumers]
         self.assembler = TraceAssembler(config.assembler, FanOut(consumers), meter)
@@ -143,7 +149,7 @@ class Pipeline:
         if self.archive is not None:
             self.archive.start()
         self.forwarder.start()
-        self.engine.start()
+        self.scoring_worker.start()
         self.assembler.start()
         admin = self.telemetry.start()
         ports = BoundPorts(
@@ -176,7 +182,6 @@ class Pipeline:
             self.http.stop()
         self.assembler.stop()
         self.engine.stop(self.config.scoring.drain_timeout)
-        self.emitter.shutdown()
         self._code_executor.shutdown(wait=False, cancel_futures=True)
         self.forwarder.stop(drain_timeout)
         if self.archive is not None:
@@ -184,14 +189,17 @@ class Pipeline:
         self.telemetry.shutdown()
         log.info("tracejudge stopped")
 
-    def _verdict_exporters(self, url: str | None) -> tuple[QueuedSpanExporter, QueuedLogExporter] | None:
-        """Verdicts go through the forwarder's queue: retried, spilled to disk, counted, like app data."""
-        if url is None:
-            return None
-        submit = functools.partial(self.forwarder.submit_to, url)
-        return QueuedSpanExporter(submit), QueuedLogExporter(submit)
+    def _worker_settings(self) -> WorkerSettings:
+        scoring = self.config.scoring
+        return WorkerSettings(
+            judges=dict(self.config.judges), max_concurrency=scoring.max_concurrency,
+            code_workers=scoring.code_workers, code_timeout_s=scoring.code_timeout, sys_path=list(sys.path),
+            emit_otlp=self.verdicts_to is not None, archive=self.archive is not None,
+            emit_interval_s=scoring.emit_interval,
+        )  # fmt: skip
 
     def _build_scorer(self, spec: ScorerSpec) -> Scorer:
+        """Registration's check that a spec can run (the scoring worker builds its own)."""
         return build_scorer(spec, self.judges.get, self._code_executor, self.config.scoring.code_timeout)
 
     def _record_skipped(self, rows: list[dict[str, Any]]) -> None:

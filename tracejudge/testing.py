@@ -23,6 +23,20 @@ import yaml
 T = TypeVar("T")
 
 
+def child_processes(pid: int, module: str) -> list[int]:
+    """Pids of `pid`'s children started as `python -m <module>` (tracejudge.scoring_worker, ...)."""
+    marker = b"\0-m\0" + module.encode() + b"\0"
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if marker in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+            except OSError:
+                continue
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,224 @@
+"""The scoring worker process: sampled traces in, assessments out.
+
+Why a process of its own: scoring is Python holding the GIL — extraction, checks, code scorers and
+the openai SDK's ~1 ms of CPU per judge call. Inside the sidecar's process it took the GIL from
+ingest (five checks sampling every trace cut ingest to 0.4x); here, at a lower CPU priority
+(`scoring.worker_nice`), the kernel serves ingest first and gives scoring the rest, and a code
+scorer that spins cannot stall the receivers. Sampling, skip accounting and emission stay in the
+sidecar (scoring/engine.py). The process (tracejudge/scoring_worker.py) also emits the verdicts: the
+OpenTelemetry SDK's span and log encoding costs as much CPU as a scorer, so it is done here too, and
+only the encoded bytes and archive rows travel back.
+
+Started by ScoringWorker (scoring/worker_process.py) as `python -m tracejudge.scoring_worker` in a
+session of its own, so a Ctrl-C to the sidecar's process group leaves it to the sidecar to drain.
+Messages are pickled tuples on one socket (multiprocessing.connection framing):
+
+    sidecar -> worker   (INIT, WorkerSettings)   once, first
+                        (SPECS, [ScorerSpec])     the active scorers, whenever they change
+                        (SCORE, [(Trace, [name])]) sampled traces and the scorers that sampled them
+                        (DRAIN, timeout_s)        finish or cancel running work, report, exit
+    worker -> sidecar   (PROGRESS, Progress)      batched every few milliseconds
+                        (FORWARD, Signal, bytes, n) encoded OTLP verdicts for the forwarder's queue
+                        (ARCHIVE, [row])          `assessments` archive rows
+                        (DRAINED, Progress)       the last report; traces it never finished were cancelled
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+from tracejudge.config import JudgeEndpointConfig
+from tracejudge.model import Assessment, Trace
+
+from .extract import extract
+from .filters import TraceFilter, parse_filter
+from .judge_client import JudgePool
+from .scorers import Scorer, build_scorer
+from .spec import ScorerSpec
+
+log = logging.getLogger("tracejudge.scoring.worker")
+
+INIT, SPECS, SCORE, DRAIN = "init", "specs", "score", "drain"
+PROGRESS, DRAINED, FORWARD, ARCHIVE = "progress", "drained", "forward", "archive"
+_EOF = "eof"  # the reader thread's own marker: the sidecar is gone
+REPORT_DELAY_S = 0.005  # results are batched this long: one message per burst, not per assessment
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    judges: dict[str, JudgeEndpointConfig]
+    max_concurrency: int
+    code_workers: int
+    code_timeout_s: float
+    sys_path: list[str]  # the sidecar's: code scorers import from where the sidecar could
+    emit_otlp: bool  # verdicts have an OTLP destination
+    archive: bool
+    emit_interval_s: float
+
+
+@dataclass
+class Progress:
+    """What finished since the last report: `finished` are trace ids whose sampled scorers are all done
+    (scored, filtered out, not applicable or failed). A trace never reported was not scored."""
+
+    assessments: list[Assessment] = field(default_factory=list)
+    finished: list[bytes] = field(default_factory=list)
+    scored: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def __bool__(self) -> bool:
+        return bool(self.finished or self.assessments)
+
+
+@dataclass(frozen=True)
+class LoadedScorer:
+    spec: ScorerSpec
+    scorer: Scorer
+    filter: TraceFilter
+
+
+class Channel(Protocol):
+    def send(self, message: tuple[Any, ...]) -> bool: ...
+    def recv(self) -> tuple[Any, ...]: ...
+
+
+class Emitter(Protocol):
+    def emit(self, assessments: Sequence[Assessment]) -> None: ...
+    def shutdown(self) -> None: ...
+
+
+class ScoringLoop:
+    """Runs sampled traces through their scorers on one event loop, `max_concurrency` traces at once;
+    emits each trace's assessments as they come and reports progress to the sidecar."""
+
+    def __init__(self, settings: WorkerSettings, channel: Channel, emitter: Emitter) -> None:
+        self._channel = channel
+        self._emitter = emitter
+        self._judges = JudgePool(settings.judges)
+        self._executor = ThreadPoolExecutor(settings.code_workers, thread_name_prefix="code-scorer")
+        self._build = partial(
+            build_scorer, judge_for=self._judges.get, executor=self._executor, code_timeout_s=settings.code_timeout_s
+        )
+        self._max_concurrency = settings.max_concurrency
+        self._scorers: dict[str, LoadedScorer] = {}
+        self._tasks: dict[asyncio.Task[None], bytes] = {}
+        self._report = Progress()
+        self._report_scheduled = False
+
+    async def run(self) -> None:
+        self._semaphore = asyncio.Semaphore(self._max_concurrency)
+        inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._read, args=(loop, inbox), name="scoring-reader", daemon=True).start()
+        while True:
+            kind, *body = await inbox.get()
+            if kind == SPECS:
+                self._load(body[0])
+            elif kind == SCORE:
+                self._spawn(body[0])
+            elif kind in (DRAIN, _EOF):
+                await self._drain(body[0] if body else 0.0, report=kind == DRAIN)
+                return
+
+    def _read(self, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[tuple[Any, ...]]) -> None:
+        while True:
+            try:
+                message = self._channel.recv()
+            except (EOFError, OSError):
+                loop.call_soon_threadsafe(inbox.put_nowait, (_EOF,))
+                return
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+
+    def _load(self, specs: list[ScorerSpec]) -> None:
+        """Rebuild only the scorers whose spec changed (a judge client keeps its connections)."""
+        loaded = {}
+        for spec in specs:
+            current = self._scorers.get(spec.name)
+            if current is None or current.spec != spec:
+                try:
+                    current = LoadedScorer(spec, self._build(spec), parse_filter(spec.filter_string))
+                except Exception as exc:  # the sidecar validated it; an import can still fail here
+                    log.error("scorer %s cannot run in the scoring worker: %s", spec.name, exc)
+                    continue
+            loaded[spec.name] = current
+        self._scorers = loaded
+
+    def _spawn(self, batch: list[tuple[Trace, list[str]]]) -> None:
+        for trace, names in batch:
+            task = asyncio.create_task(self._score_trace(trace, names))
+            self._tasks[task] = trace.trace_id
+            task.add_done_callback(self._tasks.pop)
+
+    async def _score_trace(self, trace: Trace, names: list[str]) -> None:
+        """At most `max_concurrency` traces at a time, oldest first: with every queued trace started at
+        once, extraction of the whole queue would delay the first verdict until all were extracted."""
+        try:
+            async with self._semaphore:
+                assessments, scored, skipped = await self._score(trace, names)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scoring trace %s failed", trace.trace_id.hex())
+            assessments, scored, skipped = [], [], Counter()
+        self._add_report(trace.trace_id, assessments, scored, skipped)
+
+    async def _score(
+        self, trace: Trace, names: list[str]
+    ) -> tuple[list[Assessment], list[str], Counter[tuple[str, str]]]:
+        skipped: Counter[tuple[str, str]] = Counter((name, "scorer_unavailable") for name in names
+                                                    if name not in self._scorers)  # fmt: skip
+        chosen = [self._scorers[name] for name in names if name in self._scorers]
+        view = extract(trace)
+        if not view.has_genai:
+            skipped.update((s.spec.name, "no_genai_data") for s in chosen)
+            return [], [], skipped
+        selected = [s for s in chosen if s.filter.matches(view)]
+        skipped.update((s.spec.name, "filtered") for s in chosen if s not in selected)
+        results = await asyncio.gather(*(s.scorer.score(view) for s in selected))
+        return [a for result in results for a in result], [s.spec.name for s in selected], skipped
+
+    def _add_report(
+        self, trace_id: bytes, assessments: list[Assessment], scored: list[str], skipped: Counter[tuple[str, str]]
+    ) -> None:
+        if assessments:
+            self._emitter.emit(assessments)
+        report = self._report
+        report.finished.append(trace_id)
+        report.assessments.extend(assessments)
+        report.scored.update(scored)
+        report.skipped.update(skipped)
+        if not self._report_scheduled:
+            self._report_scheduled = True
+            asyncio.get_running_loop().call_later(REPORT_DELAY_S, self._send_report)
+
+    def _send_report(self) -> None:
+        self._report_scheduled = False
+        report, self._report = self._report, Progress()
+        if report:
+            self._send(PROGRESS, report)
+
+    def _send(self, kind: str, report: Progress) -> None:
+        if not self._channel.send((kind, report)):
+            log.error("the sidecar is gone; %d finished traces not reported", len(report.finished))
+
+    async def _drain(self, timeout_s: float, report: bool) -> None:
+        pending = set(self._tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._emitter.shutdown()  # exports what is queued: the sidecar's forwarder gets it before DRAINED
+        last, self._report = self._report, Progress()
+        if report:
+            self._send(DRAINED, last)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._judges.aclose()
