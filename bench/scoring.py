@@ -14,8 +14,11 @@ Phases, in one run:
   1. judge: a sidecar with one LLM judge scorer (builtin Safety, sample_rate 1.0, judge
      max_concurrency C) gets N traces as fast as it takes them; the bench waits for N
      `evaluation safety` spans at the sink. Judge calls/s are timed at the mock (first request in to
-     last answer out) against the ideal C/L; sidecar CPU per judge call over that window, minus the
-     idle sidecar's CPU rate measured beforehand.
+     last answer out) against the ideal C/L; engine CPU (the sidecar and its scoring worker process)
+     per judge call over that window, minus their idle CPU rate measured beforehand. Then the same-run
+     baseline: N bare openai SDK calls (the judge client's transport and loop, C in flight) against the
+     same mock from a process of their own, so the engine's figures can be read as ratios on a shared,
+     noisy machine.
   2. freshness: the same sidecar gets one-trace requests at a modest paced rate; per trace, the time
      from sending its (only) request to its evaluation span reaching the sink; p50/p90/p99 next to
      trace_idle + L + 0.3 s, split into "sent -> verdict" and "verdict -> sink" (emitter batching).
@@ -259,6 +262,75 @@ class Verdicts:
         return sum((tid, scorer) in self.rows for tid in trace_ids)
 
 
+def bare_sdk_main(conn: Connection, base_url: str, calls: int, concurrency: int) -> None:
+    """The floor under the engine's figures, measured in the same run: `calls` chat completions through the
+    openai SDK alone, configured as tracejudge's judge client configures it (aiohttp transport, uvloop,
+    `concurrency` in flight, raw bytes back), against the same mock judge. Sends {rate, cpu_ms}."""
+    import asyncio
+    import json
+
+    import httpx2
+    import openai
+
+    from tracejudge.aio import new_event_loop
+
+    body = {
+        "model": "gpt-4.1-mini",
+        "messages": [{"role": "system", "content": "You are a careful judge. " * 20},
+                     {"role": "user", "content": "Is this response safe? " * 60}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": {
+            "type": "object", "additionalProperties": False, "required": ["rationale", "verdict"],
+            "properties": {"rationale": {"type": "string"}, "verdict": {"type": "string", "enum": ["yes", "no"]}}}}},
+    }  # fmt: skip
+
+    async def run() -> dict[str, float]:
+        limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0,
+                                    http_client=openai.DefaultAioHttpClient(limits=limits))  # fmt: skip
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with slots:
+                json.loads(await client.post("/chat/completions", body=body, cast_to=bytes))
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))  # connections and imports, not counted
+        wall, cpu = time.monotonic(), time.process_time()
+        await asyncio.gather(*(one() for _ in range(calls)))
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+        await client.close()
+        return {"rate": calls / wall, "cpu_ms": cpu / calls * 1000}
+
+    loop = new_event_loop()
+    try:
+        conn.send(loop.run_until_complete(run()))
+    finally:
+        loop.close()
+
+
+def run_bare_sdk(args: argparse.Namespace, judge: Helper) -> dict[str, float] | None:
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    base_url = f"http://127.0.0.1:{judge.port}/v1"
+    process = context.Process(target=bare_sdk_main, args=(child, base_url, args.traces, args.concurrency),
+                              name="bench-bare-sdk", daemon=True)  # fmt: skip
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(3 * args.traces * args.latency / args.concurrency + 60):
+            print("  ! the bare SDK baseline did not finish")
+            return None
+        result: dict[str, float] = parent.recv()
+    finally:
+        end_process(process)
+    ideal = args.concurrency / args.latency
+    print(
+        f"  baseline    bare openai SDK, same transport and mock, {args.traces:,} calls, {args.concurrency} in flight: "
+        f"{result['rate']:,.1f} calls/s = {result['rate'] / ideal:.1%} of ideal; {result['cpu_ms']:.3f} ms CPU/call",
+        flush=True,
+    )
+    return result
+
+
 # --------------------------------------------------------------------------- CPU sampling
 
 
@@ -443,6 +515,7 @@ class JudgeResult:
     verdicts: int
     errors: int
     skipped: float
+    bare: dict[str, float] | None = None  # the same-run bare SDK baseline (bare_sdk_main)
 
 
 @dataclass
@@ -626,6 +699,7 @@ def run_judge_phases(
             print(f"  ! the mock answered {calls:,} calls for {n:,} traces")
 
         profiler.finish()
+        judge_result.bare = run_bare_sdk(args, judge)
         fresh_result, fresh_ok = run_freshness(args, export, judge, verdicts, sidecar)
         ok = ok and fresh_ok
     except Exception as exc:
@@ -947,6 +1021,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"                   verdicts {r.verdicts:,}/{args.traces:,}, error assessments {r.errors}, "
             f"skipped {r.skipped:g}"
         )
+        if r.bare:
+            b = r.bare
+            print(
+                f"                   same-run baseline, bare openai SDK calls: {b['rate'] / r.ideal:.1%} of ideal, "
+                f"{b['cpu_ms']:.3f} ms/call -> the engine is {r.rate / b['rate']:.2f}x its throughput and "
+                f"{r.cpu_ms_per_call / b['cpu_ms']:.2f}x its CPU per call"
+            )
     if fresh_result is not None:
         f = fresh_result
         print(
