@@ -15,10 +15,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from test_scoring_e2e import evaluation_spans, event_attributes, run_agent
 
+from tracejudge.synthetic import genai_request
 from tracejudge.testing import SidecarProcess, child_processes, wait_until
 
 from archive_reader import query
-from otlp_peers import GrpcSink
+from otlp_peers import GrpcSink, post
 
 
 def sidecar_with(tmp_path: Path, sink: GrpcSink, judge: MockOpenAI, scorers: list[dict[str, Any]],
@@ -193,3 +194,39 @@ def test_a_dead_scoring_worker_is_restarted_and_what_it_held_is_recorded_as_skip
     assert "the scoring worker exited" in sidecar.log()
     rows = query(sidecar.data_dir / "archive", "skipped", "SELECT trace_id, scorers, reason FROM t")
     assert rows == [(f"{held:032x}", ["safety"], "worker_crashed")]
+
+
+SPINNING_SCORER = '''
+import time
+
+from tracejudge.scorers import scorer
+
+
+@scorer
+def spins(outputs):
+    while True:  # a bug in a user's scorer: pure Python that never returns
+        time.time()
+'''
+
+
+def test_a_code_scorer_that_never_returns_times_out_and_does_not_stall_ingest(tmp_path, grpc_sink):
+    (tmp_path / "scorers").mkdir()
+    (tmp_path / "scorers" / "user_scorers.py").write_text(SPINNING_SCORER)
+    config = {"assembler": {"trace_idle": "200ms"}, "scoring": {"code_timeout": "500ms", "code_workers": 1},
+              "scorers": [{"name": "spins", "code": "user_scorers:spins", "sample_rate": 1}]}  # fmt: skip
+    sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config,
+                             env={"PYTHONPATH": str(tmp_path / "scorers")}).start()  # fmt: skip
+    try:
+        run_agent(sidecar.grpc_target, [("First.", False)])
+        assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=20), sidecar.log_tail()
+        [verdict] = evaluation_spans(grpc_sink)
+        assert event_attributes(verdict)["error.type"] == "timeout"
+        for _ in range(5):  # the scorer thread still spins in the worker; the receivers do not notice
+            payload = genai_request(20).SerializeToString()
+            assert post(f"{sidecar.http_url}/v1/traces", payload)[0] == 200
+        assert wait_until(lambda: len(grpc_sink.received.payloads["traces"]) >= 6, timeout=10)
+    finally:
+        sidecar.stop()
+    assert "did not exit" not in sidecar.log()  # the worker does not wait for the thread that never returns
+    rows = query(sidecar.data_dir / "archive", "spans", "SELECT count(*) FROM t")
+    assert rows[0][0] == 2 + 5 * 20 * 5

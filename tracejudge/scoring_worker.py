@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         loop.run_until_complete(ScoringLoop(settings, channel, build_emitter(settings, channel)).run())
     finally:
         loop.close()
+    # Everything is reported and exported. A code scorer thread that never returned would keep a normal
+    # interpreter exit waiting for it forever, so leave without joining threads.
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":
