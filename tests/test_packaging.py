@@ -14,8 +14,9 @@ import sysconfig
 from pathlib import Path
 
 from tracejudge.synthetic import genai_request
-from tracejudge.testing import SidecarProcess
+from tracejudge.testing import SidecarProcess, child_processes, wait_until
 
+from archive_reader import query
 from otlp_peers import post
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,11 +40,16 @@ def test_wheel_installs_and_serves_from_the_source_checkout(tmp_path: Path):
     assert imported.startswith(str(venv_site))
 
     # Run from the checkout, which holds a tracejudge/ folder that must not shadow the installed package.
+    # A scorer, so that the scoring worker process starts from the installed package too.
     launcher = [str(venv / "bin" / "tracejudge")]
-    sidecar = SidecarProcess(tmp_path / "tj", [], launcher=launcher, cwd=ROOT).start()
+    config = {"assembler": {"trace_idle": "200ms"}, "scorers": [{"name": "ok", "builtin": "NoError", "sample_rate": 1}]}
+    sidecar = SidecarProcess(tmp_path / "tj", [], config, launcher=launcher, cwd=ROOT).start()
     try:
         assert post(f"{sidecar.http_url}/v1/traces", genai_request(2).SerializeToString())[0] == 200
+        assert wait_until(lambda: sidecar.metric("tracejudge_scoring_scored_total", scorer="ok") == 2, timeout=30)
+        assert len(child_processes(sidecar.pid, "tracejudge.scoring_worker")) == 1
     finally:
         assert sidecar.stop() == 0
     assert "No module named" not in sidecar.log(), sidecar.log()
     assert list((tmp_path / "tj" / "archive" / "spans").glob("**/*.parquet"))
+    assert query(tmp_path / "tj" / "archive", "assessments", "SELECT count(*) FROM t") == [(2,)]
