@@ -39,12 +39,14 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tracejudge.model import Signal
+from tracejudge.otlp import GRPC_EXPORT_METHODS, GRPC_SERVICES
 from tracejudge.receiver.assembler import SPAN_OVERHEAD_BYTES
 from tracejudge.synthetic import genai_request
 from tracejudge.testing import MetricSamples, SidecarProcess
 
-EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+EXPORT_METHOD = GRPC_EXPORT_METHODS[Signal.TRACES]
+TRACE_SERVICE = GRPC_SERVICES[Signal.TRACES]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KIB = 1024
 MAX_MESSAGE = 256 << 20

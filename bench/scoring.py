@@ -52,6 +52,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
+from tracejudge.model import Signal
+from tracejudge.otlp import GRPC_SERVICES
 from tracejudge.synthetic import genai_request
 from tracejudge.testing import MetricSamples
 
@@ -79,7 +81,7 @@ from ingest import (  # noqa: E402  (bench/ is not a package)
     wait_for,
 )
 
-LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+LOGS_SERVICE = GRPC_SERVICES[Signal.LOGS]
 EVALUATION_MARK = b"gen_ai.evaluation.result"  # the span event name: only the emitter's exports carry it
 PIPELINE_FIGURE = 71_500  # README "Performance": gRPC accepted flat out (the pipeline issue's figure)
 FIVE_SCORERS: list[dict[str, Any]] = [

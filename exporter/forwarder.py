@@ -29,14 +29,10 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from tracejudge.config import ForwardEndpointConfig
 from tracejudge.exporter.spill_queue import QueueItem, SpillQueue
 from tracejudge.model import Signal
+from tracejudge.otlp import GRPC_EXPORT_METHODS
 
 log = logging.getLogger(__name__)
 
-GRPC_METHODS = {
-    Signal.TRACES: "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    Signal.METRICS: "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-    Signal.LOGS: "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-}
 # OTLP spec, "Failures": the gRPC codes and HTTP statuses a client retries.
 RETRYABLE_GRPC = {
     grpc.StatusCode.CANCELLED,
@@ -69,7 +65,7 @@ class GrpcTransport:
         self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)])
         self._calls = {
             signal: self._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-            for signal, method in GRPC_METHODS.items()
+            for signal, method in GRPC_EXPORT_METHODS.items()
         }
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
         self._timeout = config.timeout

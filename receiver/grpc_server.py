@@ -19,6 +19,7 @@ from opentelemetry import metrics
 
 from tracejudge.config import ReceiverConfig, parse_host_port
 from tracejudge.model import Signal
+from tracejudge.otlp import GRPC_SERVICES
 from tracejudge.receiver.export import (
     RESPONSE_TYPES,
     ExportConsumer,
@@ -31,12 +32,6 @@ from tracejudge.receiver.export import (
 )
 
 log = logging.getLogger(__name__)
-
-SERVICES = {
-    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
-    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
-    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
-}
 
 
 class GrpcReceiver:
@@ -59,7 +54,7 @@ class GrpcReceiver:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        for signal, service in SERVICES.items():
+        for signal, service in GRPC_SERVICES.items():
             handler = grpc.unary_unary_rpc_method_handler(self._handler(signal))
             self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
         self._server.add_generic_rpc_handlers(tuple(handlers))

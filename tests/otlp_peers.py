@@ -22,14 +22,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tracejudge.model import Signal
+from tracejudge.otlp import GRPC_EXPORT_METHODS, GRPC_SERVICES
 from tracejudge.testing import free_port
 
-TRACE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-SERVICES = {
-    "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
-    "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
-    "logs": "opentelemetry.proto.collector.logs.v1.LogsService",
-}
+TRACE_METHOD = GRPC_EXPORT_METHODS[Signal.TRACES]
+SERVICES = {signal.value: service for signal, service in GRPC_SERVICES.items()}
 REQUEST_TYPES: dict[str, Any] = {
     "traces": ExportTraceServiceRequest,
     "metrics": ExportMetricsServiceRequest,

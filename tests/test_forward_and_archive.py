@@ -14,6 +14,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tracejudge.model import Signal
+from tracejudge.otlp import GRPC_EXPORT_METHODS
 from tracejudge.synthetic import genai_request
 from tracejudge.testing import wait_until
 
@@ -144,12 +146,8 @@ def test_logs_and_metrics_are_forwarded_and_genai_logs_archived(sidecar_factory,
     metric = metrics.resource_metrics.add().scope_metrics.add().metrics.add(name="app.requests")
     metric.sum.data_points.add(as_int=3)
     with grpc.insecure_channel(sidecar.grpc_target) as channel:
-        channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")(
-            logs.SerializeToString(), timeout=10
-        )
-        channel.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")(
-            metrics.SerializeToString(), timeout=10
-        )
+        channel.unary_unary(GRPC_EXPORT_METHODS[Signal.LOGS])(logs.SerializeToString(), timeout=10)
+        channel.unary_unary(GRPC_EXPORT_METHODS[Signal.METRICS])(metrics.SerializeToString(), timeout=10)
     assert wait_until(lambda: grpc_sink.received.payloads["logs"] == [logs.SerializeToString()])
     assert wait_until(lambda: grpc_sink.received.payloads["metrics"] == [metrics.SerializeToString()])
     sidecar.stop()

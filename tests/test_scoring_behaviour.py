@@ -196,7 +196,7 @@ def test_a_dead_scoring_worker_is_restarted_and_what_it_held_is_recorded_as_skip
     assert rows == [(f"{held:032x}", ["safety"], "worker_crashed")]
 
 
-SPINNING_SCORER = '''
+SPINNING_SCORER = """
 import time
 
 from tracejudge.scorers import scorer
@@ -206,7 +206,7 @@ from tracejudge.scorers import scorer
 def spins(outputs):
     while True:  # a bug in a user's scorer: pure Python that never returns
         time.time()
-'''
+"""
 
 
 def test_a_code_scorer_that_never_returns_times_out_and_does_not_stall_ingest(tmp_path, grpc_sink):
