@@ -599,7 +599,7 @@ def _tool_calls(
                 continue
             if tool_call.id:
                 by_call_id[tool_call.id] = len(entries)
-            entries.append((r.start, replace(tool_call, span_id=r.span_id)))
+            entries.append((r.start, replace(tool_call, requested_span_id=r.span_id)))
     requested, matched = len(entries), set[int]()
     for r in records:
         if r.tool is None:
@@ -627,6 +627,7 @@ def _merge_tool_call(requested: ToolCall, ran: ToolCall) -> ToolCall:
         id=requested.id or ran.id,
         result=ran.result if ran.result is not None else requested.result,
         span_id=ran.span_id,
+        requested_span_id=requested.requested_span_id,
     )
 
 

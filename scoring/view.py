@@ -17,7 +17,8 @@ class ToolCall:
     arguments: str = ""  # JSON text as the model produced it
     id: str = ""
     result: str | None = None  # the tool's answer, when a tool span or message carries it
-    span_id: str = ""
+    span_id: str = ""  # the tool span that executed it; "" when no tool span ran it
+    requested_span_id: str = ""  # the LLM span whose output asked for it; "" when no model output did
 
 
 @dataclass(frozen=True, slots=True)

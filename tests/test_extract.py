@@ -199,6 +199,7 @@ def test_otel_genai_latest_conventions() -> None:
     assert (tool_call.name, tool_call.id, tool_call.arguments) == ("get_weather", "call_1", PARIS)
     assert tool_call.result == '{"celsius":21}'
     assert tool_call.span_id == next(s.span_id for s in view.spans if s.name == "execute_tool get_weather")
+    assert tool_call.requested_span_id == first.span_id  # the chat call whose output asked for it
     assert span_types(view) == {
         "invoke_agent weather": "AGENT",
         "retrieval kb": "RETRIEVER",
@@ -709,6 +710,8 @@ def test_chat_bodies_of_other_sdks_become_messages() -> None:
     search, calc = view.tool_calls
     assert search.result == "42"  # the tool_result block answers call t1
     assert calc.result is None
+    # requested by a model, never executed by a tool span of its own
+    assert (calc.span_id, calc.requested_span_id) == ("", anthropic.span_id)
     assert (view.request_text, view.response_text) == ("hi there", "ok")
 
 
