@@ -109,7 +109,7 @@ class ScoringLoop:
         )
         self._max_concurrency = settings.max_concurrency
         self._scorers: dict[str, LoadedScorer] = {}
-        self._tasks: dict[asyncio.Task[None], bytes] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._report = Progress()
         self._report_scheduled = False
 
@@ -154,8 +154,8 @@ class ScoringLoop:
     def _spawn(self, batch: list[tuple[Trace, list[str]]]) -> None:
         for trace, names in batch:
             task = asyncio.create_task(self._score_trace(trace, names))
-            self._tasks[task] = trace.trace_id
-            task.add_done_callback(self._tasks.pop)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _score_trace(self, trace: Trace, names: list[str]) -> None:
         """At most `max_concurrency` traces at a time, oldest first: with every queued trace started at
