@@ -21,8 +21,11 @@ never handed to the JSON parser.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from operator import attrgetter
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -30,7 +33,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tracejudge.exporter.rows import any_value, attributes_dict
+from tracejudge.exporter.rows import any_value
 from tracejudge.exporter.trace_summary import SESSION_KEYS, USER_KEYS
 from tracejudge.model import BufferedLog, BufferedSpan, Trace
 from tracejudge.scoring.view import Document, LlmCall, Message, SpanView, ToolCall, TraceView
@@ -70,6 +73,7 @@ _LANGFUSE_KINDS = {
 }
 _TRACELOOP_PREFIXES = ("traceloop.", "gen_ai.prompt.", "gen_ai.completion.", "llm.request.type")
 _LANGFUSE_PREFIXES = ("langfuse.observation.", "langfuse.trace.")
+_CONVENTION_PREFIXES = _TRACELOOP_PREFIXES + _LANGFUSE_PREFIXES
 
 # Legacy GenAI log events (semconv <= 1.36) -> the role of the message they carry.
 _EVENT_ROLES = {
@@ -100,11 +104,22 @@ _TEXT_KEYS = (
     "result",
 )
 _URI_KEYS = ("doc_uri", "uri", "url", "source")
+_USAGE_KEYS = frozenset(
+    {
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.prompt_tokens",
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.completion_tokens",
+    }
+)
+_MESSAGE_LIST_KEYS = frozenset({"messages", "choices", "generations", "candidates"})
 _JSON_START = frozenset('{["')
 _LIST_START = frozenset("[")
 _MLFLOW_JSON_START = frozenset('{["-0123456789tfn')
 _MAX_DEPTH = 6
+_START = attrgetter("start")
 _OI_ARGS = "tool_call.function.arguments"
+_SYSTEM = "gen_ai.system_instructions"
 _DOC_TEXT_KEYS = ("page_content", "content", "text")
 
 
@@ -133,30 +148,38 @@ class _Record:
     tool: ToolCall | None = None
     error: bool = False
     errors: list[str] = field(default_factory=list)
+    # (inputs, _messages(inputs, "user")) and (outputs, _messages(outputs, "assistant")) where a reader
+    # parsed them: the request/response text reuses them instead of parsing the same value again.
+    parsed_inputs: tuple[Any, list[Message]] | None = None
+    parsed_outputs: tuple[Any, list[Message]] | None = None
+
+
+_Reader = Callable[[_Record, dict[str, str]], None]
 
 
 def extract(trace: Trace) -> TraceView:
     """The normalized view of `trace`; never raises on malformed attribute values."""
     results: dict[str, str] = {}  # tool results by call id, from tool messages anywhere in the trace
-    records = sorted((_read_span(s, results) for s in trace.spans), key=lambda r: r.start)
+    records = sorted((_read_span(s, results) for s in trace.spans), key=_START)
     by_id = {r.span_id: r for r in records}
     log_genai = _join_logs(trace.logs, by_id, results)
     root_span = _root_span(trace)
     root = by_id.get(root_span.span_id.hex()) if root_span else None
     calls = _llm_calls(records, by_id)
     request, response = _request_response(root, records, calls)
-    resource = attributes_dict(Resource.FromString(root_span.resource_bytes).attributes) if root_span else {}
+    resource = _resource(root_span.resource_bytes) if root_span else {}
+    start = min((s.start_time_unix_nano for s in trace.spans), default=0)
     return TraceView(
         trace_id=trace.trace_id.hex(),
         root_span_id=root.span_id if root else "",
         service_name=str(resource.get("service.name", "")),
         status=_status(records),
-        timestamp_ms=min((s.start_time_unix_nano for s in trace.spans), default=0) // 1_000_000,
-        execution_time_ms=_duration_ms(trace.spans),
+        timestamp_ms=start // 1_000_000,
+        execution_time_ms=_duration_ms(trace.spans, start),
         request=request,
         response=response,
-        request_text=_text(request, "user"),
-        response_text=_text(response, "assistant"),
+        request_text=_text(request, "user", known=root.parsed_inputs if root else None),
+        response_text=_text(response, "assistant", known=root.parsed_outputs if root else None),
         llm_calls=tuple(call for _, call in calls),
         retrieved_documents=_retrieved_documents(records, by_id),
         tool_calls=_tool_calls(calls, records, results),
@@ -179,38 +202,48 @@ def extract(trace: Trace) -> TraceView:
 
 def _read_span(buffered: BufferedSpan, results: dict[str, str]) -> _Record:
     span = Span.FromString(buffered.span_bytes)
-    attrs = attributes_dict(span.attributes)
+    attrs = _attributes(span.attributes)
     if "mlflow.spanType" in attrs:  # MLflow JSON-encodes every attribute value
         attrs = {key: _mlflow_value(value) for key, value in attrs.items()}
     record = _Record(span, span.span_id.hex(), span.parent_span_id.hex(), span.start_time_unix_nano, attrs)
-    for detect, read in _READERS:
-        if detect(attrs):
-            record.genai = True
-            read(record, results)
+    for read in _readers(attrs):
+        record.genai = True
+        read(record, results)
     _read_events(record, results)
     _read_status(record)
     _fill_defaults(record, results)
     return record
 
 
-def _is_genai(attrs: dict[str, Any]) -> bool:
-    return "gen_ai.operation.name" in attrs or "gen_ai.system" in attrs or "gen_ai.provider.name" in attrs
+def _attributes(attributes: Any) -> dict[str, Any]:
+    """attributes_dict() with its common case inline: a non-empty string_value is the value that is set
+    (AnyValue is a oneof); anything else, the empty string included, goes through any_value()."""
+    attrs = {}
+    for item in attributes:
+        value = item.value
+        attrs[item.key] = value.string_value or any_value(value)
+    return attrs
 
 
-def _is_openinference(attrs: dict[str, Any]) -> bool:
-    return "openinference.span.kind" in attrs
-
-
-def _is_traceloop(attrs: dict[str, Any]) -> bool:
-    return any(key.startswith(_TRACELOOP_PREFIXES) for key in attrs)
-
-
-def _is_mlflow(attrs: dict[str, Any]) -> bool:
-    return "mlflow.spanType" in attrs
-
-
-def _is_langfuse(attrs: dict[str, Any]) -> bool:
-    return any(key.startswith(_LANGFUSE_PREFIXES) for key in attrs)
+def _readers(attrs: dict[str, Any]) -> list[_Reader]:
+    """The readers of the conventions `attrs` follow, in order of precedence."""
+    traceloop = langfuse = False
+    for key in attrs:  # one pass over the keys for both prefix-detected conventions
+        if key.startswith(_CONVENTION_PREFIXES):
+            traceloop = traceloop or key.startswith(_TRACELOOP_PREFIXES)
+            langfuse = langfuse or key.startswith(_LANGFUSE_PREFIXES)
+    readers: list[_Reader] = []
+    if "gen_ai.operation.name" in attrs or "gen_ai.system" in attrs or "gen_ai.provider.name" in attrs:
+        readers.append(_read_genai)
+    if "openinference.span.kind" in attrs:
+        readers.append(_read_openinference)
+    if traceloop:
+        readers.append(_read_traceloop)
+    if "mlflow.spanType" in attrs:
+        readers.append(_read_mlflow)
+    if langfuse:
+        readers.append(_read_langfuse)
+    return readers
 
 
 def _read_genai(r: _Record, results: dict[str, str]) -> None:
@@ -222,11 +255,11 @@ def _read_genai(r: _Record, results: dict[str, str]) -> None:
     _read_genai_usage(r)
     if "gen_ai.input.messages" in a and not r.input_messages:
         r.inputs = _first(r.inputs, _decoded(a["gen_ai.input.messages"]))
-        system = _messages(_decoded(a.get("gen_ai.system_instructions")), "system", results)
-        r.input_messages = system + _messages(r.inputs, "user", results)
+        system = _messages(_decoded(a[_SYSTEM]), "system", results) if _SYSTEM in a else []
+        r.input_messages = system + _parse_inputs(r, results)
     if "gen_ai.output.messages" in a and not r.output_messages:
         r.outputs = _first(r.outputs, _decoded(a["gen_ai.output.messages"]))
-        r.output_messages = _messages(r.outputs, "assistant", results)
+        r.output_messages = _parse_outputs(r, results)
     if r.kind == "TOOL" and r.tool is None:
         r.tool = _genai_tool(r)
     if r.kind == "RETRIEVER":
@@ -378,18 +411,11 @@ def _read_langfuse(r: _Record, results: dict[str, str]) -> None:
         r.tool = _tool(r, r.span.name, r.inputs, None, r.outputs)
 
 
-_READERS = (
-    (_is_genai, _read_genai),
-    (_is_openinference, _read_openinference),
-    (_is_traceloop, _read_traceloop),
-    (_is_mlflow, _read_mlflow),
-    (_is_langfuse, _read_langfuse),
-)
-
-
 def _read_genai_usage(r: _Record) -> None:
     """gen_ai.usage.* (OpenLLMetry writes the same keys; older releases the prompt/completion names)."""
     a = r.attrs
+    if _USAGE_KEYS.isdisjoint(a):  # most spans of a trace are not LLM calls
+        return
     r.input_tokens = _first(r.input_tokens, _first_int(a, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"))
     output_tokens = _first_int(a, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
     r.output_tokens = _first(r.output_tokens, output_tokens)
@@ -397,19 +423,22 @@ def _read_genai_usage(r: _Record) -> None:
 
 def _read_events(r: _Record, results: dict[str, str]) -> None:
     """Span events: `exception`, OpenLLMetry's vector-DB `db.query.result`, old GenAI `gen_ai.content.*`."""
+    events = r.span.events
+    if not events:
+        return
     docs = []
-    for event in r.span.events:
+    for event in events:
         name = event.name
         if name == "exception":
-            ev = attributes_dict(event.attributes)
+            ev = _attributes(event.attributes)
             text = ": ".join(_scalar(ev.get(k)) for k in ("exception.type", "exception.message") if ev.get(k))
             r.errors.append(text or "exception")
         elif name == "db.query.result":
-            ev = attributes_dict(event.attributes)
+            ev = _attributes(event.attributes)
             docs.append({key.removeprefix("db.query.result."): value for key, value in ev.items()})
             docs[-1]["content"] = docs[-1].pop("document", None)
         elif name in ("gen_ai.content.prompt", "gen_ai.content.completion"):
-            _read_content_event(r, name, attributes_dict(event.attributes), results)
+            _read_content_event(r, name, _attributes(event.attributes), results)
     if docs and not r.documents:
         r.documents = _documents(docs)
         r.kind, r.genai = r.kind or "RETRIEVER", True
@@ -441,15 +470,29 @@ def _fill_defaults(r: _Record, results: dict[str, str]) -> None:
     if r.kind in _LLM_KINDS:
         r.model = r.model or _body_model(r)
         if not r.input_messages:
-            r.input_messages = _messages(r.inputs, "user", results)
+            r.input_messages = _parse_inputs(r, results)
             if not r.input_messages and not _blank(r.inputs):
                 r.input_messages = [Message("user", _text(r.inputs, "user"))]
         if not r.output_messages:
-            r.output_messages = _messages(r.outputs, "assistant", results)
+            r.output_messages = _parse_outputs(r, results)
             if not r.output_messages and not _blank(r.outputs):
                 r.output_messages = [Message("assistant", _text(r.outputs, "assistant"))]
     elif r.kind == "RETRIEVER" and not r.documents:
         r.documents = _documents(r.outputs)
+
+
+def _parse_inputs(r: _Record, results: dict[str, str]) -> list[Message]:
+    """_messages(r.inputs), remembered on `r` for the request text."""
+    messages = _messages(r.inputs, "user", results)
+    r.parsed_inputs = (r.inputs, messages)
+    return list(messages)
+
+
+def _parse_outputs(r: _Record, results: dict[str, str]) -> list[Message]:
+    """_messages(r.outputs), remembered on `r` for the response text."""
+    messages = _messages(r.outputs, "assistant", results)
+    r.parsed_outputs = (r.outputs, messages)
+    return list(messages)
 
 
 def _body_model(r: _Record) -> str:
@@ -523,6 +566,13 @@ def _apply_log_messages(r: _Record, inputs: list[tuple[int, Message]], outputs: 
 
 
 # --- trace level ----------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _resource(resource_bytes: bytes) -> Mapping[str, Any]:
+    """A resource's attributes, read-only: the spans of one process share the same bytes, so they are
+    parsed once rather than once per trace."""
+    return MappingProxyType(_attributes(Resource.FromString(resource_bytes).attributes))
 
 
 def _root_span(trace: Trace) -> BufferedSpan | None:
@@ -600,7 +650,8 @@ def _tool_calls(
             if tool_call.id:
                 by_call_id[tool_call.id] = len(entries)
             entries.append((r.start, replace(tool_call, requested_span_id=r.span_id)))
-    requested, matched = len(entries), set[int]()
+    requested = len(entries)
+    matched: set[int] = set()  # not set[int](): calling a generic alias costs 10x more
     for r in records:
         if r.tool is None:
             continue
@@ -663,8 +714,7 @@ def _status(records: list[_Record]) -> str:
 
 
 def _span_view(r: _Record) -> SpanView:
-    code = r.span.status.code
-    status = "ERROR" if r.error else "OK" if code == Status.STATUS_CODE_OK else "UNSET"
+    status = "ERROR" if r.error else "OK" if r.span.status.code == Status.STATUS_CODE_OK else "UNSET"
     return SpanView(
         span_id=r.span_id,
         parent_span_id=r.parent_id,
@@ -689,7 +739,7 @@ def _identity(root: _Record | None, records: list[_Record], keys: tuple[str, ...
     return None
 
 
-def _tags(root: _Record | None, resource: dict[str, Any]) -> dict[str, str]:
+def _tags(root: _Record | None, resource: Mapping[str, Any]) -> dict[str, str]:
     tags = {key: _tag(value) for key, value in root.attrs.items()} if root is not None else {}
     for key, value in resource.items():
         tags.setdefault(key, _tag(value))
@@ -704,15 +754,16 @@ def _tag(value: Any) -> str:
 
 def _expectations(root: _Record | None) -> dict[str, Any]:
     value = root.attrs.get(EXPECTATIONS_KEY) if root is not None else None
+    if value is None:
+        return {}
     for _ in range(2):  # a JSON string, possibly JSON-encoded once more by MLflow
         value = _decoded(value)
     return value if isinstance(value, dict) else {}
 
 
-def _duration_ms(spans: list[BufferedSpan]) -> int:
+def _duration_ms(spans: list[BufferedSpan], start: int) -> int:
     if not spans:
         return 0
-    start = min(s.start_time_unix_nano for s in spans)
     return max(0, max(s.end_time_unix_nano for s in spans) - start) // 1_000_000
 
 
@@ -764,7 +815,7 @@ def _scalar(value: Any) -> str:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
@@ -787,11 +838,18 @@ def _float(value: Any) -> float | None:
 
 
 def _first_text(mapping: Mapping[str, Any], *keys: str) -> str:
-    return next((v for k in keys if (v := _scalar(mapping.get(k)))), "")
+    for key in keys:
+        value = mapping.get(key)
+        if value is not None and (text := _scalar(value)):  # most keys asked for are absent
+            return text
+    return ""
 
 
 def _first_int(mapping: Mapping[str, Any], *keys: str) -> int | None:
-    return next((v for k in keys if (v := _int(mapping.get(k))) is not None), None)
+    for key in keys:
+        if (number := _int(mapping.get(key))) is not None:
+            return number
+    return None
 
 
 def _first(current: Any, candidate: Any) -> Any:
@@ -826,9 +884,9 @@ def _indexed(flat: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
     return [groups[i] for i in sorted(groups)]
 
 
-def _text(value: Any, role: str, depth: int = 0) -> str:
+def _text(value: Any, role: str, depth: int = 0, known: tuple[Any, list[Message]] | None = None) -> str:
     """`value` as readable text for a judge: a message list's last `role` message, a known key's value,
-    else compact JSON."""
+    else compact JSON. `known`: (a value, its `role` messages) that a reader parsed already."""
     if value is None:
         return ""
     if isinstance(value, str):
@@ -838,17 +896,23 @@ def _text(value: Any, role: str, depth: int = 0) -> str:
     if isinstance(value, list):
         if not value or all(isinstance(item, str) for item in value):
             return "\n".join(value)
-        if isinstance(value[0], (dict, list)) and _messages(value[0], role, {}):
-            return _pick(_messages(value, role, {}), role) or _json_text(value)
-        return _json_text(value)
-    return _dict_text(value, role, depth)
+        return _list_text(value, role, known)
+    return _dict_text(value, role, depth, known)
 
 
-def _dict_text(value: dict[str, Any], role: str, depth: int) -> str:
+def _list_text(value: list[Any], role: str, known: tuple[Any, list[Message]] | None) -> str:
+    """A list is a message list if its first item holds messages."""
+    first = value[0]
+    if isinstance(first, (dict, list)) and (_is_one_message(first) or _messages(first, role, {})):
+        return _pick(_reparsed(value, role, known), role) or _json_text(value)
+    return _json_text(value)
+
+
+def _dict_text(value: dict[str, Any], role: str, depth: int, known: tuple[Any, list[Message]] | None) -> str:
     if "lc" in value and isinstance(value.get("kwargs"), dict):  # a LangChain-serialized object
         return _text(value["kwargs"], role, depth + 1)
     if _is_message(value) or "choices" in value or "generations" in value:
-        text = _pick(_messages(value, role, {}), role)
+        text = _pick(_reparsed(value, role, known), role)
         if text:
             return text
     for key in _TEXT_KEYS:
@@ -868,6 +932,20 @@ def _pick(messages: Iterable[Message], role: str, strict: bool = False) -> str:
     return "" if strict else fallback
 
 
+def _reparsed(value: Any, role: str, known: tuple[Any, list[Message]] | None) -> list[Message]:
+    """_messages(value, role), taken from `known` where it holds this very value (values are never mutated)."""
+    if known is not None and known[0] is value:
+        return known[1]
+    return _messages(value, role, {})
+
+
+def _is_one_message(value: Any) -> bool:
+    """True where _messages(value) is certainly one message, cheap to tell without parsing it."""
+    if not isinstance(value, dict) or not _MESSAGE_LIST_KEYS.isdisjoint(value):
+        return False
+    return _is_message(value) or "content" in value
+
+
 def _is_message(value: dict[str, Any]) -> bool:
     return "role" in value or "parts" in value or ("content" in value and "type" in value) or "lc" in value
 
@@ -875,21 +953,23 @@ def _is_message(value: dict[str, Any]) -> bool:
 def _messages(value: Any, role: str, results: dict[str, str], depth: int = 0) -> list[Message]:
     """Messages from any of the shapes instrumentations write: GenAI parts, OpenAI/Anthropic/Gemini
     messages, chat requests {"messages"}, responses {"choices"}/{"candidates"}, LangChain messages."""
-    value = _decoded(value)
     if depth > _MAX_DEPTH:
         return []
     if isinstance(value, str):
-        return [Message(role, value)] if value else []
+        value = _loads(value)
+        if isinstance(value, str):
+            return [Message(role, value)] if value else []
     if isinstance(value, list):
         return [m for item in value for m in _messages(item, role, results, depth + 1)]
     if not isinstance(value, dict):
         return []
-    if isinstance(value.get("messages"), list):
-        return _messages(value["messages"], role, results, depth + 1)
-    for key in ("choices", "generations", "candidates"):
-        if isinstance(value.get(key), list):
-            items = [_unwrap_choice(item) for item in _flatten(value[key])]
-            return _messages(items, "assistant", results, depth + 1)
+    if not _MESSAGE_LIST_KEYS.isdisjoint(value):  # rare: most dicts are one message
+        if isinstance(value.get("messages"), list):
+            return _messages(value["messages"], role, results, depth + 1)
+        for key in ("choices", "generations", "candidates"):
+            if isinstance(value.get(key), list):
+                items = [_unwrap_choice(item) for item in _flatten(value[key])]
+                return _messages(items, "assistant", results, depth + 1)
     if _is_message(value) or "content" in value:
         return [_dict_message(value, role, results)]
     return []
@@ -919,7 +999,8 @@ def _dict_message(d: dict[str, Any], role: str, results: dict[str, str]) -> Mess
     content, calls = _parts(items, results) if isinstance(items, list) else (_content(items), [])
     if not content and not calls and isinstance(raw, str):
         content = raw  # JSON-looking text that held no parts stays as it was
-    calls.extend(tc for item in _as_list(d.get("tool_calls")) if (tc := _tool_call(item)) is not None)
+    if "tool_calls" in d:
+        calls.extend(tc for item in _as_list(d["tool_calls"]) if (tc := _tool_call(item)) is not None)
     if isinstance(d.get("function_call"), dict) and (tc := _tool_call(d["function_call"])) is not None:
         calls.append(tc)
     call_id = d.get("tool_call_id") or d.get("tool_use_id") or _response_part_id(items)
@@ -935,8 +1016,10 @@ def _response_part_id(items: Any) -> str | int | None:
     """The call id a GenAI `tool_call_response` part answers."""
     if not isinstance(items, list):
         return None
-    part = next((p for p in items if isinstance(p, dict) and p.get("type") == "tool_call_response"), None)
-    return part.get("id") if part else None
+    for part in items:
+        if isinstance(part, dict) and part.get("type") == "tool_call_response":
+            return part.get("id")
+    return None
 
 
 def _role(d: dict[str, Any], default: str) -> str:
@@ -956,11 +1039,13 @@ def _parts(items: list[Any], results: dict[str, str], depth: int = 0) -> tuple[s
             texts.append(part)
         elif isinstance(part, dict):
             _part(part, texts, calls, results, depth)
-    return "\n".join(t for t in texts if t), calls
+    return "\n".join(filter(None, texts)), calls
 
 
 def _part(part: dict[str, Any], texts: list[str], calls: list[ToolCall], results: dict[str, str], depth: int) -> None:
-    kind = part.get("type") if isinstance(part.get("type"), str) else None
+    kind = part.get("type")
+    if not isinstance(kind, str):
+        kind = None
     if kind in _TEXT_PARTS or (kind is None and ("text" in part or "content" in part)):
         texts.append(_content(part.get("content", part.get("text")), depth + 1))
     elif kind in ("tool_call", "tool_use", "function_call"):
