@@ -24,6 +24,7 @@ from tracejudge.model import Assessment, Trace
 
 from .registry import ScorerRegistry
 from .sampling import randomness, threshold
+from .spec import ScorerSpec
 from .worker import Progress
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class AssessmentSink(Protocol):
 
 
 class WorkerHandle(Protocol):
-    def send_specs(self, specs: list[Any]) -> None: ...
+    def send_specs(self, specs: list[ScorerSpec]) -> None: ...
     def submit(self, batch: list[tuple[Trace, list[str]]]) -> None: ...
     def discard_queued(self) -> None: ...
     def drain(self, timeout_s: float) -> bool: ...
@@ -70,10 +71,6 @@ class ScoringEngine:
             "tracejudge.scoring.backlog", [self._observe_backlog], description="Sampled traces waiting for scorers"
         )
         registry.on_change(self.reload)
-
-    @property
-    def backlog(self) -> int:
-        return self._backlog
 
     def attach(self, worker: WorkerHandle) -> None:
         """The worker that scores; it gets the active scorers now and on every registry change."""

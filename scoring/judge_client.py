@@ -290,7 +290,7 @@ def backoff_delay(retry: int, *, base: float, cap: float, retry_after: float | N
     return delay if retry_after is None else max(delay, retry_after)
 
 
-def _http_client(max_concurrency: int) -> Any:
+def _http_client(max_concurrency: int) -> httpx2.AsyncClient:
     """The SDK's aiohttp-backed client, with a pool that keeps every concurrent call's connection alive
     (its default keeps 20, so 64 in flight would reconnect constantly)."""
     limits = httpx2.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)

@@ -113,7 +113,6 @@ class Pipeline:
             [ForwardEndpointConfig(url=verdicts_to)] if verdicts_to and verdicts_to.rstrip("/") not in forwarded else []
         )
         self.forwarder = Forwarder(config.forward, config.queue_dir, meter, private=private)
-        self.verdicts_to = verdicts_to
         self.judges = JudgePool(config.judges)
         self._code_executor = ThreadPoolExecutor(config.scoring.code_workers, thread_name_prefix="code-scorer")
         self.registry = ScorerRegistry(
@@ -194,7 +193,7 @@ class Pipeline:
         return WorkerSettings(
             judges=dict(self.config.judges), max_concurrency=scoring.max_concurrency,
             code_workers=scoring.code_workers, code_timeout_s=scoring.code_timeout, sys_path=list(sys.path),
-            emit_otlp=self.verdicts_to is not None, archive=self.archive is not None,
+            emit_otlp=self.config.assessments_endpoint is not None, archive=self.archive is not None,
             emit_interval_s=scoring.emit_interval,
         )  # fmt: skip
 
