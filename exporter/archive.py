@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 import subprocess
-import sys
 import threading
 from collections import deque
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from tracejudge.child_process import start_worker
 from tracejudge.config import ArchiveConfig
 from tracejudge.exporter.archive_worker import ACK, ASSESSMENTS, CLOSE, FLUSH, FRAME, LOGS, SKIPPED, SPANS, TRACES
 
@@ -41,16 +41,9 @@ class ArchiveFull(Exception):
 
 class ParquetArchive:
     def __init__(self, config: ArchiveConfig, directory: Path, meter: metrics.Meter) -> None:
-        # `python -m` puts the working directory first on sys.path; started from a source checkout, its
-        # tracejudge/ folder would shadow the installed package. So the worker runs in its own directory.
-        self._directory = directory.resolve()
-        self._command = [
-            sys.executable, "-m", "tracejudge.exporter.archive_worker",
-            "--directory", str(self._directory),
-            "--roll-size", str(config.roll_size),
-            "--roll-interval", str(config.roll_interval),
-            "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-        ]  # fmt: skip
+        self._directory = directory.resolve()  # also the worker's working directory (child_process.py)
+        self._args = ["--directory", str(self._directory), "--roll-size", str(config.roll_size),
+                      "--roll-interval", str(config.roll_interval)]  # fmt: skip
         self._max_queue = config.max_queue
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -178,14 +171,9 @@ class ParquetArchive:
             fcntl.fcntl(self._input_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
         except OSError:
             log.debug("could not widen the archive pipe; continuing with the default size")
-        command = [*self._command, "--input-fd", str(input_read), "--ack-fd", str(ack_write)]
-        self._directory.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            pass_fds=(input_read, ack_write),
-            start_new_session=True,
-            cwd=self._directory,
+        fds = ["--input-fd", str(input_read), "--ack-fd", str(ack_write)]
+        self._process = start_worker(
+            "tracejudge.exporter.archive_worker", [*self._args, *fds], (input_read, ack_write), self._directory
         )
         os.close(input_read)
         os.close(ack_write)

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -22,6 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from tracejudge.child_process import start_worker
 from tracejudge.model import Signal, Trace
 
 from .spec import ScorerSpec
@@ -46,9 +46,7 @@ class ScoringWorker:
         """`forward_verdicts` and `archive_rows` receive what the worker's emitter produced; they must be
         given when `settings.emit_otlp` / `settings.archive` say the worker will produce it."""
         self._settings = settings
-        # `python -m` puts the working directory first on sys.path; a source checkout there would shadow
-        # the installed package, so the worker runs in the data directory (as the archive writer does).
-        self._directory = directory
+        self._directory = directory  # the worker's working directory (child_process.py says why)
         self._nice = nice
         self._on_progress = on_progress
         self._on_lost = on_lost
@@ -63,7 +61,6 @@ class ScoringWorker:
         self._stopping = False
         self._drained = threading.Event()
         self._feeder = threading.Thread(target=self._feed, name="scoring-feeder", daemon=True)
-        self._reader: threading.Thread | None = None
 
     def start(self) -> None:
         self._spawn()
@@ -100,23 +97,17 @@ class ScoringWorker:
 
     def _spawn(self) -> None:
         parent_end, child_end = socket.socketpair()
-        command = [sys.executable, "-m", "tracejudge.scoring_worker", "--fd", str(child_end.fileno()),
-                   "--nice", str(self._nice),
-                   "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel())]  # fmt: skip
-        self._directory.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(),), start_new_session=True,
-            cwd=self._directory,
-        )  # fmt: skip
+        args = ["--fd", str(child_end.fileno()), "--nice", str(self._nice)]
+        self._process = start_worker("tracejudge.scoring_worker", args, (child_end.fileno(),), self._directory)
         child_end.close()
-        self._conn = Connection(parent_end.detach())
+        conn = Connection(parent_end.detach())
         self._started_at = time.monotonic()
-        with self._cond:
+        with self._cond:  # connected and INIT first in the queue at once: the feeder sends nothing before it
+            self._conn = conn
             self._queue.appendleft((SPECS, self._specs))
             self._queue.appendleft((INIT, self._settings))
             self._cond.notify()
-        self._reader = threading.Thread(target=self._read, args=(self._conn,), name="scoring-reader", daemon=True)
-        self._reader.start()
+        threading.Thread(target=self._read, args=(conn,), name="scoring-reader", daemon=True).start()
 
     def _feed(self) -> None:
         """Send queued messages while a worker is connected; between a death and the restart they wait."""
