@@ -83,6 +83,8 @@ _EVENT_ROLES = {
     "gen_ai.tool.message": "tool",
 }
 _CHOICE_EVENT = "gen_ai.choice"
+# Latest GenAI semconv: one event per call with the messages in its attributes, as on the span.
+_DETAILS_EVENT = "gen_ai.client.inference.operation.details"
 _ROLES = {"human": "user", "ai": "assistant", "model": "assistant", "function": "tool", "developer": "system"}
 # LangChain messages name their role in `type`; other dicts use `type` for other things (a part's kind).
 _TYPE_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
@@ -512,11 +514,12 @@ def _tool(r: _Record, name: str, arguments: Any, call_id: Any, result: Any) -> T
     )
 
 
-# --- legacy GenAI log events ----------------------------------------------------------------------
+# --- GenAI log events ------------------------------------------------------------------------------
 
 
 def _join_logs(logs: list[BufferedLog], by_id: dict[str, _Record], results: dict[str, str]) -> bool:
-    """Legacy prompt/completion log events become their span's messages; True if any GenAI event exists."""
+    """GenAI log events (legacy per-message events, the latest per-call details event) become their span's
+    messages; True if any GenAI event exists."""
     inputs: dict[str, list[tuple[int, Message]]] = {}
     outputs: dict[str, list[tuple[int, Message]]] = {}
     found = False
@@ -524,6 +527,9 @@ def _join_logs(logs: list[BufferedLog], by_id: dict[str, _Record], results: dict
         record = LogRecord.FromString(log.log_bytes)
         name = _event_name(record)
         found = found or name.startswith("gen_ai.")
+        if name == _DETAILS_EVENT:
+            _details_messages(_attributes(record.attributes), log.span_id.hex(), inputs, outputs, results)
+            continue
         if name not in _EVENT_ROLES and name != _CHOICE_EVENT:
             continue
         body = _decoded(any_value(record.body))
@@ -553,6 +559,22 @@ def _log_message(name: str, body: Any, results: dict[str, str]) -> tuple[int, Me
     role = _EVENT_ROLES[name]
     call_id = body.get("id") if role == "tool" else None
     return -1, _dict_message({**body, "role": body.get("role") or role, "tool_call_id": call_id}, role, results)
+
+
+def _details_messages(
+    ev: dict[str, Any],
+    span_id: str,
+    inputs: dict[str, list[tuple[int, Message]]],
+    outputs: dict[str, list[tuple[int, Message]]],
+    results: dict[str, str],
+) -> None:
+    """gen_ai.client.inference.operation.details: gen_ai.input/output.messages and gen_ai.system_instructions
+    as attributes of the event (structured values, or JSON text), in their order."""
+    system = _messages(_decoded(ev[_SYSTEM]), "system", results) if _SYSTEM in ev else []
+    sent = system + _messages(_decoded(ev.get("gen_ai.input.messages")), "user", results)
+    received = _messages(_decoded(ev.get("gen_ai.output.messages")), "assistant", results)
+    inputs.setdefault(span_id, []).extend(enumerate(sent))
+    outputs.setdefault(span_id, []).extend(enumerate(received))
 
 
 def _apply_log_messages(r: _Record, inputs: list[tuple[int, Message]], outputs: list[tuple[int, Message]]) -> None:

@@ -259,6 +259,47 @@ def test_legacy_genai_log_events_become_the_llm_calls_messages() -> None:
     assert view.session_id == "s-1" and view.has_genai
 
 
+def test_latest_genai_details_log_event_becomes_the_llm_calls_messages() -> None:
+    """opentelemetry-instrumentation-openai-v2 with gen_ai_latest_experimental and EVENT_ONLY content: one
+    gen_ai.client.inference.operation.details event whose attributes hold the messages as structured values."""
+    chat = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4.1-mini",
+        "gen_ai.usage.input_tokens": 16,
+        "gen_ai.usage.output_tokens": 14,
+    }
+    call = {"type": "tool_call", "id": "call_3", "name": "get_weather", "arguments": {"city": "Paris"}}
+    details = {
+        **chat,
+        "gen_ai.system_instructions": [text_part("Be brief.")],
+        "gen_ai.input.messages": [
+            {"role": "user", "parts": [text_part(QUESTION)]},
+            {"role": "assistant", "parts": [call]},
+            {"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_3", "response": "21C"}]},
+        ],
+        "gen_ai.output.messages": [{"role": "assistant", "parts": [text_part(ANSWER)], "finish_reason": "stop"}],
+    }
+    app = App()
+    with app.span("chat gpt-4.1-mini", chat):
+        app.logger.emit(event_name="gen_ai.client.inference.operation.details", attributes=details)
+
+    view = app.view()
+
+    [llm] = view.llm_calls
+    assert [(m.role, m.content) for m in llm.input_messages] == [
+        ("system", "Be brief."),
+        ("user", QUESTION),
+        ("assistant", ""),
+        ("tool", "21C"),
+    ]
+    assert llm.input_messages[2].tool_calls == (ToolCall("get_weather", PARIS, "call_3"),)
+    assert llm.output_messages == (Message("assistant", ANSWER),)
+    assert view.request_text == QUESTION and view.response_text == ANSWER
+    assert (view.model, view.input_tokens, view.output_tokens) == ("gpt-4.1-mini", 16, 14)
+    assert view.has_genai and span_types(view) == {"chat gpt-4.1-mini": "CHAT_MODEL"}
+
+
 # --- OpenInference ------------------------------------------------------------------------------
 
 

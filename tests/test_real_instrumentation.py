@@ -1,4 +1,5 @@
-"""A real instrumented app, not hand-set attributes: mlflow-tracing's own OTLP export into tracejudge."""
+"""Real instrumented apps, not hand-set attributes: mlflow-tracing, OpenInference, OTel GenAI (openai-v2) and
+OpenLLMetry (Traceloop) instrumentation exporting their own OTLP into tracejudge."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from mock_openai import MockOpenAI
 from test_scoring_e2e import evaluation_spans, event_attributes
 
@@ -110,3 +112,113 @@ def test_openinference_instrumented_openai_app_is_judged(tmp_path: Path, grpc_si
     assert app_model.chat_requests()[0].user_text == "What is the refund window?"
     sessions = query(sidecar.data_dir / "archive", "assessments", "SELECT session_id FROM t")
     assert sessions == [("chat-7",)]
+
+
+OTEL_GENAI_APP = """
+import sys
+import openai
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+tracer_provider = TracerProvider()
+tracer_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=sys.argv[1], insecure=True)))
+logger_provider = LoggerProvider()
+logger_provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=sys.argv[1], insecure=True)))
+OpenAIInstrumentor().instrument(tracer_provider=tracer_provider, logger_provider=logger_provider)
+client = openai.OpenAI(base_url=sys.argv[2], api_key="app-key")
+client.chat.completions.create(model="gpt-4.1-mini",
+                               messages=[{"role": "system", "content": "Answer from the refund policy."},
+                                         {"role": "user", "content": "What is the refund window?"}])
+tracer_provider.shutdown()
+logger_provider.shutdown()
+"""
+
+# (semconv opt-in, content capture mode, the log events the app sends): the legacy default puts the messages
+# in one log event each; the latest experimental conventions put them on the span, or on one details event.
+OTEL_GENAI_MODES = {
+    "log-events": ("", "true", {"gen_ai.system.message", "gen_ai.user.message", "gen_ai.choice"}),
+    "span-attributes": ("gen_ai_latest_experimental", "SPAN_ONLY", set()),
+    "details-event": ("gen_ai_latest_experimental", "EVENT_ONLY", {"gen_ai.client.inference.operation.details"}),
+}
+
+
+@pytest.mark.parametrize("mode", OTEL_GENAI_MODES)
+def test_otel_genai_instrumented_openai_app_is_judged(tmp_path: Path, grpc_sink: GrpcSink, mode: str):
+    opt_in, capture, events = OTEL_GENAI_MODES[mode]
+    (tmp_path / "app.py").write_text(textwrap.dedent(OTEL_GENAI_APP))
+    with MockOpenAI() as app_model, MockOpenAI() as judge:
+        config = {
+            "assembler": {"trace_idle": "200ms"},
+            "judges": {"default": {"base_url": judge.base_url, "api_key_env": "TRACEJUDGE_TEST_NO_KEY"}},
+            "scorers": [{"name": "relevance", "builtin": "RelevanceToQuery", "sample_rate": 1.0}],
+        }
+        sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config).start()
+        try:
+            env = {
+                **os.environ,
+                "OTEL_SEMCONV_STABILITY_OPT_IN": opt_in,
+                "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": capture,
+            }
+            app = subprocess.run([sys.executable, str(tmp_path / "app.py"), sidecar.grpc_target, app_model.base_url],
+                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert app.returncode == 0, app.stderr
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=30), sidecar.log_tail()
+            [prompt] = [request.user_text for request in judge.chat_requests()]
+        finally:
+            sidecar.stop()
+    [verdict] = evaluation_spans(grpc_sink)
+    assert event_attributes(verdict)["gen_ai.evaluation.score.label"] == "yes"
+    assert "What is the refund window?" in prompt
+    assert app_model.chat_requests() and "Here is my assessment" in prompt  # the app model's reply text
+    assert log_event_names(grpc_sink) == {*events, "gen_ai.evaluation.result"}  # forwarded, and the verdict's
+
+
+def log_event_names(sink: GrpcSink) -> set[str]:
+    requests = sink.received.requests("logs")
+    return {lr.event_name for r in requests for rl in r.resource_logs for sl in rl.scope_logs for lr in sl.log_records}
+
+
+OPENLLMETRY_APP = """
+import sys
+import openai
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=sys.argv[1], insecure=True)))
+OpenAIInstrumentor().instrument(tracer_provider=provider)
+client = openai.OpenAI(base_url=sys.argv[2], api_key="app-key")
+client.chat.completions.create(model="gpt-4.1-mini",
+                               messages=[{"role": "user", "content": "What is the refund window?"}])
+provider.shutdown()
+"""
+
+
+def test_openllmetry_instrumented_openai_app_is_judged(tmp_path: Path, grpc_sink: GrpcSink):
+    (tmp_path / "app.py").write_text(textwrap.dedent(OPENLLMETRY_APP))
+    with MockOpenAI() as app_model, MockOpenAI() as judge:
+        config = {
+            "assembler": {"trace_idle": "200ms"},
+            "judges": {"default": {"base_url": judge.base_url, "api_key_env": "TRACEJUDGE_TEST_NO_KEY"}},
+            "scorers": [{"name": "relevance", "builtin": "RelevanceToQuery", "sample_rate": 1.0}],
+        }
+        sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config).start()
+        try:
+            app = subprocess.run([sys.executable, str(tmp_path / "app.py"), sidecar.grpc_target, app_model.base_url],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert app.returncode == 0, app.stderr
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=30), sidecar.log_tail()
+            [prompt] = [request.user_text for request in judge.chat_requests()]
+        finally:
+            sidecar.stop()
+    [verdict] = evaluation_spans(grpc_sink)
+    assert event_attributes(verdict)["gen_ai.evaluation.score.label"] == "yes"
+    assert "What is the refund window?" in prompt
+    assert app_model.chat_requests() and "Here is my assessment" in prompt  # the app model's reply text
