@@ -926,7 +926,8 @@ def _list_text(value: list[Any], role: str, known: tuple[Any, list[Message]] | N
     """A list is a message list if its first item holds messages."""
     first = value[0]
     if isinstance(first, (dict, list)) and (_is_one_message(first) or _messages(first, role, {})):
-        return _pick(_reparsed(value, role, known), role) or _json_text(value)
+        said = _said(_reparsed(value, role, known), role)
+        return _json_text(value) if said is None else said
     return _json_text(value)
 
 
@@ -934,13 +935,23 @@ def _dict_text(value: dict[str, Any], role: str, depth: int, known: tuple[Any, l
     if "lc" in value and isinstance(value.get("kwargs"), dict):  # a LangChain-serialized object
         return _text(value["kwargs"], role, depth + 1)
     if _is_message(value) or "choices" in value or "generations" in value:
-        text = _pick(_reparsed(value, role, known), role)
-        if text:
-            return text
+        said = _said(_reparsed(value, role, known), role)
+        if said is not None:
+            return said
     for key in _TEXT_KEYS:
         if not _blank(value.get(key)):
             return _text(value[key], role, depth + 1)
     return _json_text(value)
+
+
+def _said(messages: list[Message], role: str) -> str | None:
+    """The text of parsed messages: `_pick`'s, or "" when they hold no text and no tool calls (an empty
+    reply is no reply: a judge must not be shown its JSON as if it were one); None for the caller's
+    fallback (no messages, or tool calls without text)."""
+    text = _pick(messages, role)
+    if text or (messages and not any(message.tool_calls for message in messages)):
+        return text
+    return None
 
 
 def _pick(messages: Iterable[Message], role: str, strict: bool = False) -> str:

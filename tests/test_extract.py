@@ -552,6 +552,31 @@ def test_mlflow_spans() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ([{"role": "assistant", "parts": [text_part("")]}], ""),  # an empty reply is no reply, not its JSON
+        ({"role": "assistant", "content": ""}, ""),
+        ({"choices": [{"message": {"role": "assistant", "content": None}}]}, ""),
+        ([{"role": "assistant", "parts": [text_part(ANSWER)]}], ANSWER),
+    ],
+)
+def test_response_text_of_a_reply_that_says_nothing_is_empty(output: Any, expected: str) -> None:
+    app = App()
+    with app.span("invoke_agent", {"gen_ai.operation.name": "invoke_agent", "gen_ai.output.messages": j(output)}):
+        pass
+    assert app.view().response_text == expected
+
+
+def test_response_text_of_a_reply_that_only_calls_tools_still_shows_the_calls() -> None:
+    requested = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": PARIS}}
+    output = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [requested]}}]}
+    app = App()
+    with app.span("Completions", mlflow("CHAT_MODEL", {"messages": []}, output)):
+        pass
+    assert "lookup" in app.view().response_text
+
+
 def test_mlflow_values_are_json_decoded_and_plain_text_survives() -> None:
     attributes = {
         "mlflow.spanType": '"LLM"',

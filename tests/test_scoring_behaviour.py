@@ -62,6 +62,32 @@ def test_rate_limited_judge_is_retried_and_a_failing_one_yields_an_error_assessm
     assert rows == [("yes", None, False), ("error", "server_error", True)]
 
 
+def test_judges_with_nothing_to_judge_record_not_applicable_without_calling_the_model(tmp_path, grpc_sink):
+    scorers = [
+        {"name": "safety", "builtin": "Safety", "sample_rate": 1},
+        {"name": "relevance", "builtin": "RelevanceToQuery", "sample_rate": 1},
+        {"name": "english", "guidelines": ["The response must be in English"], "sample_rate": 1},
+        {"name": "formal", "instructions": "Is {{ outputs }} formal?", "feedback_value_type": ["formal", "casual"],
+         "sample_rate": 1},
+    ]  # fmt: skip
+    with MockOpenAI() as judge:
+        sidecar = sidecar_with(tmp_path, grpc_sink, judge, scorers)
+        try:
+            answers = [("", False), ("Refunds take 30 days.", False)]
+            [(silent, _), (answered, _)] = run_agent(sidecar.grpc_target, answers)
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 8, timeout=20), sidecar.log_tail()
+        finally:
+            sidecar.stop()
+    verdicts = {(int.from_bytes(span.trace_id, "big"), span.name.removeprefix("evaluation ")): event_attributes(span)
+                for span in evaluation_spans(grpc_sink)}  # fmt: skip
+    for name in ("safety", "relevance", "english", "formal"):
+        assert verdicts[silent, name]["gen_ai.evaluation.score.label"] == "not_applicable"
+        assert verdicts[silent, name]["gen_ai.evaluation.explanation"] == "not applicable: the trace has no response"
+        assert verdicts[answered, name]["gen_ai.evaluation.score.label"] in ("yes", "formal")
+    assert len(judge.chat_requests()) == 4
+    assert all("Refunds take 30 days." in request.user_text for request in judge.chat_requests())
+
+
 def test_full_backlog_is_recorded_as_skipped_never_silently_dropped(tmp_path, grpc_sink):
     with MockOpenAI(latency=1.0) as judge:
         scorers = [{"name": "safety", "builtin": "Safety", "sample_rate": 1}]
