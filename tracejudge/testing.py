@@ -92,16 +92,15 @@ class SidecarProcess:
         `cwd` is the directory it runs in."""
         self.data_dir = data_dir
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = data_dir / "tracejudge.yaml"
         self.config_path.write_text(yaml.safe_dump(config or {}))
-        self.args = [
-            *(launcher or [sys.executable, "-m", "tracejudge.cli"]), "serve", "--config", str(self.config_path),
-            "--grpc", self.grpc_target, "--http", f"127.0.0.1:{self.http_port}",
-            "--metrics", f"127.0.0.1:{self.admin_port}", "--data-dir", str(data_dir), "--log-level", log_level,
+        self._launcher = launcher or [sys.executable, "-m", "tracejudge.cli"]
+        self._options = [
+            "--config", str(self.config_path), "--data-dir", str(data_dir), "--log-level", log_level,
             *[arg for url in forward for arg in ("--forward", url)], *(extra_args or []),
         ]  # fmt: skip
+        self._pick_ports()
         self.cwd = cwd
         self.log_path = data_dir / "tracejudge.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -123,8 +122,27 @@ class SidecarProcess:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout: float = 30.0) -> SidecarProcess:
-        """Start and wait for /readyz; raises with the log's tail if it exits or never gets ready."""
+    def _pick_ports(self) -> None:
+        self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+        self.args = [
+            *self._launcher, "serve", *self._options, "--grpc", self.grpc_target,
+            "--http", f"127.0.0.1:{self.http_port}", "--metrics", f"127.0.0.1:{self.admin_port}",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> SidecarProcess:
+        """Start and wait for /readyz; raises with the log's tail if it exits or never gets ready. A port
+        free_port() found can be taken before the sidecar binds it (another process's outgoing
+        connection, say): then it is started again on fresh ports."""
+        for _ in range(attempts - 1):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc):
+                    raise
+                self._pick_ports()
+        return self._start_once(timeout)
+
+    def _start_once(self, timeout: float) -> SidecarProcess:
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 self.args,
