@@ -266,13 +266,14 @@ class Verdicts:
 
 def bare_sdk_main(conn: Connection, base_url: str, calls: int, concurrency: int) -> None:
     """The floor under the engine's figures, measured in the same run: `calls` chat completions through the
-    openai SDK alone, configured as tracejudge's judge client configures it (aiohttp transport, uvloop,
-    `concurrency` in flight, raw bytes back), against the same mock judge. Sends {rate, cpu_ms}."""
+    openai SDK alone, configured and called as tracejudge's judge client does (aiohttp transport, uvloop,
+    `concurrency` in flight, the body as orjson bytes, raw bytes back), against the same mock judge.
+    Sends {rate, cpu_ms}."""
     import asyncio
-    import json
 
     import httpx2
     import openai
+    import orjson
 
     from tracejudge.aio import new_event_loop
 
@@ -293,7 +294,7 @@ def bare_sdk_main(conn: Connection, base_url: str, calls: int, concurrency: int)
 
         async def one() -> None:
             async with slots:
-                json.loads(await client.post("/chat/completions", body=body, cast_to=bytes))
+                orjson.loads(await client.post("/chat/completions", content=orjson.dumps(body), cast_to=bytes))
 
         await asyncio.gather(*(one() for _ in range(concurrency)))  # connections and imports, not counted
         wall, cpu = time.monotonic(), time.process_time()

@@ -67,8 +67,8 @@ class AssessmentRowSink(Protocol):
 
 class AssessmentMetrics:
     """The assessment metrics: `gen_ai.evaluation.score` and tracejudge's assessment, latency and token
-    series. Also an assessment sink of its own, for the sidecar, where the scoring worker's verdicts
-    are counted."""
+    series, counted from `assessments` rows (`assessment_row`): the scoring worker ships rows, not
+    Assessments, so the sidecar counts what it archives."""
 
     def __init__(self, meter: metrics.Meter) -> None:
         self._score = meter.create_histogram(
@@ -94,26 +94,20 @@ class AssessmentMetrics:
             description="Tokens the LLM judges used, by assessment name and direction (input/output)",
         )
 
-    def emit(self, assessments: Sequence[Assessment]) -> None:
-        for assessment in assessments:
-            self.record(assessment)
+    def record_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.record(row)
 
-    def record(self, assessment: Assessment) -> None:
-        name = assessment.name
-        if assessment.score is not None:
-            self._score.record(assessment.score, {EVALUATION_NAME: name})
-        self._assessments.add(
-            1,
-            {
-                "name": name,
-                "label": assessment.label or NONE,
-                "source": assessment.source.value,
-                "error_type": _error_type(assessment) or NONE,
-            },
-        )
-        if assessment.latency_ms is not None:
-            self._latency.record(assessment.latency_ms, {"name": name})
-        for direction, tokens in (("input", assessment.judge_input_tokens), ("output", assessment.judge_output_tokens)):
+    def record(self, row: Mapping[str, Any]) -> None:
+        name = row["name"]
+        if row["score"] is not None:
+            self._score.record(row["score"], {EVALUATION_NAME: name})
+        labels = {"name": name, "label": row["label"] or NONE, "source": row["source"]}
+        self._assessments.add(1, {**labels, "error_type": row["error_type"] or NONE})
+        if row["latency_ms"] is not None:
+            self._latency.record(row["latency_ms"], {"name": name})
+        for direction in ("input", "output"):
+            tokens = row[f"judge_{direction}_tokens"]
             if tokens:
                 self._tokens.add(tokens, {"name": name, "direction": direction})
 
@@ -183,12 +177,13 @@ class AssessmentEmitter:
         rows: list[dict[str, Any]] = []
         for assessment in assessments:
             try:
-                if self._metrics is not None:
-                    self._metrics.record(assessment)
                 if self._tracer is not None:
                     self._emit_otlp(assessment, emitted_at)
-                if self._archive is not None:
-                    rows.append(assessment_row(assessment, emitted_at))
+                if self._metrics is not None or self._archive is not None:
+                    row = assessment_row(assessment, emitted_at)
+                    rows.append(row)
+                    if self._metrics is not None:
+                        self._metrics.record(row)
             except Exception:
                 log.exception("could not emit assessment %r on trace %s", assessment.name, assessment.trace_id)
         if rows and self._archive is not None:

@@ -2,7 +2,8 @@
 
 On the assembler's thread it only samples (a trace id comparison per active scorer), so a trace no
 scorer samples costs nothing more. Sampled traces go to the scoring worker process (scoring/worker.py),
-which extracts, filters and scores them; its assessments come back here and go to the sink.
+which extracts, filters and scores them; its assessments come back here, as archive rows, to be
+counted and archived.
 Shed scoring, never spans: when the backlog is full, or a trace is incomplete, or tracejudge is
 stopping, or the worker died holding it, each (trace, scorer) pair is recorded as skipped with its
 reason (metric + archive row), to be backfilled later.
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from tracejudge.model import Assessment, Trace
+from tracejudge.model import Trace
 
 from .registry import ScorerRegistry
 from .sampling import randomness, threshold
@@ -28,10 +29,6 @@ from .spec import ScorerSpec
 from .worker import Progress
 
 log = logging.getLogger(__name__)
-
-
-class AssessmentSink(Protocol):
-    def emit(self, assessments: Sequence[Assessment]) -> None: ...
 
 
 class WorkerHandle(Protocol):
@@ -45,13 +42,13 @@ class ScoringEngine:
     def __init__(
         self,
         registry: ScorerRegistry,
-        sink: AssessmentSink,
+        record_assessments: Callable[[list[dict[str, Any]]], None],
         record_skipped: Callable[[list[dict[str, Any]]], None],
         meter: metrics.Meter,
         max_backlog: int = 10_000,
     ) -> None:
         self._registry = registry
-        self._sink = sink
+        self._record_assessments = record_assessments
         self._record_skipped = record_skipped
         self._max_backlog = max_backlog
         self._worker: WorkerHandle | None = None
@@ -109,9 +106,9 @@ class ScoringEngine:
             self._skip(skipped)
 
     def on_progress(self, progress: Progress) -> None:
-        """A report from the worker (its reader thread): emit, count, release backlog."""
-        if progress.assessments:
-            self._sink.emit(progress.assessments)
+        """A report from the worker (its reader thread): record, count, release backlog."""
+        if progress.rows:
+            self._record_assessments(progress.rows)
         for name, count in progress.scored.items():
             self._scored.add(count, {"scorer": name})
         for (name, reason), count in progress.skipped.items():

@@ -502,11 +502,11 @@ class JudgeClient:
         """POST /chat/completions through the SDK's request path (auth, base URL, errors as APIStatusError)
         but with the body sent as built and the reply read as bytes: bench/scoring.py showed the typed
         `chat.completions.create` spending most of a judge call's CPU transforming params and building
-        response models."""
+        response models. The body goes as orjson's bytes (`content=`), which the SDK sends as they are."""
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         if not isinstance(response_format, openai.Omit):
             body["response_format"] = response_format
-        request = self._openai.post("/chat/completions", body=body, cast_to=bytes)
+        request = self._openai.post("/chat/completions", content=orjson.dumps(body), cast_to=bytes)
         try:
             raw = await asyncio.wait_for(request, self.config.timeout)
         except (openai.OpenAIError, asyncio.TimeoutError) as exc:

@@ -4,10 +4,11 @@ Why a process of its own: scoring is Python holding the GIL — extraction, chec
 the openai SDK's ~1 ms of CPU per judge call. Inside the sidecar's process it took the GIL from
 ingest (five checks sampling every trace cut ingest to 0.4x); here, at a lower CPU priority
 (`scoring.worker_nice`), the kernel serves ingest first and gives scoring the rest, and a code
-scorer that spins cannot stall the receivers. Sampling, skip accounting and emission stay in the
-sidecar (scoring/engine.py). The process (tracejudge/scoring_worker.py) also emits the verdicts: the
+scorer that spins cannot stall the receivers. Sampling and skip accounting stay in the sidecar
+(scoring/engine.py). The process (tracejudge/scoring_worker.py) also emits the verdicts: the
 OpenTelemetry SDK's span and log encoding costs as much CPU as a scorer, so it is done here too, and
-only the encoded bytes and archive rows travel back.
+only the encoded bytes and the assessments' rows travel back. The rows are flat dicts of plain values,
+cheap to pickle; the sidecar counts its metrics from them and archives them.
 
 Started by ScoringWorker (scoring/worker_process.py) as `python -m tracejudge.scoring_worker` in a
 session of its own, so a Ctrl-C to the sidecar's process group leaves it to the sidecar to drain.
@@ -17,9 +18,8 @@ Messages are pickled tuples on one socket (multiprocessing.connection framing):
                         (SPECS, [ScorerSpec])     the active scorers, whenever they change
                         (SCORE, [(Trace, [name])]) sampled traces and the scorers that sampled them
                         (DRAIN, timeout_s)        finish or cancel running work, report, exit
-    worker -> sidecar   (PROGRESS, Progress)      batched every few milliseconds
+    worker -> sidecar   (PROGRESS, Progress)      batched every few milliseconds, with assessment rows
                         (FORWARD, Signal, bytes, n) encoded OTLP verdicts for the forwarder's queue
-                        (ARCHIVE, [row])          `assessments` archive rows
                         (DRAINED, Progress)       the last report; traces it never finished were cancelled
 """
 
@@ -47,7 +47,7 @@ from .spec import ScorerSpec
 log = logging.getLogger("tracejudge.scoring.worker")
 
 INIT, SPECS, SCORE, DRAIN = "init", "specs", "score", "drain"
-PROGRESS, DRAINED, FORWARD, ARCHIVE = "progress", "drained", "forward", "archive"
+PROGRESS, DRAINED, FORWARD = "progress", "drained", "forward"
 _EOF = "eof"  # the reader thread's own marker: the sidecar is gone
 REPORT_DELAY_S = 0.005  # results are batched this long: one message per burst, not per assessment
 
@@ -60,22 +60,22 @@ class WorkerSettings:
     code_timeout_s: float
     sys_path: list[str]  # the sidecar's: code scorers import from where the sidecar could
     emit_otlp: bool  # verdicts have an OTLP destination
-    archive: bool
     emit_interval_s: float
 
 
 @dataclass
 class Progress:
     """What finished since the last report: `finished` are trace ids whose sampled scorers are all done
-    (scored, filtered out, not applicable or failed). A trace never reported was not scored."""
+    (scored, filtered out, not applicable or failed). A trace never reported was not scored. `rows` are
+    the assessments emitted meanwhile, as `assessments` archive rows (exporter/rows.py)."""
 
-    assessments: list[Assessment] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
     finished: list[bytes] = field(default_factory=list)
     scored: Counter[str] = field(default_factory=Counter)
     skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def __bool__(self) -> bool:
-        return bool(self.finished or self.assessments)
+        return bool(self.finished or self.rows)
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,29 @@ class Emitter(Protocol):
     def shutdown(self) -> None: ...
 
 
+class RowBuffer:
+    """The emitter's row sink in the worker: rows wait here for the next progress report."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+
+    def write_assessments(self, rows: list[dict[str, Any]]) -> None:
+        self._rows.extend(rows)
+
+    def take(self) -> list[dict[str, Any]]:
+        rows, self._rows = self._rows, []
+        return rows
+
+
 class ScoringLoop:
     """Runs sampled traces through their scorers on one event loop, `max_concurrency` traces at once;
-    emits each trace's assessments as they come and reports progress to the sidecar."""
+    emits each trace's assessments as they come and reports progress to the sidecar, with the rows
+    the emitter wrote to `rows` meanwhile."""
 
-    def __init__(self, settings: WorkerSettings, channel: Channel, emitter: Emitter) -> None:
+    def __init__(self, settings: WorkerSettings, channel: Channel, emitter: Emitter, rows: RowBuffer) -> None:
         self._channel = channel
         self._emitter = emitter
+        self._rows = rows
         self._judges = JudgePool(settings.judges)
         self._executor = ThreadPoolExecutor(settings.code_workers, thread_name_prefix="code-scorer")
         self._build = partial(
@@ -192,7 +208,6 @@ class ScoringLoop:
             self._emitter.emit(assessments)
         report = self._report
         report.finished.append(trace_id)
-        report.assessments.extend(assessments)
         report.scored.update(scored)
         report.skipped.update(skipped)
         if not self._report_scheduled:
@@ -202,6 +217,7 @@ class ScoringLoop:
     def _send_report(self) -> None:
         self._report_scheduled = False
         report, self._report = self._report, Progress()
+        report.rows = self._rows.take()
         if report:
             self._send(PROGRESS, report)
 
@@ -218,6 +234,7 @@ class ScoringLoop:
         await asyncio.gather(*pending, return_exceptions=True)
         self._emitter.shutdown()  # exports what is queued: the sidecar's forwarder gets it before DRAINED
         last, self._report = self._report, Progress()
+        last.rows = self._rows.take()
         if report:
             self._send(DRAINED, last)
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -2,9 +2,9 @@
 
 Sending never blocks the caller (the assembler's thread): messages wait in a queue that a feeder
 thread writes to the socket; the engine's backlog bound keeps that queue bounded. A reader thread
-hands progress reports to the engine and the worker's encoded verdicts and archive rows to their
-destinations. If the worker dies it is started again with the current scorers, after the engine
-has recorded what it was holding as skipped.
+hands progress reports to the engine and the worker's encoded verdicts to the forwarder. If the
+worker dies it is started again with the current scorers, after the engine has recorded what it
+was holding as skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tracejudge.child_process import start_worker
 from tracejudge.model import Signal, Trace
 
 from .spec import ScorerSpec
-from .worker import ARCHIVE, DRAIN, DRAINED, FORWARD, INIT, PROGRESS, SCORE, SPECS, Progress, WorkerSettings
+from .worker import DRAIN, DRAINED, FORWARD, INIT, PROGRESS, SCORE, SPECS, Progress, WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,15 @@ class ScoringWorker:
         on_progress: Callable[[Progress], None],
         on_lost: Callable[[], None],
         forward_verdicts: Callable[[Signal, bytes, int], None] | None = None,
-        archive_rows: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
-        """`forward_verdicts` and `archive_rows` receive what the worker's emitter produced; they must be
-        given when `settings.emit_otlp` / `settings.archive` say the worker will produce it."""
+        """`forward_verdicts` receives the worker's encoded verdicts; it must be given when
+        `settings.emit_otlp` says the worker will produce them."""
         self._settings = settings
         self._directory = directory  # the worker's working directory (child_process.py says why)
         self._nice = nice
         self._on_progress = on_progress
         self._on_lost = on_lost
         self._forward_verdicts = forward_verdicts
-        self._archive_rows = archive_rows
         self._queue: deque[tuple[Any, ...]] = deque()
         self._cond = threading.Condition()
         self._specs: list[ScorerSpec] = []
@@ -135,8 +133,6 @@ class ScoringWorker:
                 break
             if kind == FORWARD and self._forward_verdicts is not None:
                 self._forward_verdicts(*body)
-            elif kind == ARCHIVE and self._archive_rows is not None:
-                self._archive_rows(*body)
             elif kind in (PROGRESS, DRAINED):
                 self._on_progress(*body)
                 if kind == DRAINED:

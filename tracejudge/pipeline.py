@@ -120,14 +120,14 @@ class Pipeline:
         )
         self.registry.apply_config(config.scorers)
         scoring = config.scoring
+        self._assessment_metrics = AssessmentMetrics(meter)
         self.engine = ScoringEngine(
-            self.registry, AssessmentMetrics(meter), self._record_skipped, meter, scoring.max_backlog
+            self.registry, self._record_assessments, self._record_skipped, meter, scoring.max_backlog
         )
         self.scoring_worker = ScoringWorker(
             self._worker_settings(), config.data_dir, scoring.worker_nice,
             self.engine.on_progress, self.engine.on_worker_lost,
             forward_verdicts=functools.partial(self.forwarder.submit_to, verdicts_to) if verdicts_to else None,
-            archive_rows=self.archive.write_assessments if self.archive else None,
         )  # fmt: skip
         self.engine.attach(self.scoring_worker)
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
@@ -193,13 +193,17 @@ class Pipeline:
         return WorkerSettings(
             judges=dict(self.config.judges), max_concurrency=scoring.max_concurrency,
             code_workers=scoring.code_workers, code_timeout_s=scoring.code_timeout, sys_path=list(sys.path),
-            emit_otlp=self.config.assessments_endpoint is not None, archive=self.archive is not None,
-            emit_interval_s=scoring.emit_interval,
+            emit_otlp=self.config.assessments_endpoint is not None, emit_interval_s=scoring.emit_interval,
         )  # fmt: skip
 
     def _build_scorer(self, spec: ScorerSpec) -> Scorer:
         """Registration's check that a spec can run (the scoring worker builds its own)."""
         return build_scorer(spec, self.judges.get, self._code_executor, self.config.scoring.code_timeout)
+
+    def _record_assessments(self, rows: list[dict[str, Any]]) -> None:
+        self._assessment_metrics.record_rows(rows)
+        if self.archive is not None:
+            self.archive.write_assessments(rows)
 
     def _record_skipped(self, rows: list[dict[str, Any]]) -> None:
         if self.archive is not None:

@@ -2,8 +2,8 @@
 
 It wires scoring/worker.py's ScoringLoop to an AssessmentEmitter whose outputs are relayed to the
 sidecar over the socket it was given: encoded OTLP batches for the forwarder's queue (so verdicts
-are retried and spilled like app data) and `assessments` rows for the archive. Metrics are counted
-in the sidecar from the assessments in each progress report, so /metrics stays one endpoint.
+are retried and spilled like app data), and `assessments` rows with each progress report. The
+sidecar counts its metrics from those rows, so /metrics stays one endpoint, and archives them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tracejudge.exporter.assessment_emitter import AssessmentEmitter
 from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
 from tracejudge.logs import configure_logging
 from tracejudge.model import Signal
-from tracejudge.scoring.worker import ARCHIVE, FORWARD, INIT, ScoringLoop, WorkerSettings
+from tracejudge.scoring.worker import FORWARD, INIT, RowBuffer, ScoringLoop, WorkerSettings
 
 log = logging.getLogger("tracejudge.scoring.worker")
 
@@ -51,17 +51,13 @@ class SidecarChannel:
         if not self.send((FORWARD, signal, payload, items)):
             log.error("the sidecar is gone; %d verdict %s not forwarded", items, signal.value)
 
-    def write_assessments(self, rows: list[dict[str, Any]]) -> None:
-        if not self.send((ARCHIVE, rows)):
-            log.error("the sidecar is gone; %d assessment rows not archived", len(rows))
 
-
-def build_emitter(settings: WorkerSettings, channel: SidecarChannel) -> AssessmentEmitter:
+def build_emitter(settings: WorkerSettings, channel: SidecarChannel, rows: RowBuffer) -> AssessmentEmitter:
     exporters = (QueuedSpanExporter(channel.forward), QueuedLogExporter(channel.forward))
     return AssessmentEmitter(
         None,
         None,
-        archive=channel if settings.archive else None,
+        archive=rows,
         export_interval_s=settings.emit_interval_s,
         exporters=exporters if settings.emit_otlp else None,
     )
@@ -102,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     gc.set_threshold(10_000, 20, 20)  # the sidecar's setting (pipeline.tune_garbage_collector), same reason
     loop = new_event_loop()
     try:
-        loop.run_until_complete(ScoringLoop(settings, channel, build_emitter(settings, channel)).run())
+        rows = RowBuffer()
+        loop.run_until_complete(ScoringLoop(settings, channel, build_emitter(settings, channel, rows), rows).run())
     finally:
         loop.close()
     # Everything is reported and exported. A code scorer thread that never returned would keep a normal
