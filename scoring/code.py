@@ -3,16 +3,19 @@
 A function declares what it needs by parameter name — `inputs`, `outputs`, `expectations`,
 `trace` — and returns a bool, a number, a string, a Feedback or a list of Feedbacks. tracejudge
 only loads them from an importable `module:function` named in the config file, never from the
-network. They run in worker threads with a timeout; an exception or a timeout becomes an
+network. They run in threads with a timeout (CodeRunner); an exception or a timeout becomes an
 assessment with `error` set, so a broken scorer shows up in the results instead of vanishing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import time
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -67,6 +70,51 @@ def bind_arguments(function: Callable[..., Any], view: TraceView) -> dict[str, A
     available = {"inputs": view.request, "outputs": view.response, "expectations": dict(view.expectations),
                  "trace": view}  # fmt: skip
     return {name: available[name] for name in inspect.signature(function).parameters}
+
+
+class CodeRunner:
+    """The threads code scorers run in, each call bounded by `timeout_s`.
+
+    Python cannot stop a thread: a call that outlives its timeout is reported as timed out but keeps
+    its thread until it returns, and one that never returns keeps it for good (spinning, it also takes
+    a share of the GIL from everything else in the process). Once every thread is held that way no code
+    scorer can run here any more: `on_exhausted` is called, once, with the names of the scorers holding
+    them, so the owner can replace the process.
+    """
+
+    def __init__(self, workers: int, timeout_s: float, on_exhausted: Callable[[list[str]], None] | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="code-scorer")
+        self._on_exhausted = on_exhausted
+        self._held: Counter[str] = Counter()  # scorer name -> calls past their timeout, still running
+
+    async def run(self, name: str, function: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+        """The function's result; raises TimeoutError after `timeout_s`, or what the function raised."""
+        future = self._executor.submit(function, **arguments)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+        except asyncio.TimeoutError as exc:  # not the builtin TimeoutError before Python 3.11
+            if future.running():
+                self._hold(name, future)
+            raise TimeoutError(f"{name} did not return within {self.timeout_s:g}s") from exc
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _hold(self, name: str, future: Future[Any]) -> None:
+        """Called on the event loop's thread; the release comes from the scorer's thread via the loop."""
+        self._held[name] += 1
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, name))
+        if self._on_exhausted is not None and self._held.total() >= self.workers:
+            on_exhausted, self._on_exhausted = self._on_exhausted, None
+            on_exhausted(sorted(self._held))
+
+    def _release(self, name: str) -> None:
+        self._held[name] -= 1
+        if self._held[name] <= 0:
+            del self._held[name]
 
 
 def to_assessments(

@@ -118,10 +118,11 @@ class ScoringEngine:
                 _, names = self._in_flight.pop(trace_id, (b"", []))
                 self._backlog -= len(names)
 
-    def on_worker_lost(self) -> None:
-        """The worker died: what it held is recorded as skipped, and batches not yet sent are dropped."""
+    def on_worker_lost(self, reason: str) -> None:
+        """The worker ended (crashed, or restarted to free stuck code-scorer threads): what it held is
+        recorded as skipped with `reason`, and batches not yet sent are dropped."""
         self._restarts.add(1)
-        self._abandon("worker_crashed")
+        self._abandon(reason)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop admitting; let running scorers finish within `timeout`; record the rest as skipped."""

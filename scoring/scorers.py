@@ -6,17 +6,23 @@ judges await the judge client. Whatever fails becomes an assessment with `error`
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from tracejudge.model import Assessment, AssessmentSource
 
 from .checks import CHECKS, REQUIRED_PARAMS, Check
-from .code import bind_arguments, error_assessment, load_function, numeric_score, to_assessments, value_label
+from .code import (
+    CodeRunner,
+    bind_arguments,
+    error_assessment,
+    load_function,
+    numeric_score,
+    to_assessments,
+    value_label,
+)
 from .judge_client import JudgeClient, JudgeError
 from .judges import (
     BUILTIN_JUDGES,
@@ -84,23 +90,20 @@ class CheckScorer:
 
 
 class CodeScorer:
-    def __init__(self, spec: ScorerSpec, function: Callable[..., Any], executor: Executor, timeout_s: float) -> None:
+    def __init__(self, spec: ScorerSpec, function: Callable[..., Any], runner: CodeRunner) -> None:
         self.spec = spec
         self._function = function
-        self._executor = executor
-        self._timeout_s = timeout_s
+        self._runner = runner
         self._failures = FailureLog(spec.name)
 
     async def score(self, view: TraceView) -> list[Assessment]:
         source_id = str(self.spec.code)
         arguments = bind_arguments(self._function, view)
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            call = loop.run_in_executor(self._executor, lambda: self._function(**arguments))
-            result = await asyncio.wait_for(call, self._timeout_s)
+            result = await self._runner.run(self.spec.name, self._function, arguments)
         except TimeoutError:
-            message = f"timed out after {self._timeout_s:g}s"
+            message = f"timed out after {self._runner.timeout_s:g}s"
             return [self._failures.record(error_assessment(self.spec.name, view, AssessmentSource.CODE, source_id,
                                                            self.spec.version, "timeout", message))]  # fmt: skip
         except Exception as exc:
@@ -151,7 +154,7 @@ class JudgeScorer:
         )  # fmt: skip
 
 
-def build_scorer(spec: ScorerSpec, judge_for: JudgeLookup, executor: Executor, code_timeout_s: float) -> Scorer:
+def build_scorer(spec: ScorerSpec, judge_for: JudgeLookup, code: CodeRunner) -> Scorer:
     """The executable scorer for a spec; raises UnknownScorer with a message naming what is wrong."""
     if spec.builtin is not None:
         return _builtin(spec, judge_for)
@@ -161,7 +164,7 @@ def build_scorer(spec: ScorerSpec, judge_for: JudgeLookup, executor: Executor, c
         return JudgeScorer(spec, prompt_definition(spec.instructions, spec.feedback_value_type), judge_for(spec.model))
     assert spec.code is not None
     try:
-        return CodeScorer(spec, load_function(spec.code), executor, code_timeout_s)
+        return CodeScorer(spec, load_function(spec.code), code)
     except Exception as exc:
         raise UnknownScorer(str(exc)) from exc
 

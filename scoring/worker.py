@@ -21,6 +21,10 @@ Messages are pickled tuples on one socket (multiprocessing.connection framing):
     worker -> sidecar   (PROGRESS, Progress)      batched every few milliseconds, with assessment rows
                         (FORWARD, Signal, bytes, n) encoded OTLP verdicts for the forwarder's queue
                         (DRAINED, Progress)       the last report; traces it never finished were cancelled
+
+The worker also ends on its own, with exit code RESTART_EXIT_CODE after a last PROGRESS, when code
+scorers that never returned hold all its code-scorer threads (scoring/code.py CodeRunner): only a new
+process gets them back. The sidecar then starts a new worker, as after a crash.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -38,6 +41,7 @@ from typing import Any, Protocol
 from tracejudge.config import JudgeEndpointConfig
 from tracejudge.model import Assessment, Trace
 
+from .code import CodeRunner
 from .extract import extract
 from .filters import TraceFilter, parse_filter
 from .judge_client import JudgePool
@@ -49,6 +53,9 @@ log = logging.getLogger("tracejudge.scoring.worker")
 INIT, SPECS, SCORE, DRAIN = "init", "specs", "score", "drain"
 PROGRESS, DRAINED, FORWARD = "progress", "drained", "forward"
 _EOF = "eof"  # the reader thread's own marker: the sidecar is gone
+_RESTART = "restart"  # the loop's own marker: stuck code scorers hold every code-scorer thread
+RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: the worker asks to be replaced
+RESTART_DRAIN_S = 5.0  # running traces get this long to finish before the worker restarts
 REPORT_DELAY_S = 0.005  # results are batched this long: one message per burst, not per assessment
 
 
@@ -119,30 +126,35 @@ class ScoringLoop:
         self._emitter = emitter
         self._rows = rows
         self._judges = JudgePool(settings.judges)
-        self._executor = ThreadPoolExecutor(settings.code_workers, thread_name_prefix="code-scorer")
-        self._build = partial(
-            build_scorer, judge_for=self._judges.get, executor=self._executor, code_timeout_s=settings.code_timeout_s
-        )
+        self._code = CodeRunner(settings.code_workers, settings.code_timeout_s, on_exhausted=self._restart)
+        self._build = partial(build_scorer, judge_for=self._judges.get, code=self._code)
         self._max_concurrency = settings.max_concurrency
         self._scorers: dict[str, LoadedScorer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._report = Progress()
         self._report_scheduled = False
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Serve until DRAIN or the sidecar's end (False), or until the worker must restart (True)."""
         self._semaphore = asyncio.Semaphore(self._max_concurrency)
-        inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read, args=(loop, inbox), name="scoring-reader", daemon=True).start()
+        threading.Thread(target=self._read, args=(loop, self._inbox), name="scoring-reader", daemon=True).start()
         while True:
-            kind, *body = await inbox.get()
+            kind, *body = await self._inbox.get()
             if kind == SPECS:
                 self._load(body[0])
             elif kind == SCORE:
                 self._spawn(body[0])
-            elif kind in (DRAIN, _EOF):
-                await self._drain(body[0] if body else 0.0, report=kind == DRAIN)
-                return
+            elif kind == DRAIN:
+                await self._drain(body[0], last=DRAINED)
+                return False
+            elif kind == _EOF:
+                await self._drain(0.0, last=None)
+                return False
+            elif kind == _RESTART:
+                await self._drain(RESTART_DRAIN_S, last=PROGRESS)
+                return True
 
     def _read(self, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[tuple[Any, ...]]) -> None:
         while True:
@@ -225,7 +237,15 @@ class ScoringLoop:
         if not self._channel.send((kind, report)):
             log.error("the sidecar is gone; %d finished traces not reported", len(report.finished))
 
-    async def _drain(self, timeout_s: float, report: bool) -> None:
+    def _restart(self, stuck: list[str]) -> None:
+        log.error("code scorer(s) %s did not return within %gs and hold all %d code-scorer threads; Python cannot "
+                  "stop a thread, so the scoring worker restarts to free them", ", ".join(stuck),
+                  self._code.timeout_s, self._code.workers)  # fmt: skip
+        self._inbox.put_nowait((_RESTART,))
+
+    async def _drain(self, timeout_s: float, last: str | None) -> None:
+        """Finish running traces within `timeout_s`, cancel the rest, export; then send the last report
+        as `last` (none when the sidecar is gone)."""
         pending = set(self._tasks)
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout_s)
@@ -233,9 +253,9 @@ class ScoringLoop:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._emitter.shutdown()  # exports what is queued: the sidecar's forwarder gets it before DRAINED
-        last, self._report = self._report, Progress()
-        last.rows = self._rows.take()
-        if report:
-            self._send(DRAINED, last)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        report, self._report = self._report, Progress()
+        report.rows = self._rows.take()
+        if last is not None:
+            self._send(last, report)
+        self._code.shutdown()
         await self._judges.aclose()

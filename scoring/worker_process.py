@@ -25,7 +25,7 @@ from tracejudge.child_process import start_worker
 from tracejudge.model import Signal, Trace
 
 from .spec import ScorerSpec
-from .worker import DRAIN, DRAINED, FORWARD, INIT, PROGRESS, SCORE, SPECS, Progress, WorkerSettings
+from .worker import DRAIN, DRAINED, FORWARD, INIT, PROGRESS, RESTART_EXIT_CODE, SCORE, SPECS, Progress, WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ScoringWorker:
         directory: Path,
         nice: int,
         on_progress: Callable[[Progress], None],
-        on_lost: Callable[[], None],
+        on_lost: Callable[[str], None],
         forward_verdicts: Callable[[Signal, bytes, int], None] | None = None,
     ) -> None:
         """`forward_verdicts` receives the worker's encoded verdicts; it must be given when
@@ -148,9 +148,14 @@ class ScoringWorker:
         with self._cond:
             self._close_conn()
         code = self._process.wait() if self._process is not None else None
-        log.error("the scoring worker exited (code %s); restarting it, its unfinished traces are recorded as skipped",
-                  code)  # fmt: skip
-        self._on_lost()
+        if code == RESTART_EXIT_CODE:
+            reason = "worker_restarted"
+            log.warning("the scoring worker asked to be restarted; its unfinished traces are recorded as skipped")
+        else:
+            reason = "worker_crashed"
+            log.error("the scoring worker exited (code %s); restarting it, its unfinished traces are recorded as "
+                      "skipped", code)  # fmt: skip
+        self._on_lost(reason)
         if time.monotonic() - self._started_at < _RESTART_PAUSE_S:
             time.sleep(_RESTART_PAUSE_S)
         with self._cond:

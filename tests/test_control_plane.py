@@ -34,6 +34,7 @@ from tracejudge.scorers import (
     scorer,
 )
 from tracejudge.scoring.checks import CHECKS
+from tracejudge.scoring.code import CodeRunner
 from tracejudge.scoring.control import SERVICE_NAME, ScorerService, check_exposure, grpc_handler, http_routes
 from tracejudge.scoring.filters import FilterSyntaxError, parse_filter
 from tracejudge.scoring.judge_client import JudgePool
@@ -56,8 +57,8 @@ def mentions_refund(outputs: Any) -> bool:
 def make_registry(path: Path, max_active: int = 20) -> ScorerRegistry:
     """A registry validating specs as the pipeline does: build_scorer, so unknown builtins are refused."""
     judges = JudgePool({})
-    executor = ThreadPoolExecutor(1)
-    return ScorerRegistry(path, max_active, validate=lambda spec: build_scorer(spec, judges.get, executor, 1.0))
+    code = CodeRunner(1, 1.0)
+    return ScorerRegistry(path, max_active, validate=lambda spec: build_scorer(spec, judges.get, code))
 
 
 @dataclass

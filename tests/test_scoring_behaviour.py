@@ -235,7 +235,7 @@ def spins(outputs):
 """
 
 
-def test_a_code_scorer_that_never_returns_times_out_and_does_not_stall_ingest(tmp_path, grpc_sink):
+def test_a_code_scorer_that_never_returns_times_out_and_its_thread_is_freed_by_a_worker_restart(tmp_path, grpc_sink):
     (tmp_path / "scorers").mkdir()
     (tmp_path / "scorers" / "user_scorers.py").write_text(SPINNING_SCORER)
     config = {"assembler": {"trace_idle": "200ms"}, "scoring": {"code_timeout": "500ms", "code_workers": 1},
@@ -243,16 +243,29 @@ def test_a_code_scorer_that_never_returns_times_out_and_does_not_stall_ingest(tm
     sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config,
                              env={"PYTHONPATH": str(tmp_path / "scorers")}).start()  # fmt: skip
     try:
+        [first] = child_processes(sidecar.pid, "tracejudge.scoring_worker")
         run_agent(sidecar.grpc_target, [("First.", False)])
         assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=20), sidecar.log_tail()
         [verdict] = evaluation_spans(grpc_sink)
         assert event_attributes(verdict)["error.type"] == "timeout"
-        for _ in range(5):  # the scorer thread still spins in the worker; the receivers do not notice
+        # Its one code-scorer thread still spins: only a new process gets it back, and the old one is gone.
+        assert wait_until(lambda: child_processes(sidecar.pid, "tracejudge.scoring_worker") not in ([], [first]))
+        assert wait_until(lambda: not Path(f"/proc/{first}").exists(), timeout=10)
+        for _ in range(5):  # the receivers do not notice
             payload = genai_request(20).SerializeToString()
             assert post(f"{sidecar.http_url}/v1/traces", payload)[0] == 200
         assert wait_until(lambda: len(grpc_sink.received.payloads["traces"]) >= 6, timeout=10)
+        assert wait_until(lambda: sidecar.metric("tracejudge_scoring_scored_total", scorer="spins") >= 2, timeout=20)
     finally:
         sidecar.stop()
-    assert "did not exit" not in sidecar.log()  # the worker does not wait for the thread that never returns
-    rows = query(sidecar.data_dir / "archive", "spans", "SELECT count(*) FROM t")
-    assert rows[0][0] == 2 + 5 * 20 * 5
+    assert "code scorer(s) spins did not return within 0.5s and hold all 1 code-scorer threads" in sidecar.log()
+    assert "the scoring worker asked to be restarted" in sidecar.log()
+    assert "did not exit" not in sidecar.log()  # no worker waits for the thread that never returns
+    archive = sidecar.data_dir / "archive"
+    assert query(archive, "spans", "SELECT count(*) FROM t")[0][0] == 2 + 5 * 20 * 5
+    # Every one of the 101 traces was scored (a timeout error) or recorded as skipped, with its reason.
+    errors = query(archive, "assessments", "SELECT error_type, count(*) FROM t GROUP BY ALL")
+    skipped = query(archive, "skipped", "SELECT reason, count(*) FROM t GROUP BY ALL ORDER BY ALL")
+    assert [kind for kind, _ in errors] == ["timeout"]
+    assert {reason for reason, _ in skipped} <= {"worker_restarted", "shutdown"}
+    assert errors[0][1] + sum(count for _, count in skipped) == 1 + 5 * 20

@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from tracejudge.receiver.assembler import TraceAssembler, TraceConsumer
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
+from tracejudge.scoring.code import CodeRunner
 from tracejudge.scoring.control import ScorerService, grpc_handler, http_routes
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.judge_client import JudgePool
@@ -114,7 +114,7 @@ class Pipeline:
         )
         self.forwarder = Forwarder(config.forward, config.queue_dir, meter, private=private)
         self.judges = JudgePool(config.judges)
-        self._code_executor = ThreadPoolExecutor(config.scoring.code_workers, thread_name_prefix="code-scorer")
+        self._code = CodeRunner(config.scoring.code_workers, config.scoring.code_timeout)  # validation only
         self.registry = ScorerRegistry(
             config.data_dir / "scorers.json", config.scoring.max_active_scorers, validate=self._build_scorer
         )
@@ -181,7 +181,7 @@ class Pipeline:
             self.http.stop()
         self.assembler.stop()
         self.engine.stop(self.config.scoring.drain_timeout)
-        self._code_executor.shutdown(wait=False, cancel_futures=True)
+        self._code.shutdown()
         self.forwarder.stop(drain_timeout)
         if self.archive is not None:
             self.archive.stop()
@@ -198,7 +198,7 @@ class Pipeline:
 
     def _build_scorer(self, spec: ScorerSpec) -> Scorer:
         """Registration's check that a spec can run (the scoring worker builds its own)."""
-        return build_scorer(spec, self.judges.get, self._code_executor, self.config.scoring.code_timeout)
+        return build_scorer(spec, self.judges.get, self._code)
 
     def _record_assessments(self, rows: list[dict[str, Any]]) -> None:
         self._assessment_metrics.record_rows(rows)

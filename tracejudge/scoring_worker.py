@@ -23,7 +23,7 @@ from tracejudge.exporter.assessment_emitter import AssessmentEmitter
 from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
 from tracejudge.logs import configure_logging
 from tracejudge.model import Signal
-from tracejudge.scoring.worker import FORWARD, INIT, RowBuffer, ScoringLoop, WorkerSettings
+from tracejudge.scoring.worker import FORWARD, INIT, RESTART_EXIT_CODE, RowBuffer, ScoringLoop, WorkerSettings
 
 log = logging.getLogger("tracejudge.scoring.worker")
 
@@ -99,13 +99,14 @@ def main(argv: list[str] | None = None) -> None:
     loop = new_event_loop()
     try:
         rows = RowBuffer()
-        loop.run_until_complete(ScoringLoop(settings, channel, build_emitter(settings, channel, rows), rows).run())
+        scoring = ScoringLoop(settings, channel, build_emitter(settings, channel, rows), rows)
+        restart = loop.run_until_complete(scoring.run())
     finally:
         loop.close()
     # Everything is reported and exported. A code scorer thread that never returned would keep a normal
     # interpreter exit waiting for it forever, so leave without joining threads.
     logging.shutdown()
-    os._exit(0)
+    os._exit(RESTART_EXIT_CODE if restart else 0)
 
 
 if __name__ == "__main__":
