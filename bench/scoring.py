@@ -1029,7 +1029,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"                   same-run baseline, bare openai SDK calls: {b['rate'] / r.ideal:.1%} of ideal, "
                 f"{b['cpu_ms']:.3f} ms/call -> the engine is {r.rate / b['rate']:.2f}x its throughput and "
-                f"{r.cpu_ms_per_call / b['cpu_ms']:.2f}x its CPU per call"
+                f"{r.cpu_ms_per_call / b['cpu_ms']:.2f}x its CPU per call; tracejudge's own CPU on top of the "
+                f"SDK's: {r.cpu_ms_per_call - b['cpu_ms']:.3f} ms/call"
             )
     if fresh_result is not None:
         f = fresh_result

@@ -88,27 +88,37 @@ provider.shutdown()
 """
 
 
-def test_openinference_instrumented_openai_app_is_judged(tmp_path: Path, grpc_sink: GrpcSink):
-    (tmp_path / "app.py").write_text(textwrap.dedent(OPENINFERENCE_APP))
+def judge_openai_app(tmp_path: Path, sink: GrpcSink, app_source: str, env: dict[str, str] | None = None
+                     ) -> tuple[SidecarProcess, MockOpenAI]:  # fmt: skip
+    """Run an instrumented app asking a mock model "What is the refund window?" (argv: sidecar target, model
+    base URL) against a sidecar judging RelevanceToQuery, and check that the verdict came back and the
+    judge was shown the question and the model's reply, so extraction read both through the app's
+    conventions. Returns the stopped sidecar and the app's model."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(app_source))
     with MockOpenAI() as app_model, MockOpenAI() as judge:
         config = {
             "assembler": {"trace_idle": "200ms"},
             "judges": {"default": {"base_url": judge.base_url, "api_key_env": "TRACEJUDGE_TEST_NO_KEY"}},
             "scorers": [{"name": "relevance", "builtin": "RelevanceToQuery", "sample_rate": 1.0}],
         }
-        sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config).start()
+        sidecar = SidecarProcess(tmp_path / "tj", [sink.url], config).start()
         try:
             app = subprocess.run([sys.executable, str(tmp_path / "app.py"), sidecar.grpc_target, app_model.base_url],
-                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
             assert app.returncode == 0, app.stderr
-            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=30), sidecar.log_tail()
+            assert wait_until(lambda: len(evaluation_spans(sink)) == 1, timeout=30), sidecar.log_tail()
             [prompt] = [request.user_text for request in judge.chat_requests()]
         finally:
             sidecar.stop()
-    [verdict] = evaluation_spans(grpc_sink)
+    [verdict] = evaluation_spans(sink)
     assert event_attributes(verdict)["gen_ai.evaluation.score.label"] == "yes"
     assert "What is the refund window?" in prompt
-    assert app_model.chat_requests() and "Here is my assessment" in prompt  # the app model's reply text
+    assert "Here is my assessment" in prompt  # the app model's reply text
+    return sidecar, app_model
+
+
+def test_openinference_instrumented_openai_app_is_judged(tmp_path: Path, grpc_sink: GrpcSink):
+    sidecar, app_model = judge_openai_app(tmp_path, grpc_sink, OPENINFERENCE_APP)
     assert app_model.chat_requests()[0].user_text == "What is the refund window?"
     sessions = query(sidecar.data_dir / "archive", "assessments", "SELECT session_id FROM t")
     assert sessions == [("chat-7",)]
@@ -150,31 +160,12 @@ OTEL_GENAI_MODES = {
 @pytest.mark.parametrize("mode", OTEL_GENAI_MODES)
 def test_otel_genai_instrumented_openai_app_is_judged(tmp_path: Path, grpc_sink: GrpcSink, mode: str):
     opt_in, capture, events = OTEL_GENAI_MODES[mode]
-    (tmp_path / "app.py").write_text(textwrap.dedent(OTEL_GENAI_APP))
-    with MockOpenAI() as app_model, MockOpenAI() as judge:
-        config = {
-            "assembler": {"trace_idle": "200ms"},
-            "judges": {"default": {"base_url": judge.base_url, "api_key_env": "TRACEJUDGE_TEST_NO_KEY"}},
-            "scorers": [{"name": "relevance", "builtin": "RelevanceToQuery", "sample_rate": 1.0}],
-        }
-        sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config).start()
-        try:
-            env = {
-                **os.environ,
-                "OTEL_SEMCONV_STABILITY_OPT_IN": opt_in,
-                "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": capture,
-            }
-            app = subprocess.run([sys.executable, str(tmp_path / "app.py"), sidecar.grpc_target, app_model.base_url],
-                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-            assert app.returncode == 0, app.stderr
-            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=30), sidecar.log_tail()
-            [prompt] = [request.user_text for request in judge.chat_requests()]
-        finally:
-            sidecar.stop()
-    [verdict] = evaluation_spans(grpc_sink)
-    assert event_attributes(verdict)["gen_ai.evaluation.score.label"] == "yes"
-    assert "What is the refund window?" in prompt
-    assert app_model.chat_requests() and "Here is my assessment" in prompt  # the app model's reply text
+    env = {
+        **os.environ,
+        "OTEL_SEMCONV_STABILITY_OPT_IN": opt_in,
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": capture,
+    }
+    judge_openai_app(tmp_path, grpc_sink, OTEL_GENAI_APP, env)
     assert log_event_names(grpc_sink) == {*events, "gen_ai.evaluation.result"}  # forwarded, and the verdict's
 
 
@@ -202,23 +193,4 @@ provider.shutdown()
 
 
 def test_openllmetry_instrumented_openai_app_is_judged(tmp_path: Path, grpc_sink: GrpcSink):
-    (tmp_path / "app.py").write_text(textwrap.dedent(OPENLLMETRY_APP))
-    with MockOpenAI() as app_model, MockOpenAI() as judge:
-        config = {
-            "assembler": {"trace_idle": "200ms"},
-            "judges": {"default": {"base_url": judge.base_url, "api_key_env": "TRACEJUDGE_TEST_NO_KEY"}},
-            "scorers": [{"name": "relevance", "builtin": "RelevanceToQuery", "sample_rate": 1.0}],
-        }
-        sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config).start()
-        try:
-            app = subprocess.run([sys.executable, str(tmp_path / "app.py"), sidecar.grpc_target, app_model.base_url],
-                                 capture_output=True, text=True, timeout=120)  # fmt: skip
-            assert app.returncode == 0, app.stderr
-            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=30), sidecar.log_tail()
-            [prompt] = [request.user_text for request in judge.chat_requests()]
-        finally:
-            sidecar.stop()
-    [verdict] = evaluation_spans(grpc_sink)
-    assert event_attributes(verdict)["gen_ai.evaluation.score.label"] == "yes"
-    assert "What is the refund window?" in prompt
-    assert app_model.chat_requests() and "Here is my assessment" in prompt  # the app model's reply text
+    judge_openai_app(tmp_path, grpc_sink, OPENLLMETRY_APP)
