@@ -591,8 +591,9 @@ def run_judge_phases(
         grpc.channel_ready_future(channel).result(timeout=15)
         export = channel.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
 
-        # warm-up: connections, the judge's structured-output mode, first-call imports; not counted
-        warm = genai_request(8)
+        # warm-up, not counted, as in the bare-SDK baseline: C judge calls at once open all C connections;
+        # also the judge's structured-output mode and first-call imports
+        warm = genai_request(c)
         export(warm.SerializeToString(), timeout=30)
         if not verdicts.wait(trace_ids_of(warm), "safety", args.trace_idle + 30):
             raise RuntimeError(f"warm-up verdicts never arrived; sidecar log:\n{sidecar.log_tail()}")
