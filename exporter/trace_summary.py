@@ -25,7 +25,8 @@ SESSION_KEYS = (
     "traceloop.association.properties.conversation_id",
     "traceloop.association.properties.chat_id",
 )
-USER_KEYS = ("user.id", "langfuse.user.id", "traceloop.association.properties.user_id", "enduser.id")
+# gen_ai.user: OpenLLMetry records OpenAI's `user` request parameter (an end-user id) there.
+USER_KEYS = ("user.id", "langfuse.user.id", "traceloop.association.properties.user_id", "enduser.id", "gen_ai.user")
 _KEYS = frozenset(SESSION_KEYS + USER_KEYS)
 _KEY_BYTES = tuple(key.encode() for key in _KEYS)
 

@@ -577,6 +577,17 @@ def test_response_text_of_a_reply_that_only_calls_tools_still_shows_the_calls() 
     assert "lookup" in app.view().response_text
 
 
+def test_openllmetry_records_the_openai_user_parameter_as_the_user() -> None:
+    question = j([{"role": "user", "parts": [text_part(QUESTION)]}])
+    app = App()
+    with app.span(
+        "openai.chat",
+        {"gen_ai.operation.name": "chat", "gen_ai.user": "customer-31", "gen_ai.input.messages": question},
+    ):
+        pass
+    assert app.view().user_id == "customer-31"
+
+
 def test_mlflow_values_are_json_decoded_and_plain_text_survives() -> None:
     attributes = {
         "mlflow.spanType": '"LLM"',
