@@ -416,13 +416,8 @@ class JudgeClient:
         self.retry_after_cap = retry_after_cap
         self.malformed_retries = malformed_retries
         self._rng = rng or random.Random()
-        self._openai = openai.AsyncOpenAI(
-            base_url=self.config.base_url,  # None: the SDK reads OPENAI_BASE_URL, else api.openai.com
-            api_key=self._api_key(),
-            timeout=self.config.timeout + _SDK_TIMEOUT_SLACK_S,
-            max_retries=0,  # retries are ours, see the module docstring
-            http_client=_http_client(self.config.max_concurrency),
-        )
+        self._key = self._api_key()  # read now: a missing key is logged when the scorer is registered
+        self._openai: openai.AsyncOpenAI | None = None  # made on the first call (the sidecar only validates)
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         self._requests = TokenBucket(self.config.requests_per_minute) if self.config.requests_per_minute else None
         self._tokens = TokenBucket(self.config.tokens_per_minute) if self.config.tokens_per_minute else None
@@ -440,7 +435,8 @@ class JudgeClient:
         return fence(label, content, self.config.max_content_chars)
 
     async def aclose(self) -> None:
-        await self._openai.close()
+        if self._openai is not None:
+            await self._openai.close()
 
     async def __aenter__(self) -> JudgeClient:
         return self
@@ -506,7 +502,7 @@ class JudgeClient:
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         if not isinstance(response_format, openai.Omit):
             body["response_format"] = response_format
-        request = self._openai.post("/chat/completions", content=orjson.dumps(body), cast_to=bytes)
+        request = self._sdk().post("/chat/completions", content=orjson.dumps(body), cast_to=bytes)
         try:
             raw = await asyncio.wait_for(request, self.config.timeout)
         except (openai.OpenAIError, asyncio.TimeoutError) as exc:
@@ -564,6 +560,17 @@ class JudgeClient:
             self._mode = mode
         if mode == self._mode:
             self._mode_confirmed = True
+
+    def _sdk(self) -> openai.AsyncOpenAI:
+        if self._openai is None:
+            self._openai = openai.AsyncOpenAI(
+                base_url=self.config.base_url,  # None: the SDK reads OPENAI_BASE_URL, else api.openai.com
+                api_key=self._key,
+                timeout=self.config.timeout + _SDK_TIMEOUT_SLACK_S,
+                max_retries=0,  # retries are ours, see the module docstring
+                http_client=_http_client(self.config.max_concurrency),
+            )
+        return self._openai
 
     def _api_key(self) -> str:
         key = os.environ.get(self.config.api_key_env)
