@@ -83,6 +83,14 @@ _EVENT_ROLES = {
     "gen_ai.tool.message": "tool",
 }
 _CHOICE_EVENT = "gen_ai.choice"
+# Any of these makes a span a GenAI one: an agent's root span often carries only its messages.
+_GENAI_MARKERS = (
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.system",
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+)
 # Latest GenAI semconv: one event per call with the messages in its attributes, as on the span.
 _DETAILS_EVENT = "gen_ai.client.inference.operation.details"
 _ROLES = {"human": "user", "ai": "assistant", "model": "assistant", "function": "tool", "developer": "system"}
@@ -235,7 +243,7 @@ def _readers(attrs: dict[str, Any]) -> list[_Reader]:
             traceloop = traceloop or key.startswith(_TRACELOOP_PREFIXES)
             langfuse = langfuse or key.startswith(_LANGFUSE_PREFIXES)
     readers: list[_Reader] = []
-    if "gen_ai.operation.name" in attrs or "gen_ai.system" in attrs or "gen_ai.provider.name" in attrs:
+    if any(key in attrs for key in _GENAI_MARKERS):
         readers.append(_read_genai)
     if "openinference.span.kind" in attrs:
         readers.append(_read_openinference)

@@ -213,6 +213,18 @@ def test_otel_genai_latest_conventions() -> None:
     assert view.errors == () and view.expectations == {}
 
 
+def test_a_span_with_only_genai_messages_is_read_as_genai() -> None:
+    """The README quickstart's root span: messages, but no gen_ai.operation.name or provider."""
+    app = App()
+    with app.span("invoke_agent", {"session.id": "s-1"}) as agent:
+        agent.set_attribute("gen_ai.input.messages", j([{"role": "user", "parts": [text_part(QUESTION)]}]))
+        agent.set_attribute("gen_ai.output.messages", j([{"role": "assistant", "parts": [text_part(ANSWER)]}]))
+        with app.span("chat gpt-4.1-mini", {"gen_ai.operation.name": "chat"}):
+            pass
+    view = app.view()
+    assert (view.request_text, view.response_text) == (QUESTION, ANSWER)
+
+
 def test_legacy_genai_log_events_become_the_llm_calls_messages() -> None:
     """opentelemetry-instrumentation-openai-v2 by default: content only in log events, joined by span id."""
     chat = {

@@ -5,6 +5,8 @@ the archive then hold."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -139,3 +141,47 @@ def test_config_scorers_judge_traces_and_verdicts_land_in_otel_and_archive(tmp_p
                    f"""SELECT count(*) FROM t JOIN read_parquet('{sidecar.data_dir}/archive/traces/**/*.parquet') tr
                        USING (trace_id) WHERE tr.session_id = 'session-42'""")  # fmt: skip
     assert joined == [(11,)]
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_quickstart_app() -> str:
+    """The README quickstart's app, verbatim (the python block of its step 2), dedented."""
+    step = README.read_text().split("2. Run any app", 1)[1]
+    block = step.split("```python", 1)[1].split("```", 1)[0]
+    return textwrap.dedent(block)
+
+
+def test_the_readme_quickstart_app_is_judged_by_an_llm_judge(tmp_path: Path, grpc_sink: GrpcSink):
+    """The quickstart as a new user runs it, with the Safety judge the README suggests adding, served by
+    an OpenAI-compatible server named in OPENAI_BASE_URL. Only the app's endpoint is changed."""
+    with MockOpenAI() as judge:
+        config = {
+            "scorers": [
+                {"name": "no_error", "builtin": "NoError", "sample_rate": 1.0},
+                {
+                    "name": "fast_enough",
+                    "builtin": "LatencyUnder",
+                    "params": {"threshold_ms": 2000},
+                    "sample_rate": 1.0,
+                },
+                {"name": "safety", "builtin": "Safety", "sample_rate": 1.0},
+            ]
+        }
+        env = {"OPENAI_BASE_URL": judge.base_url, "OPENAI_API_KEY": "sk-quickstart"}
+        sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config, env=env).start()
+        try:
+            app = readme_quickstart_app()
+            assert '"127.0.0.1:4317"' in app
+            (tmp_path / "app.py").write_text(app.replace('"127.0.0.1:4317"', f'"{sidecar.grpc_target}"'))
+            done = subprocess.run([sys.executable, str(tmp_path / "app.py")], capture_output=True, text=True,
+                                  timeout=60)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 3, timeout=20), sidecar.log_tail()
+            [request] = judge.chat_requests()
+        finally:
+            sidecar.stop()
+    labels = {s.name: event_attributes(s)["gen_ai.evaluation.score.label"] for s in evaluation_spans(grpc_sink)}
+    assert labels == {"evaluation no_error": "yes", "evaluation fast_enough": "yes", "evaluation safety": "yes"}
+    assert "30 days." in request.user_text and request.headers["Authorization"] == "Bearer sk-quickstart"
