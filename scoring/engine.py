@@ -7,6 +7,11 @@ counted and archived.
 Shed scoring, never spans: when the backlog is full, or a trace is incomplete, or tracejudge is
 stopping, or the worker died holding it, each (trace, scorer) pair is recorded as skipped with its
 reason (metric + archive row), to be backfilled later.
+
+A code scorer whose calls never return makes the worker restart (scoring/code.py CodeRunner says why).
+One that does so QUARANTINE_AFTER times is quarantined, so that it cannot keep restarting the worker
+under every other scorer: its sampled pairs are recorded as skipped (`quarantined`) until its
+registration changes (start, stop, update, or a new registration).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from .spec import ScorerSpec
 from .worker import Progress
 
 log = logging.getLogger(__name__)
+
+QUARANTINE_AFTER = 3  # worker restarts a scorer's never-returning calls may cause before it is quarantined
 
 
 class WorkerHandle(Protocol):
@@ -53,6 +60,9 @@ class ScoringEngine:
         self._max_backlog = max_backlog
         self._worker: WorkerHandle | None = None
         self._active: list[tuple[str, int]] = []  # (scorer name, sampling threshold)
+        self._registrations: dict[str, str] = {}  # active scorer name -> its spec as JSON, to see it change
+        self._strikes: Counter[str] = Counter()  # worker restarts each active scorer caused
+        self._quarantined: frozenset[str] = frozenset()
         self._in_flight: dict[bytes, tuple[bytes, list[str]]] = {}  # trace id -> (root span id, scorer names)
         self._backlog = 0
         self._lock = threading.Lock()
@@ -78,10 +88,17 @@ class ScoringEngine:
         specs = self._registry.active()
         if self._worker is not None:
             self._worker.send_specs(specs)  # before sampling with them: the worker must know a name first
-        self._active = [(spec.name, threshold(spec.sample_rate)) for spec in specs]
+        with self._lock:
+            registrations = {spec.name: spec.model_dump_json() for spec in specs}
+            changed = {name for name in self._strikes if self._registrations.get(name) != registrations.get(name)}
+            for name in changed:  # a new registration starts with a clean record
+                del self._strikes[name]
+            self._registrations = registrations
+            self._quarantined = self._quarantined - changed
+            self._active = [(spec.name, threshold(spec.sample_rate)) for spec in specs]
 
     def consume(self, traces: Sequence[Trace]) -> None:
-        active = self._active
+        active, quarantined = self._active, self._quarantined
         if not active or not self._accepting or self._worker is None:
             return
         admitted: list[tuple[Trace, list[str]]] = []
@@ -94,6 +111,12 @@ class ScoringEngine:
                     continue
                 root = trace.root or (trace.spans[0] if trace.spans else None)
                 span_id = root.span_id if root else b""
+                held = [name for name in names if name in quarantined] if quarantined else []
+                if held:
+                    skipped.append((trace.trace_id, span_id, held, "quarantined"))
+                    names = [name for name in names if name not in quarantined]
+                    if not names:
+                        continue
                 reason = self._admit(trace, names)
                 if reason is None:
                     self._in_flight[trace.trace_id] = (span_id, names)
@@ -107,6 +130,8 @@ class ScoringEngine:
 
     def on_progress(self, progress: Progress) -> None:
         """A report from the worker (its reader thread): record, count, release backlog."""
+        if progress.stuck:
+            self._strike(progress.stuck)
         if progress.rows:
             self._record_assessments(progress.rows)
         for name, count in progress.scored.items():
@@ -145,6 +170,18 @@ class ScoringEngine:
         if left:
             self._skip(left)
         return len(left)
+
+    def _strike(self, stuck: list[str]) -> None:
+        with self._lock:
+            for name in stuck:
+                if name not in self._registrations or name in self._quarantined:
+                    continue
+                self._strikes[name] += 1
+                if self._strikes[name] >= QUARANTINE_AFTER:
+                    self._quarantined = self._quarantined | {name}
+                    log.error("scorer %s made the scoring worker restart %d times with calls that never returned; "
+                              "it is quarantined: its sampled traces are recorded as skipped (quarantined) until "
+                              "its registration changes", name, self._strikes[name])  # fmt: skip
 
     def _admit(self, trace: Trace, names: list[str]) -> str | None:
         """Reserve backlog room for the pairs (lock held); else the reason they cannot be scored."""

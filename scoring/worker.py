@@ -74,15 +74,17 @@ class WorkerSettings:
 class Progress:
     """What finished since the last report: `finished` are trace ids whose sampled scorers are all done
     (scored, filtered out, not applicable or failed). A trace never reported was not scored. `rows` are
-    the assessments emitted meanwhile, as `assessments` archive rows (exporter/rows.py)."""
+    the assessments emitted meanwhile, as `assessments` archive rows (exporter/rows.py). `stuck`, in the
+    last report of a worker that restarts itself, names the code scorers whose calls held its threads."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     finished: list[bytes] = field(default_factory=list)
     scored: Counter[str] = field(default_factory=Counter)
     skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    stuck: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.finished or self.rows)
+        return bool(self.finished or self.rows or self.stuck)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class ScoringLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._report = Progress()
         self._report_scheduled = False
+        self._stuck: list[str] = []
 
     async def run(self) -> bool:
         """Serve until DRAIN or the sidecar's end (False), or until the worker must restart (True)."""
@@ -241,6 +244,7 @@ class ScoringLoop:
         log.error("code scorer(s) %s did not return within %gs and hold all %d code-scorer threads; Python cannot "
                   "stop a thread, so the scoring worker restarts to free them", ", ".join(stuck),
                   self._code.timeout_s, self._code.workers)  # fmt: skip
+        self._stuck = stuck
         self._inbox.put_nowait((_RESTART,))
 
     async def _drain(self, timeout_s: float, last: str | None) -> None:
@@ -255,6 +259,7 @@ class ScoringLoop:
         self._emitter.shutdown()  # exports what is queued: the sidecar's forwarder gets it before DRAINED
         report, self._report = self._report, Progress()
         report.rows = self._rows.take()
+        report.stuck = self._stuck
         if last is not None:
             self._send(last, report)
         self._code.shutdown()

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from test_scoring_e2e import evaluation_spans, event_attributes, run_agent
 
+from tracejudge.scorers import ScorerSamplingConfig, get_scorer
 from tracejudge.synthetic import genai_request
 from tracejudge.testing import SidecarProcess, child_processes, wait_until
 
@@ -235,37 +236,62 @@ def spins(outputs):
 """
 
 
-def test_a_code_scorer_that_never_returns_times_out_and_its_thread_is_freed_by_a_worker_restart(tmp_path, grpc_sink):
+def test_a_code_scorer_that_never_returns_is_freed_by_worker_restarts_then_quarantined(tmp_path, grpc_sink,
+                                                                                        monkeypatch):  # fmt: skip
     (tmp_path / "scorers").mkdir()
     (tmp_path / "scorers" / "user_scorers.py").write_text(SPINNING_SCORER)
     config = {"assembler": {"trace_idle": "200ms"}, "scoring": {"code_timeout": "500ms", "code_workers": 1},
-              "scorers": [{"name": "spins", "code": "user_scorers:spins", "sample_rate": 1}]}  # fmt: skip
+              "scorers": [{"name": "spins", "code": "user_scorers:spins", "sample_rate": 1},
+                          {"name": "no_error", "builtin": "NoError", "sample_rate": 1}]}  # fmt: skip
     sidecar = SidecarProcess(tmp_path / "tj", [grpc_sink.url], config,
                              env={"PYTHONPATH": str(tmp_path / "scorers")}).start()  # fmt: skip
+    traces = 0
+
+    def send(count: int) -> None:
+        nonlocal traces
+        assert post(f"{sidecar.http_url}/v1/traces", genai_request(count).SerializeToString())[0] == 200
+        traces += count
+
+    def worker() -> list[int]:
+        return child_processes(sidecar.pid, "tracejudge.scoring_worker")
+
     try:
-        [first] = child_processes(sidecar.pid, "tracejudge.scoring_worker")
-        run_agent(sidecar.grpc_target, [("First.", False)])
-        assert wait_until(lambda: len(evaluation_spans(grpc_sink)) == 1, timeout=20), sidecar.log_tail()
-        [verdict] = evaluation_spans(grpc_sink)
-        assert event_attributes(verdict)["error.type"] == "timeout"
+        [first] = worker()
+        send(1)
+        spins = lambda: [s for s in evaluation_spans(grpc_sink) if s.name == "evaluation spins"]  # noqa: E731
+        assert wait_until(lambda: len(spins()) == 1, timeout=20), sidecar.log_tail()
+        assert event_attributes(spins()[0])["error.type"] == "timeout"
         # Its one code-scorer thread still spins: only a new process gets it back, and the old one is gone.
-        assert wait_until(lambda: child_processes(sidecar.pid, "tracejudge.scoring_worker") not in ([], [first]))
+        assert wait_until(lambda: worker() not in ([], [first]))
         assert wait_until(lambda: not Path(f"/proc/{first}").exists(), timeout=10)
-        for _ in range(5):  # the receivers do not notice
-            payload = genai_request(20).SerializeToString()
-            assert post(f"{sidecar.http_url}/v1/traces", payload)[0] == 200
-        assert wait_until(lambda: len(grpc_sink.received.payloads["traces"]) >= 6, timeout=10)
-        assert wait_until(lambda: sidecar.metric("tracejudge_scoring_scored_total", scorer="spins") >= 2, timeout=20)
+        # Each restart frees the thread; the scorer takes it again; the third time it is quarantined.
+        quarantine = "scorer spins made the scoring worker restart 3 times"
+        assert wait_until(lambda: quarantine in sidecar.log() or send(2), timeout=40, interval=0.5)
+        assert wait_until(lambda: len(worker()) == 1, timeout=10)
+        settled = worker()
+        for _ in range(5):  # the receivers never noticed; now the other scorer runs undisturbed
+            send(20)
+        held = {"scorer": "spins", "reason": "quarantined"}
+        assert wait_until(lambda: sidecar.metric("tracejudge_scoring_skipped_total", **held) >= 100, timeout=20)
+        assert wait_until(lambda: sidecar.metric("tracejudge_scoring_scored_total", scorer="no_error") >= 100)
+        assert worker() == settled  # no more restarts
+        assert sidecar.metric("tracejudge_scoring_worker_restarts_total") == 3
+        # A new registration (here: stop, then start) lifts the quarantine: the scorer runs, and hangs, again.
+        monkeypatch.setenv("TRACEJUDGE_ENDPOINT", sidecar.grpc_target)
+        get_scorer(name="spins").stop().start(sampling_config=ScorerSamplingConfig(sample_rate=1.0))
+        send(1)
+        assert wait_until(lambda: worker() not in ([], settled), timeout=20)
     finally:
         sidecar.stop()
-    assert "code scorer(s) spins did not return within 0.5s and hold all 1 code-scorer threads" in sidecar.log()
-    assert "the scoring worker asked to be restarted" in sidecar.log()
-    assert "did not exit" not in sidecar.log()  # no worker waits for the thread that never returns
+    log = sidecar.log()
+    assert "code scorer(s) spins did not return within 0.5s and hold all 1 code-scorer threads" in log
+    assert "the scoring worker asked to be restarted" in log and "did not exit" not in log
     archive = sidecar.data_dir / "archive"
-    assert query(archive, "spans", "SELECT count(*) FROM t")[0][0] == 2 + 5 * 20 * 5
-    # Every one of the 101 traces was scored (a timeout error) or recorded as skipped, with its reason.
-    errors = query(archive, "assessments", "SELECT error_type, count(*) FROM t GROUP BY ALL")
-    skipped = query(archive, "skipped", "SELECT reason, count(*) FROM t GROUP BY ALL ORDER BY ALL")
+    assert query(archive, "spans", "SELECT count(*) FROM t")[0][0] == 5 * traces
+    # Every trace was scored by `spins` (a timeout error) or recorded as skipped for it, with the reason.
+    errors = query(archive, "assessments", "SELECT error_type, count(*) FROM t WHERE name = 'spins' GROUP BY ALL")
+    skipped = query(archive, "skipped", "SELECT reason, count(*) FROM t WHERE list_contains(scorers, 'spins') "
+                                        "GROUP BY ALL")  # fmt: skip
     assert [kind for kind, _ in errors] == ["timeout"]
-    assert {reason for reason, _ in skipped} <= {"worker_restarted", "shutdown"}
-    assert errors[0][1] + sum(count for _, count in skipped) == 1 + 5 * 20
+    assert {reason for reason, _ in skipped} <= {"worker_restarted", "quarantined", "shutdown"}
+    assert errors[0][1] + sum(count for _, count in skipped) == traces
