@@ -72,14 +72,19 @@ def bind_arguments(function: Callable[..., Any], view: TraceView) -> dict[str, A
     return {name: available[name] for name in inspect.signature(function).parameters}
 
 
+class CodeTimeout(Exception):
+    """A code scorer's call outlived its timeout (not a TimeoutError the scorer raised itself)."""
+
+
 class CodeRunner:
     """The threads code scorers run in, each call bounded by `timeout_s`.
 
     Python cannot stop a thread: a call that outlives its timeout is reported as timed out but keeps
     its thread until it returns, and one that never returns keeps it for good (spinning, it also takes
-    a share of the GIL from everything else in the process). Once every thread is held that way no code
-    scorer can run here any more: `on_exhausted` is called, once, with the names of the scorers holding
-    them, so the owner can replace the process.
+    a share of the GIL from everything else in the process). When such calls hold every thread, and
+    still do one more `timeout_s` later (a slow scorer has returned by then), no code scorer can run
+    here any more: `on_exhausted` is called, once, with the names of the scorers holding them, so the
+    owner can replace the process.
     """
 
     def __init__(self, workers: int, timeout_s: float, on_exhausted: Callable[[list[str]], None] | None = None) -> None:
@@ -88,16 +93,19 @@ class CodeRunner:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="code-scorer")
         self._on_exhausted = on_exhausted
         self._held: Counter[str] = Counter()  # scorer name -> calls past their timeout, still running
+        self._check_pending = False
 
     async def run(self, name: str, function: Callable[..., Any], arguments: dict[str, Any]) -> Any:
-        """The function's result; raises TimeoutError after `timeout_s`, or what the function raised."""
+        """The function's result, or what it raised; CodeTimeout after `timeout_s`."""
         future = self._executor.submit(function, **arguments)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
         except asyncio.TimeoutError as exc:  # not the builtin TimeoutError before Python 3.11
+            if future.done() and not future.cancelled():
+                raise  # the function's own TimeoutError
             if future.running():
                 self._hold(name, future)
-            raise TimeoutError(f"{name} did not return within {self.timeout_s:g}s") from exc
+            raise CodeTimeout(f"{name} did not return within {self.timeout_s:g}s") from exc
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -106,7 +114,13 @@ class CodeRunner:
         """Called on the event loop's thread; the release comes from the scorer's thread via the loop."""
         self._held[name] += 1
         loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, name))
+        future.add_done_callback(lambda _: _call_soon(loop, self._release, name))
+        if self._on_exhausted is not None and not self._check_pending and self._held.total() >= self.workers:
+            self._check_pending = True
+            loop.call_later(self.timeout_s, self._check_exhausted)
+
+    def _check_exhausted(self) -> None:
+        self._check_pending = False
         if self._on_exhausted is not None and self._held.total() >= self.workers:
             on_exhausted, self._on_exhausted = self._on_exhausted, None
             on_exhausted(sorted(self._held))
@@ -115,6 +129,12 @@ class CodeRunner:
         self._held[name] -= 1
         if self._held[name] <= 0:
             del self._held[name]
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[str], None], name: str) -> None:
+    """From a scorer's thread; a call that returns after its loop has closed has nobody left to tell."""
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(callback, name)
 
 
 def to_assessments(

@@ -16,6 +16,7 @@ from tracejudge.model import Assessment, AssessmentSource
 from .checks import CHECKS, REQUIRED_PARAMS, Check
 from .code import (
     CodeRunner,
+    CodeTimeout,
     bind_arguments,
     error_assessment,
     load_function,
@@ -102,7 +103,7 @@ class CodeScorer:
         started = time.perf_counter()
         try:
             result = await self._runner.run(self.spec.name, self._function, arguments)
-        except TimeoutError:
+        except CodeTimeout:
             message = f"timed out after {self._runner.timeout_s:g}s"
             return [self._failures.record(error_assessment(self.spec.name, view, AssessmentSource.CODE, source_id,
                                                            self.spec.version, "timeout", message))]  # fmt: skip
