@@ -935,31 +935,37 @@ def _list_text(value: list[Any], role: str, known: tuple[Any, list[Message]] | N
     first = value[0]
     if isinstance(first, (dict, list)) and (_is_one_message(first) or _messages(first, role, {})):
         said = _said(_reparsed(value, role, known), role)
-        return _json_text(value) if said is None else said
+        if said or (said == "" and all(_holds_no_text(item) for item in value)):
+            return said
     return _json_text(value)
 
 
 def _dict_text(value: dict[str, Any], role: str, depth: int, known: tuple[Any, list[Message]] | None) -> str:
     if "lc" in value and isinstance(value.get("kwargs"), dict):  # a LangChain-serialized object
         return _text(value["kwargs"], role, depth + 1)
+    said = None
     if _is_message(value) or "choices" in value or "generations" in value:
         said = _said(_reparsed(value, role, known), role)
-        if said is not None:
+        if said:
             return said
     for key in _TEXT_KEYS:
         if not _blank(value.get(key)):
             return _text(value[key], role, depth + 1)
-    return _json_text(value)
+    return "" if said == "" else _json_text(value)
 
 
 def _said(messages: list[Message], role: str) -> str | None:
     """The text of parsed messages: `_pick`'s, or "" when they hold no text and no tool calls (an empty
-    reply is no reply: a judge must not be shown its JSON as if it were one); None for the caller's
-    fallback (no messages, or tool calls without text)."""
+    reply is no reply: a judge must not be shown its JSON as if it were one, unless the value holds text
+    elsewhere); None for the caller's fallback (no messages, or tool calls without text)."""
     text = _pick(messages, role)
     if text or (messages and not any(message.tool_calls for message in messages)):
         return text
     return None
+
+
+def _holds_no_text(item: Any) -> bool:
+    return not isinstance(item, dict) or all(_blank(item.get(key)) for key in _TEXT_KEYS)
 
 
 def _pick(messages: Iterable[Message], role: str, strict: bool = False) -> str:
@@ -1040,6 +1046,8 @@ def _dict_message(d: dict[str, Any], role: str, results: dict[str, str]) -> Mess
     content, calls = _parts(items, results) if isinstance(items, list) else (_content(items), [])
     if not content and not calls and isinstance(raw, str):
         content = raw  # JSON-looking text that held no parts stays as it was
+    if not content and isinstance(d.get("refusal"), str):
+        content = d["refusal"]  # OpenAI's refusal: the model's answer, in its own field
     if "tool_calls" in d:
         calls.extend(tc for item in _as_list(d["tool_calls"]) if (tc := _tool_call(item)) is not None)
     if isinstance(d.get("function_call"), dict) and (tc := _tool_call(d["function_call"])) is not None:

@@ -580,6 +580,25 @@ def test_response_text_of_a_reply_that_says_nothing_is_empty(output: Any, expect
     assert app.view().response_text == expected
 
 
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "request_text", "response_text"),
+    [
+        ({"role": "support_agent", "question": QUESTION}, ANSWER, QUESTION, ANSWER),  # a `role` parameter
+        (QUESTION, {"type": "final", "content": "", "answer": ANSWER}, QUESTION, ANSWER),
+        (QUESTION, {"choices": [{"message": {"role": "assistant", "content": None, "refusal": "I can't."}}]},
+         QUESTION, "I can't."),
+    ],
+)  # fmt: skip
+def test_message_shaped_values_keep_text_they_hold_elsewhere(
+    inputs: Any, outputs: Any, request_text: str, response_text: str
+) -> None:
+    app = App()
+    with app.span("answer", mlflow("CHAIN", inputs, outputs)):
+        pass
+    view = app.view()
+    assert (view.request_text, view.response_text) == (request_text, response_text)
+
+
 def test_response_text_of_a_reply_that_only_calls_tools_still_shows_the_calls() -> None:
     requested = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": PARIS}}
     output = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [requested]}}]}
