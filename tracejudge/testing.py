@@ -74,6 +74,10 @@ class MetricSamples:
         return sum(v for n, lab, v in self.samples if n == name and all(w in lab for w in wanted))
 
 
+# How a bind to a taken port fails: asyncio's OSError (HTTP, /metrics), grpc's server start (OTLP/gRPC).
+_PORT_TAKEN = (b"address already in use", b"Failed to bind to address")
+
+
 class SidecarProcess:
     """`python -m tracejudge.cli serve` in its own session (signals sent to us do not reach it)."""
 
@@ -134,10 +138,12 @@ class SidecarProcess:
         free_port() found can be taken before the sidecar binds it (another process's outgoing
         connection, say): then it is started again on fresh ports."""
         for _ in range(attempts - 1):
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
                 return self._start_once(timeout)
-            except RuntimeError as exc:
-                if "address already in use" not in str(exc):
+            except RuntimeError:
+                this_attempt = self.log_path.read_bytes()[logged:]
+                if not any(sign in this_attempt for sign in _PORT_TAKEN):
                     raise
                 self._pick_ports()
         return self._start_once(timeout)
