@@ -177,13 +177,13 @@ class AssessmentEmitter:
         rows: list[dict[str, Any]] = []
         for assessment in assessments:
             try:
-                if self._tracer is not None:
-                    self._emit_otlp(assessment, emitted_at)
                 if self._metrics is not None or self._archive is not None:
                     row = assessment_row(assessment, emitted_at)
                     rows.append(row)
                     if self._metrics is not None:
                         self._metrics.record(row)
+                if self._tracer is not None:
+                    self._emit_otlp(assessment, emitted_at)
             except Exception:
                 log.exception("could not emit assessment %r on trace %s", assessment.name, assessment.trace_id)
         if rows and self._archive is not None:

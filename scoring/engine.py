@@ -11,7 +11,7 @@ reason (metric + archive row), to be backfilled later.
 A code scorer whose calls never return makes the worker restart (scoring/code.py CodeRunner says why).
 One that does so QUARANTINE_AFTER times is quarantined, so that it cannot keep restarting the worker
 under every other scorer: its sampled pairs are recorded as skipped (`quarantined`) until its
-registration changes (start, stop, update, or a new registration).
+registration changes (stopped and started again, updated, or registered anew).
 """
 
 from __future__ import annotations
@@ -180,8 +180,8 @@ class ScoringEngine:
                 if self._strikes[name] >= QUARANTINE_AFTER:
                     self._quarantined = self._quarantined | {name}
                     log.error("scorer %s made the scoring worker restart %d times with calls that never returned; "
-                              "it is quarantined: its sampled traces are recorded as skipped (quarantined) until "
-                              "its registration changes", name, self._strikes[name])  # fmt: skip
+                              "it is quarantined: its sampled traces are recorded as skipped (quarantined) until it "
+                              "is stopped and started again, or updated", name, self._strikes[name])  # fmt: skip
 
     def _admit(self, trace: Trace, names: list[str]) -> str | None:
         """Reserve backlog room for the pairs (lock held); else the reason they cannot be scored."""

@@ -97,16 +97,19 @@ def main(argv: list[str] | None = None) -> None:
     gc.freeze()  # start-up's objects live as long as the process: collections need not walk them
     gc.set_threshold(10_000, 20, 20)  # the sidecar's setting (pipeline.tune_garbage_collector), same reason
     loop = new_event_loop()
+    code = 1
     try:
         rows = RowBuffer()
         scoring = ScoringLoop(settings, channel, build_emitter(settings, channel, rows), rows)
-        restart = loop.run_until_complete(scoring.run())
+        code = RESTART_EXIT_CODE if loop.run_until_complete(scoring.run()) else 0
+    except BaseException:
+        log.exception("the scoring worker failed")
     finally:
         loop.close()
-    # Everything is reported and exported. A code scorer thread that never returned would keep a normal
-    # interpreter exit waiting for it forever, so leave without joining threads.
+    # A code scorer thread that never returned would keep a normal interpreter exit waiting for it
+    # forever (the sidecar would then wait for this process forever), so leave without joining threads.
     logging.shutdown()
-    os._exit(RESTART_EXIT_CODE if restart else 0)
+    os._exit(code)
 
 
 if __name__ == "__main__":
