@@ -102,8 +102,8 @@ class AssessmentMetrics:
         name = row["name"]
         if row["score"] is not None:
             self._score.record(row["score"], {EVALUATION_NAME: name})
-        labels = {"name": name, "label": row["label"] or NONE, "source": row["source"]}
-        self._assessments.add(1, {**labels, "error_type": row["error_type"] or NONE})
+        label, error_type = row["label"] or NONE, row["error_type"] or NONE
+        self._assessments.add(1, {"name": name, "label": label, "source": row["source"], "error_type": error_type})
         if row["latency_ms"] is not None:
             self._latency.record(row["latency_ms"], {"name": name})
         for direction in ("input", "output"):

@@ -62,7 +62,7 @@ class ScoringEngine:
         self._active: list[tuple[str, int]] = []  # (scorer name, sampling threshold)
         self._registrations: dict[str, str] = {}  # active scorer name -> its spec as JSON, to see it change
         self._strikes: Counter[str] = Counter()  # worker restarts each active scorer caused
-        self._quarantined: frozenset[str] = frozenset()
+        self._quarantined: frozenset[str] = frozenset()  # those with QUARANTINE_AFTER strikes (_count_strikes)
         self._in_flight: dict[bytes, tuple[bytes, list[str]]] = {}  # trace id -> (root span id, scorer names)
         self._backlog = 0
         self._lock = threading.Lock()
@@ -94,7 +94,7 @@ class ScoringEngine:
             for name in changed:  # a new registration starts with a clean record
                 del self._strikes[name]
             self._registrations = registrations
-            self._quarantined = self._quarantined - changed
+            self._count_strikes()
             self._active = [(spec.name, threshold(spec.sample_rate)) for spec in specs]
 
     def consume(self, traces: Sequence[Trace]) -> None:
@@ -178,10 +178,14 @@ class ScoringEngine:
                     continue
                 self._strikes[name] += 1
                 if self._strikes[name] >= QUARANTINE_AFTER:
-                    self._quarantined = self._quarantined | {name}
                     log.error("scorer %s made the scoring worker restart %d times with calls that never returned; "
                               "it is quarantined: its sampled traces are recorded as skipped (quarantined) until it "
                               "is stopped and started again, or updated", name, self._strikes[name])  # fmt: skip
+            self._count_strikes()
+
+    def _count_strikes(self) -> None:
+        """The quarantined scorers, as a frozen set that consume() reads without the lock (lock held)."""
+        self._quarantined = frozenset(name for name, count in self._strikes.items() if count >= QUARANTINE_AFTER)
 
     def _admit(self, trace: Trace, names: list[str]) -> str | None:
         """Reserve backlog room for the pairs (lock held); else the reason they cannot be scored."""

@@ -135,14 +135,13 @@ class ScoringLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._report = Progress()
         self._report_scheduled = False
-        self._stuck: list[str] = []
 
     async def run(self) -> bool:
         """Serve until DRAIN or the sidecar's end (False), or until the worker must restart (True)."""
         self._semaphore = asyncio.Semaphore(self._max_concurrency)
         self._inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read, args=(loop, self._inbox), name="scoring-reader", daemon=True).start()
+        threading.Thread(target=self._read, args=(loop,), name="scoring-reader", daemon=True).start()
         while True:
             kind, *body = await self._inbox.get()
             if kind == SPECS:
@@ -156,17 +155,17 @@ class ScoringLoop:
                 await self._drain(0.0, last=None)
                 return False
             elif kind == _RESTART:
-                await self._drain(RESTART_DRAIN_S, last=PROGRESS)
+                await self._drain(RESTART_DRAIN_S, last=PROGRESS, stuck=body[0])
                 return True
 
-    def _read(self, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[tuple[Any, ...]]) -> None:
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             try:
                 message = self._channel.recv()
             except (EOFError, OSError):
-                loop.call_soon_threadsafe(inbox.put_nowait, (_EOF,))
+                loop.call_soon_threadsafe(self._inbox.put_nowait, (_EOF,))
                 return
-            loop.call_soon_threadsafe(inbox.put_nowait, message)
+            loop.call_soon_threadsafe(self._inbox.put_nowait, message)
 
     def _load(self, specs: list[ScorerSpec]) -> None:
         """Rebuild only the scorers whose spec changed (a judge client keeps its connections)."""
@@ -231,10 +230,15 @@ class ScoringLoop:
 
     def _send_report(self) -> None:
         self._report_scheduled = False
-        report, self._report = self._report, Progress()
-        report.rows = self._rows.take()
+        report = self._take_report()
         if report:
             self._send(PROGRESS, report)
+
+    def _take_report(self) -> Progress:
+        """What finished since the last report, with the rows the emitter wrote meanwhile."""
+        report, self._report = self._report, Progress()
+        report.rows = self._rows.take()
+        return report
 
     def _send(self, kind: str, report: Progress) -> None:
         if not self._channel.send((kind, report)):
@@ -244,12 +248,11 @@ class ScoringLoop:
         log.error("code scorer(s) %s did not return within %gs and hold all %d code-scorer threads; Python cannot "
                   "stop a thread, so the scoring worker restarts to free them", ", ".join(stuck),
                   self._code.timeout_s, self._code.workers)  # fmt: skip
-        self._stuck = stuck
-        self._inbox.put_nowait((_RESTART,))
+        self._inbox.put_nowait((_RESTART, stuck))
 
-    async def _drain(self, timeout_s: float, last: str | None) -> None:
+    async def _drain(self, timeout_s: float, last: str | None, stuck: list[str] | None = None) -> None:
         """Finish running traces within `timeout_s`, cancel the rest, export; then send the last report
-        as `last` (none when the sidecar is gone)."""
+        as `last` (none when the sidecar is gone), naming the `stuck` code scorers if the worker restarts."""
         pending = set(self._tasks)
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout_s)
@@ -257,9 +260,8 @@ class ScoringLoop:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._emitter.shutdown()  # exports what is queued: the sidecar's forwarder gets it before DRAINED
-        report, self._report = self._report, Progress()
-        report.rows = self._rows.take()
-        report.stuck = self._stuck
+        report = self._take_report()
+        report.stuck = stuck or []
         if last is not None:
             self._send(last, report)
         self._code.shutdown()
