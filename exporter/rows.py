@@ -7,7 +7,6 @@ query, whatever convention wrote them. This is the archive's hottest loop, so it
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any
 
@@ -15,8 +14,9 @@ import orjson
 import pyarrow as pa
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from tracejudge.otlp import any_value, attributes_dict, service_name
 
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 
@@ -112,29 +112,6 @@ _KINDS = {v: k.removeprefix("SPAN_KIND_") for k, v in Span.SpanKind.items()}
 _STATUS = {v: k.removeprefix("STATUS_CODE_") for k, v in Status.StatusCode.items()}
 
 
-def any_value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "double_value":
-        return value.double_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "array_value":
-        return [any_value(item) for item in value.array_value.values]
-    if kind == "kvlist_value":
-        return {item.key: any_value(item.value) for item in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    return None
-
-
-def attributes_dict(attributes: Any) -> dict[str, Any]:
-    return {item.key: any_value(item.value) for item in attributes}
-
-
 def _json(value: Any) -> str:
     """orjson: 1.6x faster row building than the json module (bench: 15.7 -> 9.6 us/span). It writes
     NaN and infinities as null, which keeps the column valid JSON for DuckDB."""
@@ -165,10 +142,6 @@ def _links_json(span: Span) -> str:
             for link in span.links
         ]
     )
-
-
-def service_name(resource_attributes: dict[str, Any]) -> str:
-    return str(resource_attributes.get("service.name", ""))
 
 
 def spans_batch(request: ExportTraceServiceRequest, received_at: int | None = None) -> pa.RecordBatch:
@@ -237,4 +210,4 @@ SKIPPED_SCHEMA = pa.schema(
 )
 
 
-__all__ = ["KeyValue", "attributes_dict", "logs_batch", "spans_batch"]
+__all__ = ["logs_batch", "spans_batch"]

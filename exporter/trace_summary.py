@@ -5,28 +5,15 @@ It is the first TraceConsumer; the scoring engine becomes another one beside it.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tracejudge.exporter.rows import any_value
 from tracejudge.model import BufferedSpan, Trace
+from tracejudge.otlp import SESSION_KEYS, USER_KEYS, any_value, service_name_of
 
-# Where each instrumentation puts the conversation and the user (ordered by preference).
-SESSION_KEYS = (
-    "session.id",
-    "gen_ai.conversation.id",
-    "langfuse.session.id",
-    "traceloop.association.properties.session_id",
-    "traceloop.association.properties.conversation_id",
-    "traceloop.association.properties.chat_id",
-)
-# gen_ai.user: OpenLLMetry records OpenAI's `user` request parameter (an end-user id) there.
-USER_KEYS = ("user.id", "langfuse.user.id", "traceloop.association.properties.user_id", "enduser.id", "gen_ai.user")
 _KEYS = frozenset(SESSION_KEYS + USER_KEYS)
 _KEY_BYTES = tuple(key.encode() for key in _KEYS)
 
@@ -69,14 +56,6 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "user_id": identity.get("user"),
         "decided_at": time.time_ns(),
     }
-
-
-@functools.lru_cache(maxsize=1024)
-def service_name_of(resource_bytes: bytes) -> str:
-    for attribute in Resource.FromString(resource_bytes).attributes:
-        if attribute.key == "service.name":
-            return str(any_value(attribute.value))
-    return ""
 
 
 def _trace_status(root: BufferedSpan, spans: list[BufferedSpan]) -> str:

@@ -11,7 +11,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .code import Feedback
+from tracejudge.model import Feedback
+
 from .view import TraceView
 
 Check = Callable[[TraceView, Mapping[str, Any]], Feedback]

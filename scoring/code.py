@@ -16,26 +16,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tracejudge.model import Assessment, AssessmentSource, AssessmentValue
+from tracejudge.model import Assessment, AssessmentSource, AssessmentValue, Feedback
 
 from .view import TraceView
 
 BINDABLE = ("inputs", "outputs", "expectations", "trace")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """A verdict a code scorer returns when a bare value is not enough (MLflow's Feedback)."""
-
-    value: AssessmentValue = None
-    rationale: str | None = None
-    name: str | None = None  # defaults to the scorer's name
-    metadata: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
 
 
 def scorer(function: F | None = None, *, name: str | None = None) -> Any:

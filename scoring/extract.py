@@ -33,9 +33,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tracejudge.exporter.rows import any_value
-from tracejudge.exporter.trace_summary import SESSION_KEYS, USER_KEYS
 from tracejudge.model import BufferedLog, BufferedSpan, Trace
+from tracejudge.otlp import SESSION_KEYS, USER_KEYS, any_value
 from tracejudge.scoring.view import Document, LlmCall, Message, SpanView, ToolCall, TraceView
 
 __all__ = ["extract"]

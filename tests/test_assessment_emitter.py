@@ -17,8 +17,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from tracejudge.config import ArchiveConfig
 from tracejudge.exporter.archive import ParquetArchive
 from tracejudge.exporter.assessment_emitter import AssessmentEmitter
-from tracejudge.exporter.rows import any_value, attributes_dict
 from tracejudge.model import Assessment, AssessmentSource
+from tracejudge.otlp import any_value, attributes_dict
 from tracejudge.testing import wait_until
 
 from archive_reader import query

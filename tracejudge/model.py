@@ -1,6 +1,6 @@
 """The vocabulary every part of tracejudge speaks.
 
-Receivers produce these, the assembler groups them, exporters and (later) scorers consume them.
+Receivers produce these, the assembler groups them, scorers and exporters consume them.
 Nothing here knows about transports or storage.
 """
 
@@ -112,3 +112,15 @@ class Assessment:
     judge_output_tokens: int | None = None
     latency_ms: float | None = None
     timestamp_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A verdict a code scorer returns when a bare value is not enough (MLflow's Feedback); tracejudge turns
+    it into an Assessment of the trace it scored."""
+
+    value: AssessmentValue = None
+    rationale: str | None = None
+    name: str | None = None  # defaults to the scorer's name
+    metadata: dict[str, str] = field(default_factory=dict)
+    error: str | None = None

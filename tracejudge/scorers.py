@@ -36,8 +36,8 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from tracejudge.model import Feedback
 from tracejudge.proto import scorers_pb2 as pb
-from tracejudge.scoring.code import Feedback
 from tracejudge.scoring.code import scorer as _mark_scorer
 from tracejudge.scoring.control import CODE_OVER_NETWORK, METHODS, SERVICE_NAME, plain_struct
 
