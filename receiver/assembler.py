@@ -12,9 +12,8 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -22,7 +21,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.config import AssemblerConfig
-from tracejudge.model import BufferedLog, BufferedSpan, CompletionReason, Trace
+from tracejudge.model import BufferedLog, BufferedSpan, CompletionReason, Trace, TraceConsumer
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +31,6 @@ _PARENT_IS_REMOTE = 0x200
 # Per-item Python overhead (tuple, ids, ints, list slot) added to the payload size in the memory cap:
 # bench/ingest.py's memory phase measured ~1,360 B of RSS per buffered span of ~850 wire bytes.
 SPAN_OVERHEAD_BYTES = 512
-
-
-class TraceConsumer(Protocol):
-    """Receives every decided trace exactly once, in batches, on the assembler's thread: keep it quick."""
-
-    def consume(self, traces: Sequence[Trace]) -> None: ...
 
 
 @dataclass(slots=True)

@@ -7,8 +7,9 @@ Nothing here knows about transports or storage.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class Signal(str, enum.Enum):
@@ -26,6 +27,7 @@ class CompletionReason(str, enum.Enum):
     TIMEOUT = "timeout"
     MEMORY_CAP = "memory_cap"
     SHUTDOWN = "shutdown"
+    END_OF_INPUT = "end_of_input"  # a batch source (an archive window, a file) has no more spans
 
 
 class BufferedSpan(NamedTuple):
@@ -56,7 +58,10 @@ class BufferedLog(NamedTuple):
 
 @dataclass(slots=True)
 class Trace:
-    """A trace the assembler has decided on; handed to a TraceConsumer exactly once."""
+    """A decided trace: complete (its local root arrived) or given up on (`complete` False).
+
+    Every trace source yields these, whether the spans came live over OTLP, from the archive, from a
+    file or from an app's own SDK, so extraction and scoring read them all the same way."""
 
     trace_id: bytes
     spans: list[BufferedSpan]
@@ -71,6 +76,20 @@ class Trace:
         """The earliest-starting local root span, if one arrived."""
         roots = [s for s in self.spans if s.is_local_root]
         return min(roots, key=lambda s: s.start_time_unix_nano) if roots else None
+
+
+class TraceConsumer(Protocol):
+    """Receives every decided trace exactly once, in batches. The live assembler calls it on its own
+    thread, so it must be quick."""
+
+    def consume(self, traces: Sequence[Trace]) -> None: ...
+
+
+class TraceSource(Protocol):
+    """Yields decided traces in batches until it has no more: the archive over a time window, a file. The
+    live assembler is the push form of a source: it hands its traces to a TraceConsumer as they complete."""
+
+    def batches(self) -> Iterator[list[Trace]]: ...
 
 
 class AssessmentSource(str, enum.Enum):

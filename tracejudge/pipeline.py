@@ -26,8 +26,8 @@ from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
 from tracejudge.exporter.assessment_emitter import AssessmentMetrics
 from tracejudge.exporter.forwarder import Forwarder
 from tracejudge.exporter.trace_summary import TraceSummaryRecorder
-from tracejudge.model import Signal, Trace
-from tracejudge.receiver.assembler import TraceAssembler, TraceConsumer
+from tracejudge.model import Signal, Trace, TraceConsumer
+from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
