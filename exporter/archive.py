@@ -24,8 +24,8 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from tracejudge.child_process import start_worker
-from tracejudge.config import ArchiveConfig
 from tracejudge.exporter.archive_worker import ACK, ASSESSMENTS, CLOSE, FLUSH, FRAME, LOGS, SKIPPED, SPANS, TRACES
+from tracejudge.exporter.config import ArchiveConfig
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from tracejudge.config import ForwardEndpointConfig
+from tracejudge.exporter.config import ForwardEndpointConfig
 from tracejudge.exporter.spill_queue import QueueItem, SpillQueue
 from tracejudge.model import Signal
 from tracejudge.otlp import GRPC_EXPORT_METHODS

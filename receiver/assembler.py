@@ -20,8 +20,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tracejudge.config import AssemblerConfig
 from tracejudge.model import BufferedLog, BufferedSpan, CompletionReason, Trace, TraceConsumer
+from tracejudge.receiver.config import AssemblerConfig
 
 log = logging.getLogger(__name__)
 

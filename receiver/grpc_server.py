@@ -17,9 +17,10 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import metrics
 
-from tracejudge.config import ReceiverConfig, parse_host_port
+from tracejudge.config import parse_host_port
 from tracejudge.model import Signal
 from tracejudge.otlp import GRPC_SERVICES
+from tracejudge.receiver.config import ReceiverConfig
 from tracejudge.receiver.export import (
     RESPONSE_TYPES,
     ExportConsumer,

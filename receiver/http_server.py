@@ -16,8 +16,9 @@ from google.rpc import status_pb2
 from opentelemetry import metrics
 
 from tracejudge.aio import AiohttpServerThread
-from tracejudge.config import ReceiverConfig, parse_host_port
+from tracejudge.config import parse_host_port
 from tracejudge.model import Signal
+from tracejudge.receiver.config import ReceiverConfig
 from tracejudge.receiver.export import (
     RESPONSE_TYPES,
     ExportConsumer,

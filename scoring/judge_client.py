@@ -52,7 +52,7 @@ import orjson
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 
-from tracejudge.config import JudgeEndpointConfig
+from .config import JudgeEndpointConfig
 
 log = logging.getLogger(__name__)
 

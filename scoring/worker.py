@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from tracejudge.config import JudgeEndpointConfig
 from tracejudge.model import Assessment, Trace
 
 from .code import CodeRunner
+from .config import JudgeEndpointConfig
 from .extract import extract
 from .filters import TraceFilter, parse_filter
 from .judge_client import JudgePool

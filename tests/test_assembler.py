@@ -10,9 +10,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.metrics import MeterProvider
 
-from tracejudge.config import AssemblerConfig
 from tracejudge.model import CompletionReason, Trace
 from tracejudge.receiver.assembler import TraceAssembler
+from tracejudge.receiver.config import AssemblerConfig
 
 
 class Clock:

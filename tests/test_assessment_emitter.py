@@ -14,9 +14,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from tracejudge.config import ArchiveConfig
 from tracejudge.exporter.archive import ParquetArchive
 from tracejudge.exporter.assessment_emitter import AssessmentEmitter
+from tracejudge.exporter.config import ArchiveConfig
 from tracejudge.model import Assessment, AssessmentSource
 from tracejudge.otlp import any_value, attributes_dict
 from tracejudge.testing import wait_until

@@ -29,9 +29,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Span, Status, StatusCode
 
-from tracejudge.config import AssemblerConfig
 from tracejudge.model import CompletionReason, Trace
 from tracejudge.receiver.assembler import TraceAssembler
+from tracejudge.receiver.config import AssemblerConfig
 from tracejudge.scoring.extract import extract
 from tracejudge.scoring.view import Document, Message, ToolCall, TraceView
 

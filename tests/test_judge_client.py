@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import pytest
 from mock_openai import MockOpenAI, faults, fill
 
-from tracejudge.config import JudgeEndpointConfig
+from tracejudge.scoring.config import JudgeEndpointConfig
 from tracejudge.scoring.judge_client import (
     FENCE_NOTICE,
     JudgeClient,

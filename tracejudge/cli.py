@@ -10,7 +10,8 @@ import click
 
 from tracejudge import __version__
 from tracejudge.cli_scorers import scorers
-from tracejudge.config import ConfigError, load_config
+from tracejudge.config import ConfigError
+from tracejudge.config_file import load_config
 from tracejudge.logs import configure_logging
 
 

@@ -21,9 +21,10 @@ from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tracejudge.config import Config, ForwardEndpointConfig
+from tracejudge.config_file import Config
 from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
 from tracejudge.exporter.assessment_emitter import AssessmentMetrics
+from tracejudge.exporter.config import ForwardEndpointConfig
 from tracejudge.exporter.forwarder import Forwarder
 from tracejudge.exporter.trace_summary import TraceSummaryRecorder
 from tracejudge.model import Signal, Trace, TraceConsumer

@@ -8,6 +8,7 @@ starting or draining), which is what a Kubernetes readiness probe wants.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from aiohttp import web
 from opentelemetry import metrics
@@ -19,9 +20,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from tracejudge import __version__
 from tracejudge.aio import AiohttpServerThread
-from tracejudge.config import TelemetryConfig, parse_host_port
+from tracejudge.config import Duration, StrictConfig, parse_host_port
 
 log = logging.getLogger(__name__)
+
+
+class TelemetryConfig(StrictConfig):
+    prometheus_endpoint: str | None = "127.0.0.1:9464"
+    otlp_endpoint: str | None = None
+    otlp_interval: Duration = 30.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class SelfTelemetry:

@@ -1,0 +1,101 @@
+"""Scoring's configuration (the `scoring:` and `judges:` keys), beside the engine and the judges."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from tracejudge.config import Duration, StrictConfig
+
+
+class ScoringConfig(StrictConfig):
+    otlp_endpoint: str | None = None  # where assessments are emitted; default: the first forward endpoint
+    max_active_scorers: int = Field(default=20, ge=1)
+    max_backlog: int = Field(default=10_000, ge=1)  # sampled (trace, scorer) pairs waiting; beyond: skipped
+    max_concurrency: int = Field(default=256, ge=1)  # traces being scored at once (judges also have their own cap)
+    code_timeout: Duration = 10.0
+    code_workers: int = Field(default=4, ge=1)
+    drain_timeout: Duration = 10.0  # at shutdown, how long running scorers may finish
+    emit_interval: Duration = 0.2  # verdicts are exported in batches at most this far apart (freshness)
+    worker_nice: int = Field(default=10, ge=0, le=19)  # the scoring process's CPU priority below ingest's
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("grpc", "http", "https"):
+            raise ValueError(f"expected grpc://host:port or http://host:port, got {value!r}")
+        return value
+
+
+_MODEL_URI_PREFIX = "openai:/"
+
+
+def parse_model_uri(value: str) -> str:
+    """The model name from 'openai:/<model>' or a bare '<model>'; any other 'scheme:/' is refused.
+
+    Bare names are accepted because OpenAI-compatible servers use names such as 'llama3:8b' or
+    'meta-llama/Llama-3.1-8B-Instruct'; a value is a URI only when it contains ':/'.
+    """
+    name = value[len(_MODEL_URI_PREFIX) :] if value.startswith(_MODEL_URI_PREFIX) else value
+    if not name or ":/" in name or name.startswith("/") or any(c.isspace() for c in name):
+        raise ValueError(
+            f"expected a model URI 'openai:/<model>' (any OpenAI-compatible endpoint, chosen with base_url) "
+            f"or a bare model name, got {value!r}"
+        )
+    return name
+
+
+class JudgeEndpointConfig(StrictConfig):
+    """One OpenAI-compatible chat-completions endpoint used by LLM judges.
+
+    With nothing configured, judges use the openai SDK's own environment (OPENAI_API_KEY,
+    OPENAI_BASE_URL) and the model openai:/gpt-4.1-mini.
+
+    model: 'openai:/<model>' or a bare model name (stored as 'openai:/<model>'); default openai:/gpt-4.1-mini.
+    base_url: http(s) URL of the API root, e.g. http://127.0.0.1:8000/v1; default None (OPENAI_BASE_URL,
+        else https://api.openai.com/v1).
+    api_key_env: name of the environment variable holding the API key; default OPENAI_API_KEY. When it is
+        unset a placeholder key is sent, which keyless local servers (vLLM, Ollama) accept.
+    max_concurrency: requests in flight to this endpoint at once; default 16.
+    requests_per_minute / tokens_per_minute: client-side rate limits (calls wait, they do not fail);
+        default None (unlimited). Tokens are estimated as characters / 4 and corrected from `usage`.
+    timeout: wall-clock limit of one attempt, connection to last byte; default 30s.
+    max_retries: retries after the first attempt on 429, 408/409, 5xx, timeouts and connection errors
+        (exponential backoff with full jitter, Retry-After honoured); never on other 4xx; default 4.
+    structured_output: auto (json_schema, falling back to json_object then to a schema in the prompt when the
+        endpoint rejects it), json_schema, json_object or none (schema in the prompt); default auto.
+    max_content_chars: traced content longer than this is truncated, with a marker, before it reaches the
+        judge; default 20000.
+    """
+
+    model: str = "openai:/gpt-4.1-mini"
+    base_url: str | None = None
+    api_key_env: str = Field(default="OPENAI_API_KEY", min_length=1)
+    max_concurrency: int = Field(default=16, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    timeout: Duration = 30.0
+    max_retries: int = Field(default=4, ge=0)
+    structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
+    max_content_chars: int = Field(default=20_000, ge=100)
+
+    @field_validator("model")
+    @classmethod
+    def _model_uri(cls, value: str) -> str:
+        return _MODEL_URI_PREFIX + parse_model_uri(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http://host[:port]/path or https://..., got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def model_name(self) -> str:
+        return parse_model_uri(self.model)

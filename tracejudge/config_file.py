@@ -1,0 +1,67 @@
+"""tracejudge.yaml: the whole file, composed of each component's own config.
+
+Every key is documented in README.md ("Configuration reference"); keep the two in step. The sidecar
+(tracejudge serve) and the in-process span processor read the same file; each uses the keys that
+concern it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from tracejudge.config import ConfigError, StrictConfig, format_errors, read_config_file
+from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
+from tracejudge.receiver.config import AssemblerConfig, ReceiverConfig
+from tracejudge.scoring.config import JudgeEndpointConfig, ScoringConfig
+from tracejudge.scoring.spec import ScorerSpec
+from tracejudge.telemetry import TelemetryConfig
+
+
+class ControlConfig(StrictConfig):
+    token: str | None = None  # bearer token for the scorer API; env TRACEJUDGE_TOKEN. Required beyond loopback.
+
+
+class Config(StrictConfig):
+    data_dir: Path = Path("./data")
+    receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    forward: list[ForwardEndpointConfig] = Field(default_factory=list)
+    assembler: AssemblerConfig = Field(default_factory=AssemblerConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    judges: dict[str, JudgeEndpointConfig] = Field(default_factory=dict)  # "default" serves scorers without model
+    scorers: list[ScorerSpec] = Field(default_factory=list)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+
+    @field_validator("scorers")
+    @classmethod
+    def _unique_names(cls, value: list[ScorerSpec]) -> list[ScorerSpec]:
+        names = [spec.name for spec in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"scorer names must be unique; repeated: {duplicates}")
+        return value
+
+    @property
+    def assessments_endpoint(self) -> str | None:
+        return self.scoring.otlp_endpoint or (self.forward[0].url if self.forward else None)
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.archive.directory or self.data_dir / "archive"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_dir / "queue"
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the YAML file (if any), apply dotted-key overrides, validate."""
+    raw = read_config_file(path, overrides)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from exc
