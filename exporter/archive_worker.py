@@ -1,14 +1,8 @@
-"""The archive writer process: OTLP bytes in on stdin, Parquet files out.
+"""The archive writer process: OTLP bytes and row frames in, Parquet files out.
 
-Started by ParquetArchive as `python -m tracejudge.exporter.archive_worker` in its own session, so
-a Ctrl-C or a SIGTERM sent to tracejudge's process group never reaches it: the parent decides when
-it stops, after sending it everything. End of file on the input (the parent is gone) closes the
-files the same way as an orderly stop.
-
-Input and acknowledgements travel on two pipes of their own, not stdin/stdout: a process that an
-import starts inherits stdin, and would keep a dead worker's pipe open, so writes to it would
-succeed into the void. Framing: 4-byte big-endian length, then one kind byte and the payload. The
-worker answers b"k" after each flush or close.
+Started by ParquetArchive as `python -m tracejudge.exporter.archive_worker` (tracejudge/child_process.py
+says how and why), speaking exporter/archive_protocol.py. The end of its channel (the parent is gone)
+closes the files the same way as an orderly stop.
 """
 
 from __future__ import annotations
@@ -16,9 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pickle
 import queue
-import struct
 import threading
 import time
 from datetime import datetime, timezone
@@ -29,20 +21,15 @@ import pyarrow.parquet as pq
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tracejudge.child_process import ParentChannel
 from tracejudge.exporter import rows
+from tracejudge.exporter.archive_protocol import ACK, CLOSE, FLUSH, LOGS, SPANS, TABLES, decode_rows
 from tracejudge.logs import configure_logging
 
 log = logging.getLogger("tracejudge.archive")
 
-SPANS, LOGS, TRACES, ASSESSMENTS, SKIPPED, FLUSH, CLOSE = b"S", b"L", b"T", b"A", b"K", b"F", b"C"
-# Tables whose messages are pickled lists of row dicts (built in tracejudge, not decoded from OTLP).
-ROW_TABLES = {
-    TRACES: ("traces", rows.TRACES_SCHEMA),
-    ASSESSMENTS: ("assessments", rows.ASSESSMENTS_SCHEMA),
-    SKIPPED: ("skipped", rows.SKIPPED_SCHEMA),
-}
-FRAME = struct.Struct(">I")
-ACK = b"k"
+SCHEMAS: dict[str, pa.Schema] = {"spans": rows.SPANS_SCHEMA, "logs": rows.LOGS_SCHEMA, "traces": rows.TRACES_SCHEMA,
+                                 "assessments": rows.ASSESSMENTS_SCHEMA, "skipped": rows.SKIPPED_SCHEMA}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,72 +38,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--roll-size", type=int, required=True)
     parser.add_argument("--roll-interval", type=float, required=True)
     parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--input-fd", type=int, required=True)
-    parser.add_argument("--ack-fd", type=int, required=True)
+    parser.add_argument("--fd", type=int, required=True, help="the channel to the parent")
     args = parser.parse_args(argv)
-    os.set_inheritable(args.input_fd, False)
-    os.set_inheritable(args.ack_fd, False)
+    os.set_inheritable(args.fd, False)
     configure_logging(args.log_level)
-    schemas = {SPANS: ("spans", rows.SPANS_SCHEMA), LOGS: ("logs", rows.LOGS_SCHEMA), **ROW_TABLES}
     tables = {
-        kind: TableWriter(args.directory / name, schema, args.roll_size, args.roll_interval)
-        for kind, (name, schema) in schemas.items()
+        kind: TableWriter(args.directory / name, SCHEMAS[name], args.roll_size, args.roll_interval)
+        for kind, name in TABLES.items()
     }
-    serve(args.input_fd, args.ack_fd, tables)
+    serve(ParentChannel(args.fd), tables)
 
 
-def serve(source: int, acks: int, tables: dict[bytes, TableWriter]) -> None:
-    """Read messages on a thread so the main loop can roll files on time while input is idle."""
+def serve(channel: ParentChannel, tables: dict[bytes, TableWriter]) -> None:
+    """Read frames on a thread so the main loop can roll files on time while input is idle."""
     inbox: queue.Queue[bytes] = queue.Queue(maxsize=8)
-    threading.Thread(target=_read_messages, args=(source, inbox), name="archive-reader", daemon=True).start()
+    threading.Thread(target=_read_frames, args=(channel, inbox), name="archive-reader", daemon=True).start()
     while True:
         try:
-            message = inbox.get(timeout=0.5)
+            frame = inbox.get(timeout=0.5)
         except queue.Empty:
-            message = b""
-        kind, payload = message[:1], message[1:]
+            frame = b""
+        kind, payload = frame[:1], frame[1:]
         if kind in (FLUSH, CLOSE):
             for table in tables.values():
                 table.close()
-            _acknowledge(acks)
+            if not channel.send(ACK):
+                log.warning("could not acknowledge: tracejudge is gone")
             if kind == CLOSE:
                 return
         elif kind:
             try:
                 tables[kind].append(_decode(kind, payload))
             except Exception:
-                log.exception("could not archive a %r message of %d bytes", kind, len(payload))
+                log.exception("could not archive a %r frame of %d bytes", kind, len(payload))
         for table in tables.values():
             table.roll_if_due()
 
 
-def _read_messages(source: int, inbox: queue.Queue[bytes]) -> None:
-    while (header := _read_exact(source, FRAME.size)) is not None:
-        message = _read_exact(source, FRAME.unpack(header)[0])
-        if message is None:
-            break
-        inbox.put(message)
+def _read_frames(channel: ParentChannel, inbox: queue.Queue[bytes]) -> None:
+    while (frame := channel.recv()) is not None:
+        inbox.put(frame)
     log.info("input closed; closing the archive files")
     inbox.put(CLOSE)
-
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    """`size` bytes, or None at end of file. Raw reads: no buffered-reader lock to trip shutdown."""
-    chunks, remaining = [], size
-    while remaining:
-        chunk = os.read(fd, min(remaining, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-def _acknowledge(acks: int) -> None:
-    try:
-        os.write(acks, ACK)
-    except OSError:
-        log.warning("could not acknowledge: tracejudge is gone")
 
 
 def _decode(kind: bytes, payload: bytes) -> pa.RecordBatch:
@@ -124,7 +87,7 @@ def _decode(kind: bytes, payload: bytes) -> pa.RecordBatch:
         return rows.spans_batch(ExportTraceServiceRequest.FromString(payload))
     if kind == LOGS:
         return rows.logs_batch(ExportLogsServiceRequest.FromString(payload))
-    return pa.RecordBatch.from_pylist(pickle.loads(payload), schema=ROW_TABLES[kind][1])
+    return pa.RecordBatch.from_pylist(decode_rows(payload), schema=SCHEMAS[TABLES[kind]])
 
 
 class TableWriter:

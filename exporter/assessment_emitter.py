@@ -62,7 +62,7 @@ LATENCY_BUCKETS_MS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0
 class AssessmentRowSink(Protocol):
     """Where `assessments` rows go: exporter.archive.ParquetArchive."""
 
-    def write_assessments(self, assessments: list[dict[str, Any]]) -> None: ...
+    def write_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
 
 class AssessmentMetrics:
@@ -188,7 +188,7 @@ class AssessmentEmitter:
                 log.exception("could not emit assessment %r on trace %s", assessment.name, assessment.trace_id)
         if rows and self._archive is not None:
             try:
-                self._archive.write_assessments(rows)
+                self._archive.write_rows("assessments", rows)
             except Exception as exc:
                 log.warning("could not archive %d assessment(s): %s", len(rows), exc)
 

@@ -6,7 +6,7 @@ It is the first TraceConsumer; the scoring engine becomes another one beside it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -18,18 +18,20 @@ _KEYS = frozenset(SESSION_KEYS + USER_KEYS)
 _KEY_BYTES = tuple(key.encode() for key in _KEYS)
 
 
-class TraceRowSink(Protocol):
-    def write_traces(self, summaries: list[dict[str, Any]]) -> None: ...
+class RowSink(Protocol):
+    """Where rows go: exporter.archive.ParquetArchive."""
+
+    def write_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
 
 class TraceSummaryRecorder:
-    def __init__(self, sink: TraceRowSink) -> None:
+    def __init__(self, sink: RowSink) -> None:
         self._sink = sink
 
     def consume(self, traces: Sequence[Trace]) -> None:
         rows = [summarize(trace) for trace in traces if trace.spans]
         if rows:
-            self._sink.write_traces(rows)
+            self._sink.write_rows("traces", rows)
 
 
 def summarize(trace: Trace) -> dict[str, Any]:

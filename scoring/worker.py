@@ -33,7 +33,7 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -110,8 +110,8 @@ class RowBuffer:
     def __init__(self) -> None:
         self._rows: list[dict[str, Any]] = []
 
-    def write_assessments(self, rows: list[dict[str, Any]]) -> None:
-        self._rows.extend(rows)
+    def write_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._rows.extend(dict(row) for row in rows)
 
     def take(self) -> list[dict[str, Any]]:
         rows, self._rows = self._rows, []

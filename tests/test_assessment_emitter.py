@@ -4,6 +4,7 @@ real ParquetArchive read back with DuckDB."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +245,7 @@ def test_archive_rows_join_spans_in_duckdb(tmp_path: Path, meter_provider: Meter
         emitter = AssessmentEmitter(None, meter, archive=archive)
         emitter.emit(sample_assessments())
     finally:
-        archive.stop()
+        archive.shutdown()
 
     rows = query(
         tmp_path,
@@ -280,7 +281,7 @@ class BrokenArchive:
     def __init__(self) -> None:
         self.calls = 0
 
-    def write_assessments(self, assessments: list[dict[str, Any]]) -> None:
+    def write_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         self.calls += 1
         raise OSError("disk on fire")
 

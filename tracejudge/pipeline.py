@@ -185,7 +185,7 @@ class Pipeline:
         self._code.shutdown()
         self.forwarder.stop(drain_timeout)
         if self.archive is not None:
-            self.archive.stop()
+            self.archive.shutdown()
         self.telemetry.shutdown()
         log.info("tracejudge stopped")
 
@@ -204,11 +204,11 @@ class Pipeline:
     def _record_assessments(self, rows: list[dict[str, Any]]) -> None:
         self._assessment_metrics.record_rows(rows)
         if self.archive is not None:
-            self.archive.write_assessments(rows)
+            self.archive.write_rows("assessments", rows)
 
     def _record_skipped(self, rows: list[dict[str, Any]]) -> None:
         if self.archive is not None:
-            self.archive.write_skipped(rows)
+            self.archive.write_rows("skipped", rows)
 
     def serve_until_signalled(self, drain_timeout: float = 10.0) -> None:
         """Start, serve until SIGTERM or SIGINT, stop. Handlers go in first, so a signal that
