@@ -277,8 +277,9 @@ class Forwarder:
         sender = next(sender for sender in self.senders if sender.name == url.rstrip("/"))
         sender.submit(QueueItem(signal, payload, items))
 
-    def stop(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Send what is queued until `timeout_s`; what is left stays on disk for the next start."""
+        deadline = time.monotonic() + timeout_s
         threads = [threading.Thread(target=s.stop, args=(deadline,)) for s in self.senders]
         for thread in threads:
             thread.start()

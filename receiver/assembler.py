@@ -169,11 +169,11 @@ class TraceAssembler:
     def start(self) -> None:
         self._ticker.start()
 
-    def stop(self) -> None:
+    def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop the ticker and hand every buffered trace on (reason: shutdown)."""
         self._stopping.set()
         if self._ticker.is_alive():
-            self._ticker.join()
+            self._ticker.join(timeout_s)
         with self._lock:
             decided = [
                 self._decide(trace_id, CompletionReason.SHUTDOWN, complete=pending.root_seen)

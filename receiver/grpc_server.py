@@ -47,6 +47,7 @@ class GrpcReceiver:
         assert config.grpc_endpoint is not None
         self._endpoint = config.grpc_endpoint
         self._consumer = consumer
+        self.port: int | None = None  # bound by start()
         self._metrics = ReceiverMetrics(meter, "grpc")
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=config.grpc_max_workers, thread_name_prefix="otlp-grpc"),
@@ -61,18 +62,19 @@ class GrpcReceiver:
         self._server.add_generic_rpc_handlers(tuple(handlers))
         self._empty_responses: dict[Signal, bytes] = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
 
-    def start(self) -> int:
+    def start(self) -> None:
+        """Bind and serve; raises OSError if the address cannot be bound."""
         host, port = parse_host_port(self._endpoint)
         bound = self._server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
         if bound == 0:
             raise OSError(f"cannot bind the OTLP/gRPC receiver to {self._endpoint}")
         self._server.start()
+        self.port = int(bound)
         log.info("OTLP/gRPC receiver listening on %s:%d", host, bound)
-        return int(bound)
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Refuse new calls, let running ones finish within `grace` seconds."""
-        self._server.stop(grace).wait(grace + 1)
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Refuse new calls, let running ones finish within `timeout_s`."""
+        self._server.stop(timeout_s).wait(timeout_s + 1)
 
     def _handler(self, signal: Signal) -> Any:
         def export(payload: bytes, context: grpc.ServicerContext) -> bytes:

@@ -52,6 +52,7 @@ class HttpReceiver:
         self._endpoint = config.http_endpoint
         self._limit = config.max_request_body_size
         self._consumer = consumer
+        self.port: int | None = None  # bound by start()
         self._metrics = ReceiverMetrics(meter, "http")
         app = web.Application()
         for signal in Signal:
@@ -61,13 +62,14 @@ class HttpReceiver:
         self._server = AiohttpServerThread(app, host, port, "otlp-http", auto_decompress=False)
         self._empty_protobuf: dict[Signal, bytes] = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
 
-    def start(self) -> int:
-        port = self._server.start()
-        log.info("OTLP/HTTP receiver listening on %s", self._endpoint.rsplit(":", 1)[0] + f":{port}")
-        return port
+    def start(self) -> None:
+        """Bind and serve; raises OSError if the address cannot be bound."""
+        self.port = self._server.start()
+        log.info("OTLP/HTTP receiver listening on %s", self._endpoint.rsplit(":", 1)[0] + f":{self.port}")
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._server.stop(timeout)
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Refuse new requests, let running ones finish within `timeout_s`."""
+        self._server.shutdown(timeout_s)
 
     def _route(self, signal: Signal) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:

@@ -4,7 +4,8 @@ A function declares what it needs by parameter name — `inputs`, `outputs`, `ex
 `trace` — and returns a bool, a number, a string, a Feedback or a list of Feedbacks. tracejudge
 only loads them from an importable `module:function` named in the config file, never from the
 network. They run in threads with a timeout (CodeRunner); an exception or a timeout becomes an
-assessment with `error` set, so a broken scorer shows up in the results instead of vanishing.
+assessment with `error` set (scoring/assessments.py), so a broken scorer shows up in the results
+instead of vanishing.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
-
-from tracejudge.model import Assessment, AssessmentSource, AssessmentValue, Feedback
 
 from .view import TraceView
 
@@ -123,67 +121,3 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[str], None],
     """From a scorer's thread; a call that returns after its loop has closed has nobody left to tell."""
     if not loop.is_closed():
         loop.call_soon_threadsafe(callback, name)
-
-
-def to_assessments(
-    result: Any, name: str, view: TraceView, source: AssessmentSource, source_id: str, version: int, latency_ms: float
-) -> list[Assessment]:
-    """Normalize whatever a scorer returned into assessments."""
-    items = result if isinstance(result, list) else [result]
-    return [_one(item, name, view, source, source_id, version, latency_ms) for item in items]
-
-
-def _one(
-    item: Any, name: str, view: TraceView, source: AssessmentSource, source_id: str, version: int, latency_ms: float
-) -> Assessment:
-    feedback = item if isinstance(item, Feedback) else Feedback(value=item)
-    value = feedback.value
-    if not isinstance(value, (bool, int, float, str, type(None))):
-        return error_assessment(name, view, source, source_id, version, "bad_return",
-                                f"returned {type(value).__name__}; expected bool, number, str or Feedback")  # fmt: skip
-    return Assessment(
-        name=feedback.name or name,
-        trace_id=view.trace_id,
-        span_id=view.root_span_id,
-        value=value,
-        source=source,
-        source_id=source_id,
-        score=numeric_score(value),
-        label=value_label(value),
-        rationale=feedback.rationale,
-        error=feedback.error,
-        error_type="scorer_error" if feedback.error else None,
-        session_id=view.session_id,
-        scorer_version=version,
-        metadata=dict(feedback.metadata),
-        latency_ms=latency_ms,
-        timestamp_ns=time.time_ns(),
-    )
-
-
-def error_assessment(
-    name: str, view: TraceView, source: AssessmentSource, source_id: str, version: int, kind: str, message: str
-) -> Assessment:
-    return Assessment(
-        name=name, trace_id=view.trace_id, span_id=view.root_span_id, value=None, source=source,
-        source_id=source_id, label="error", error=message, error_type=kind, session_id=view.session_id,
-        scorer_version=version, timestamp_ns=time.time_ns(),
-    )  # fmt: skip
-
-
-def numeric_score(value: AssessmentValue) -> float | None:
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and value.lower() in ("yes", "no", "pass", "fail", "true", "false"):
-        return 1.0 if value.lower() in ("yes", "pass", "true") else 0.0
-    return None
-
-
-def value_label(value: AssessmentValue) -> str | None:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, str) and len(value) <= 64:
-        return value
-    return None

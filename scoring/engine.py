@@ -1,9 +1,10 @@
 """ScoringEngine: the TraceConsumer that samples decided traces and accounts for every sampled pair.
 
 On the assembler's thread it only samples (a trace id comparison per active scorer), so a trace no
-scorer samples costs nothing more. Sampled traces go to the scoring worker process (scoring/worker.py),
-which extracts, filters and scores them; its assessments come back here, as archive rows, to be
-counted and archived.
+scorer samples costs nothing more. Sampled traces go to a ScoringBackend, where the scoring loop
+(scoring/loop.py) extracts, filters and scores them and emits the assessments: the scoring worker
+process in the sidecar (scoring/worker.py), a thread in an app's own process (scoring/thread.py). What
+comes back here is progress: which traces are finished, so that every sampled pair is accounted for.
 Shed scoring, never spans: when the backlog is full, or a trace is incomplete, or tracejudge is
 stopping, or the worker died holding it, each (trace, scorer) pair is recorded as skipped with its
 reason (metric + archive row), to be backfilled later.
@@ -28,37 +29,43 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from tracejudge.model import Trace
 
-from .registry import ScorerRegistry
+from .registry import RegistryError, ScorerRegistry
 from .sampling import randomness, threshold
 from .spec import ScorerSpec
-from .worker import Progress
+from .worker_protocol import Progress
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_AFTER = 3  # worker restarts a scorer's never-returning calls may cause before it is quarantined
 
 
-class WorkerHandle(Protocol):
+class ScoringBackend(Protocol):
+    """Where the scoring loop runs; it reports back through the engine's on_progress and on_worker_lost."""
+
+    def start(self) -> None: ...
     def send_specs(self, specs: list[ScorerSpec]) -> None: ...
     def submit(self, batch: list[tuple[Trace, list[str]]]) -> None: ...
     def discard_queued(self) -> None: ...
+    def validate(self, spec: ScorerSpec) -> str | None: ...
     def drain(self, timeout_s: float) -> bool: ...
+
+
+class ScorerCannotRun(RegistryError):
+    """A spec the scoring loop cannot build: a code scorer that does not import, a judge it cannot reach."""
 
 
 class ScoringEngine:
     def __init__(
         self,
         registry: ScorerRegistry,
-        record_assessments: Callable[[list[dict[str, Any]]], None],
         record_skipped: Callable[[list[dict[str, Any]]], None],
         meter: metrics.Meter,
         max_backlog: int = 10_000,
     ) -> None:
         self._registry = registry
-        self._record_assessments = record_assessments
         self._record_skipped = record_skipped
         self._max_backlog = max_backlog
-        self._worker: WorkerHandle | None = None
+        self._worker: ScoringBackend | None = None
         self._active: list[tuple[str, int]] = []  # (scorer name, sampling threshold)
         self._registrations: dict[str, str] = {}  # active scorer name -> its spec as JSON, to see it change
         self._strikes: Counter[str] = Counter()  # worker restarts each active scorer caused
@@ -79,10 +86,24 @@ class ScoringEngine:
         )
         registry.on_change(self.reload)
 
-    def attach(self, worker: WorkerHandle) -> None:
-        """The worker that scores; it gets the active scorers now and on every registry change."""
+    def attach(self, worker: ScoringBackend) -> None:
+        """The backend that scores; it gets the active scorers now and on every registry change."""
         self._worker = worker
         self.reload()
+
+    def start(self) -> None:
+        if self._worker is None:
+            raise RuntimeError("attach a ScoringBackend before starting the engine")
+        self._worker.start()
+
+    def validate(self, spec: ScorerSpec) -> None:
+        """The registry's check that `spec` can run: answered where it would run (a code scorer is imported
+        there, never here). Raises ScorerCannotRun."""
+        if self._worker is None:
+            raise ScorerCannotRun("scoring is not running")
+        error = self._worker.validate(spec)
+        if error is not None:
+            raise ScorerCannotRun(error)
 
     def reload(self) -> None:
         specs = self._registry.active()
@@ -132,8 +153,6 @@ class ScoringEngine:
         """A report from the worker (its reader thread): record, count, release backlog."""
         if progress.stuck:
             self._strike(progress.stuck)
-        if progress.rows:
-            self._record_assessments(progress.rows)
         for name, count in progress.scored.items():
             self._scored.add(count, {"scorer": name})
         for (name, reason), count in progress.skipped.items():
@@ -149,12 +168,12 @@ class ScoringEngine:
         self._restarts.add(1)
         self._abandon(reason)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop admitting; let running scorers finish within `timeout`; record the rest as skipped."""
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop admitting; let running scorers finish within `timeout_s`; record the rest as skipped."""
         self._accepting = False
         if self._worker is None:
             return
-        if not self._worker.drain(timeout):
+        if not self._worker.drain(timeout_s):
             log.error("the scoring worker did not report back after stopping")
         left = self._abandon("shutdown")
         if left:

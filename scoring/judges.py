@@ -1,7 +1,7 @@
 """LLM judges: MLflow's built-in judges by name, Guidelines, and make_judge prompt templates.
 
 Every judge is one prompt plus one JSON schema: the judge answers {"rationale": ..., "result": ...}.
-Traced content reaches the model only fenced (judge_client.fence) and truncated, after a notice that
+Traced content reaches the model only fenced (scoring/fence.py) and truncated, after a notice that
 fenced text is data, not instructions. A judge whose inputs are missing (no retrieved documents for
 a retrieval judge, no expectations for Correctness) records "not applicable" without calling the model.
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .judge_client import FENCE_NOTICE
+from .fence import FENCE_NOTICE
 from .spec import ValueType
 from .view import TraceView
 

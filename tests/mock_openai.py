@@ -160,7 +160,7 @@ class MockOpenAI:
 
     def stop(self) -> None:
         self._closing.set()
-        self._server.stop()
+        self._server.shutdown()
 
     def __enter__(self) -> MockOpenAI:
         return self.start()

@@ -95,7 +95,7 @@ def test_late_spans_never_start_a_second_trace():
     assembler.add_spans(request(span(tid, parent=os.urandom(8))))
     clock.now += 100
     assembler.tick()
-    assembler.stop()
+    assembler.shutdown()
     assert len(recorder.traces) == 1 and assembler.buffered_traces == 0
 
 
@@ -108,7 +108,7 @@ def test_memory_cap_evicts_oldest_first_and_accounting_returns_to_zero():
     assert assembler.buffered_bytes <= 5000
     assert [t.trace_id for t in recorder.traces] == ids[: len(recorder.traces)]
     assert {(t.reason, t.complete) for t in recorder.traces} == {(CompletionReason.MEMORY_CAP, False)}
-    assembler.stop()
+    assembler.shutdown()
     assert len(recorder.traces) == 20 and assembler.buffered_bytes == 0
 
 

@@ -40,7 +40,7 @@ from tracejudge.scoring.filters import FilterSyntaxError, parse_filter
 from tracejudge.scoring.judge_client import JudgePool
 from tracejudge.scoring.judges import BUILTIN_JUDGES
 from tracejudge.scoring.registry import ScorerRegistry
-from tracejudge.scoring.scorers import build_scorer
+from tracejudge.scoring.evaluators import build_evaluator
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.testing import free_port
 
@@ -55,10 +55,10 @@ def mentions_refund(outputs: Any) -> bool:
 
 
 def make_registry(path: Path, max_active: int = 20) -> ScorerRegistry:
-    """A registry validating specs as the pipeline does: build_scorer, so unknown builtins are refused."""
+    """A registry validating specs as the scoring loop does: build_evaluator, so unknown builtins are refused."""
     judges = JudgePool({})
     code = CodeRunner(1, 1.0)
-    return ScorerRegistry(path, max_active, validate=lambda spec: build_scorer(spec, judges.get, code))
+    return ScorerRegistry(path, max_active, validate=lambda spec: build_evaluator(spec, judges.get, code))
 
 
 @dataclass
@@ -92,7 +92,7 @@ def serve() -> Iterator[Callable[..., ControlPlane]]:
         app.add_routes(http_routes(service))
         http = AiohttpServerThread(app, "127.0.0.1", 0, "control-http", auto_decompress=False)
         http_port = http.start()
-        stops.append(http.stop)
+        stops.append(http.shutdown)
         return ControlPlane(registry, grpc_port, http_port)
 
     yield start

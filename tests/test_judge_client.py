@@ -15,14 +15,13 @@ import pytest
 from mock_openai import MockOpenAI, faults, fill
 
 from tracejudge.scoring.config import JudgeEndpointConfig
+from tracejudge.scoring.fence import FENCE_NOTICE, fence
 from tracejudge.scoring.judge_client import (
-    FENCE_NOTICE,
     JudgeClient,
     JudgeError,
     JudgeReply,
     TokenBucket,
     backoff_delay,
-    fence,
     parse_json_object,
     retry_after_seconds,
     strict_schema,

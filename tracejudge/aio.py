@@ -46,13 +46,13 @@ class AiohttpServerThread:
         await site.start()
         return int(self._runner.addresses[0][1])
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def shutdown(self, timeout_s: float = 5.0) -> None:
         if not self._thread.is_alive():
             return
         if self._runner is not None:
-            self._call(self._runner.cleanup(), timeout)
+            self._call(self._runner.cleanup(), timeout_s)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout)
+        self._thread.join(timeout_s)
         if not self._thread.is_alive():
             self._loop.close()
 

@@ -102,16 +102,13 @@ def serve(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     configure_logging(config.telemetry.log_level)
-    from tracejudge.pipeline import Pipeline
     from tracejudge.scoring.registry import RegistryError
-    from tracejudge.scoring.scorers import UnknownScorer
+    from tracejudge.sidecar import Sidecar
 
     try:
-        pipeline = Pipeline(config)
-    except (RegistryError, UnknownScorer) as exc:
+        Sidecar(config).serve_until_signalled()
+    except RegistryError as exc:
         raise click.ClickException(f"cannot start: a scorer in the config cannot run: {exc}") from exc
-    try:
-        pipeline.serve_until_signalled()
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
 

@@ -1,9 +1,10 @@
-"""The scoring worker process's entry point: `python -m tracejudge.scoring_worker --fd N`.
+"""The scoring worker process: `python -m tracejudge.scoring_worker --fd N` (scoring/worker.py starts it).
 
-It wires scoring/worker.py's ScoringLoop to an AssessmentEmitter whose outputs are relayed to the
-sidecar over the socket it was given: encoded OTLP batches for the forwarder's queue (so verdicts
-are retried and spilled like app data), and `assessments` rows with each progress report. The
-sidecar counts its metrics from those rows, so /metrics stays one endpoint, and archives them.
+It wires the scoring loop (scoring/loop.py) to an AssessmentEmitter (exporter/emitter.py) whose
+outputs leave over the channel to the sidecar, already encoded: OTLP batches for the forwarder's
+queue (so verdicts are retried and spilled like app data) and `assessments` rows frames for the
+archive. The emitter records the assessment metrics here, in the worker, where each verdict is
+emitted; the sidecar's /metrics asks for them (METRICS) and serves them with its own.
 """
 
 from __future__ import annotations
@@ -13,53 +14,90 @@ import gc
 import logging
 import os
 import sys
-import threading
-from multiprocessing.connection import Connection
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tracejudge import __version__
 from tracejudge.aio import new_event_loop
-from tracejudge.exporter.assessment_emitter import AssessmentEmitter
+from tracejudge.child_process import ParentChannel
+from tracejudge.exporter.archive_protocol import rows_frame
+from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
 from tracejudge.logs import configure_logging
 from tracejudge.model import Signal
-from tracejudge.scoring.worker import FORWARD, INIT, RESTART_EXIT_CODE, RowBuffer, ScoringLoop, WorkerSettings
+from tracejudge.otlp import metric_exporter
+from tracejudge.scoring.loop import ScoringLoop
+from tracejudge.scoring.worker_protocol import (
+    ARCHIVE,
+    FORWARD,
+    INIT,
+    METRICS,
+    METRICS_TEXT,
+    RESTART_EXIT_CODE,
+    Message,
+    WorkerSettings,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("tracejudge.scoring.worker")
 
 
 class SidecarChannel:
-    """The worker's end of the socket. The event loop and the SDK's export threads all send on it."""
+    """The worker's end of the channel, for the loop, the emitter's exporters and its row sink. A METRICS
+    request is answered here, on the reading thread: the loop knows nothing of metrics."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._lock = threading.Lock()
+    def __init__(self, parent: ParentChannel, registry: CollectorRegistry) -> None:
+        self._parent = parent
+        self._registry = registry
 
-    def send(self, message: tuple[Any, ...]) -> bool:
-        with self._lock:
-            try:
-                self._conn.send(message)
-            except OSError:
-                return False
-        return True
+    def send(self, message: Message) -> bool:
+        return self._parent.send(encode(message))
 
-    def recv(self) -> tuple[Any, ...]:
-        message: tuple[Any, ...] = self._conn.recv()
-        return message
+    def recv(self) -> Message | None:
+        while (frame := self._parent.recv()) is not None:
+            message = decode(frame)
+            if message[0] != METRICS:
+                return message
+            self.send((METRICS_TEXT, message[1], generate_latest(self._registry)))
+        return None
 
     def forward(self, signal: Signal, payload: bytes, items: int) -> None:
         if not self.send((FORWARD, signal, payload, items)):
             log.error("the sidecar is gone; %d verdict %s not forwarded", items, signal.value)
 
+    def write_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not self.send((ARCHIVE, rows_frame(table, rows), len(rows))):
+            log.error("the sidecar is gone; %d %s rows not archived", len(rows), table)
 
-def build_emitter(settings: WorkerSettings, channel: SidecarChannel, rows: RowBuffer) -> AssessmentEmitter:
+
+def worker_metrics(settings: WorkerSettings) -> tuple[MeterProvider, CollectorRegistry]:
+    """The worker's own meter: read by the sidecar's /metrics (no target_info: the sidecar's own says who
+    it is), and pushed by OTLP beside the sidecar's when telemetry.otlp_endpoint is set."""
+    registry = CollectorRegistry()
+    readers: list[MetricReader] = [PrometheusMetricReader(disable_target_info=True, registry=registry)]
+    if settings.metrics_otlp_endpoint:
+        exporter = metric_exporter(settings.metrics_otlp_endpoint)
+        readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=settings.metrics_otlp_interval_s
+                                                     * 1000))  # fmt: skip
+    resource = Resource.create({"service.name": "tracejudge", "service.version": __version__})
+    return MeterProvider(metric_readers=readers, resource=resource), registry
+
+
+def build_emitter(settings: WorkerSettings, channel: SidecarChannel, provider: MeterProvider) -> AssessmentEmitter:
     exporters = (QueuedSpanExporter(channel.forward), QueuedLogExporter(channel.forward))
     return AssessmentEmitter(
-        None,
-        None,
-        archive=rows,
+        exporters if settings.emit_otlp else None,
+        provider.get_meter("tracejudge", __version__),
+        channel if settings.archive else None,
         export_interval_s=settings.emit_interval_s,
-        exporters=exporters if settings.emit_otlp else None,
     )
 
 
@@ -81,31 +119,34 @@ def lower_priority(increment: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fd", type=int, required=True, help="the socket shared with the sidecar")
+    parser.add_argument("--fd", type=int, required=True, help="the channel to the sidecar")
     parser.add_argument("--nice", type=int, default=10, help="CPU priority increment")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     os.set_inheritable(args.fd, False)
     configure_logging(args.log_level)
     lower_priority(args.nice)
-    channel = SidecarChannel(Connection(args.fd))
-    kind, settings = channel.recv()
-    if kind != INIT:
-        raise SystemExit(f"expected {INIT!r} first, got {kind!r}")
+    parent = ParentChannel(args.fd)
+    first = parent.recv()
+    if first is None or decode(first)[0] != INIT:
+        raise SystemExit(f"expected {INIT!r} first from the sidecar")
+    settings: WorkerSettings = decode(first)[1]
     sys.path.extend(p for p in settings.sys_path if p not in sys.path)
+    provider, registry = worker_metrics(settings)
+    channel = SidecarChannel(parent, registry)
     gc.collect()
     gc.freeze()  # start-up's objects live as long as the process: collections need not walk them
-    gc.set_threshold(10_000, 20, 20)  # the sidecar's setting (pipeline.tune_garbage_collector), same reason
+    gc.set_threshold(10_000, 20, 20)  # the sidecar's setting (sidecar.tune_garbage_collector), same reason
     loop = new_event_loop()
     code = 1
     try:
-        rows = RowBuffer()
-        scoring = ScoringLoop(settings, channel, build_emitter(settings, channel, rows), rows)
+        scoring = ScoringLoop(settings, channel, build_emitter(settings, channel, provider))
         code = RESTART_EXIT_CODE if loop.run_until_complete(scoring.run()) else 0
     except BaseException:
         log.exception("the scoring worker failed")
     finally:
         loop.close()
+        provider.shutdown()
     # A code scorer thread that never returned would keep a normal interpreter exit waiting for it
     # forever (the sidecar would then wait for this process forever), so leave without joining threads.
     logging.shutdown()

@@ -7,20 +7,23 @@ starting or draining), which is what a Kubernetes readiness probe wants.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 from aiohttp import web
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from tracejudge import __version__
 from tracejudge.aio import AiohttpServerThread
 from tracejudge.config import Duration, StrictConfig, parse_host_port
+from tracejudge.otlp import metric_exporter
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +43,45 @@ class SelfTelemetry:
         if config.otlp_endpoint:
             readers.append(
                 PeriodicExportingMetricReader(
-                    _otlp_metric_exporter(config.otlp_endpoint), export_interval_millis=config.otlp_interval * 1000
+                    metric_exporter(config.otlp_endpoint), export_interval_millis=config.otlp_interval * 1000
                 )
             )
         resource = Resource.create({"service.name": "tracejudge", "service.version": __version__})
         self.provider = MeterProvider(metric_readers=readers, resource=resource)
         self.meter: metrics.Meter = self.provider.get_meter("tracejudge", __version__)
         self.ready = False
+        self.port: int | None = None  # bound by start(), None while disabled
         self._admin: AiohttpServerThread | None = None
+        self._expositions: list[Callable[[], bytes]] = []
 
-    def start(self) -> int | None:
-        """Serve /metrics, /healthz and /readyz; returns the bound port, or None when disabled."""
+    def add_exposition(self, source: Callable[[], bytes]) -> None:
+        """Metrics another process records (the scoring worker's), served on /metrics with these: one
+        endpoint to scrape. `source` gives Prometheus text; it is called off the event loop."""
+        self._expositions.append(source)
+
+    def start(self) -> None:
+        """Serve /metrics, /healthz and /readyz (unless disabled); `port` is the bound port."""
         if not self._config.prometheus_endpoint:
-            return None
+            return
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         host, port = parse_host_port(self._config.prometheus_endpoint)
         self._admin = AiohttpServerThread(app, host, port, "admin-http")
-        bound = self._admin.start()
-        log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, bound)
-        return bound
+        self.port = self._admin.start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, self.port)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 5.0) -> None:
         if self._admin is not None:
-            self._admin.stop()
-        self.provider.shutdown()
+            self._admin.shutdown(timeout_s)
+        self.provider.shutdown(timeout_millis=timeout_s * 1000)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
+        if self._expositions:
+            loop = asyncio.get_running_loop()
+            body += b"".join(await asyncio.gather(*(loop.run_in_executor(None, s) for s in self._expositions)))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
@@ -79,13 +91,3 @@ class SelfTelemetry:
         if self.ready:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")
-
-
-def _otlp_metric_exporter(url: str) -> MetricExporter:
-    if url.startswith("grpc://"):
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
-
-        return GrpcExporter(endpoint=url.removeprefix("grpc://"), insecure=True)
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
-
-    return HttpExporter(endpoint=url.rstrip("/") + "/v1/metrics")

@@ -16,10 +16,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from tracejudge.exporter.archive import ParquetArchive
-from tracejudge.exporter.assessment_emitter import AssessmentEmitter
 from tracejudge.exporter.config import ArchiveConfig
+from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.model import Assessment, AssessmentSource
-from tracejudge.otlp import any_value, attributes_dict
+from tracejudge.otlp import any_value, attributes_dict, span_and_log_exporters
 from tracejudge.testing import wait_until
 
 from archive_reader import query
@@ -116,7 +116,9 @@ def test_spans_events_and_log_records_reach_an_otlp_sink(
     transport: str, request: pytest.FixtureRequest, meter_provider: MeterProvider
 ) -> None:
     sink: GrpcSink | HttpSink = request.getfixturevalue(f"{transport}_sink")
-    emitter = AssessmentEmitter(sink.url, meter_provider.get_meter("tracejudge"), headers={"X-Tenant": "t1"})
+    emitter = AssessmentEmitter(
+        span_and_log_exporters(sink.url, {"X-Tenant": "t1"}), meter_provider.get_meter("tracejudge")
+    )
     emitter.emit(sample_assessments())
     assert emitter.force_flush(10)
     assert wait_until(lambda: len(sink.received.spans()) == 3 and len(logs_of(sink.received)) == 3)
@@ -242,8 +244,9 @@ def test_archive_rows_join_spans_in_duckdb(tmp_path: Path, meter_provider: Meter
     archive.start()
     try:
         archive.write_spans(_spans_request(TRACE_ID, ROOT_SPAN_ID), 1)
-        emitter = AssessmentEmitter(None, meter, archive=archive)
+        emitter = AssessmentEmitter(None, meter, archive)
         emitter.emit(sample_assessments())
+        emitter.shutdown()  # hands the batched rows to the archive
     finally:
         archive.shutdown()
 
@@ -291,15 +294,16 @@ def test_failures_never_reach_the_caller(
 ) -> None:
     grpc_sink.failing = True
     archive = BrokenArchive()
-    emitter = AssessmentEmitter(grpc_sink.url, meter_provider.get_meter("tracejudge"), archive=archive, timeout_s=0.5)
+    exporters = span_and_log_exporters(grpc_sink.url, timeout_s=0.5)
+    emitter = AssessmentEmitter(exporters, meter_provider.get_meter("tracejudge"), archive)
     bad_ids = Assessment(
         name="relevance", trace_id="not-hex", span_id="", value=True, source=AssessmentSource.CODE, source_id="x"
     )
     started = time.monotonic()
     emitter.emit([*sample_assessments(), bad_ids])  # the sink is down, the archive raises, one id is bad
     assert time.monotonic() - started < 0.5  # only enqueued
-    assert archive.calls == 1
     emitter.force_flush(5)
+    assert archive.calls == 1  # the rows of both calls went in one batch, and it raised
     assert grpc_sink.received.spans() == []
 
     grpc_sink.failing = False
@@ -316,6 +320,22 @@ def test_failures_never_reach_the_caller(
     assert counts == 5  # 3 + the one with bad ids + 1; nothing after shutdown
 
 
-def test_unknown_scheme_is_a_clear_error(meter_provider: MeterProvider) -> None:
+def test_unknown_scheme_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="grpc://host:port"):
-        AssessmentEmitter("tcp://127.0.0.1:4317", meter_provider.get_meter("tracejudge"))
+        span_and_log_exporters("tcp://127.0.0.1:4317")
+
+
+def test_without_an_endpoint_verdicts_go_where_the_apps_otel_settings_point(
+    http_sink: HttpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process mode's default: the app's own OTEL_EXPORTER_OTLP_* settings, protocol included."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", http_sink.url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    emitter = AssessmentEmitter(span_and_log_exporters(None), None)
+    emitter.emit(sample_assessments()[:1])
+    assert emitter.force_flush(10)
+    assert wait_until(lambda: len(http_sink.received.spans()) == 1 and len(logs_of(http_sink.received)) == 1)
+    emitter.shutdown()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(ValueError, match="grpc or http/protobuf"):
+        span_and_log_exporters(None)

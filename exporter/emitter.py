@@ -1,20 +1,26 @@
-"""AssessmentEmitter: each verdict back into OpenTelemetry, and into the archive.
+"""AssessmentEmitter: the one place an assessment becomes everything it becomes, counted once.
 
-For every Assessment (tracejudge.model) it writes:
+For every Assessment (tracejudge.model), in one call:
 
 1. a span `evaluation {name}` inside the evaluated trace (same trace id, parent = the evaluated
    span), from `timestamp_ns - latency` to `timestamp_ns`, status ERROR when the scorer failed,
    carrying a span event `gen_ai.evaluation.result` with the GenAI semantic-convention attributes;
 2. the same event as an OTLP log record (`event_name = gen_ai.evaluation.result`) whose
    trace_id/span_id are the evaluated span's, which is how the GenAI semconv defines the event;
-3. metrics on tracejudge's own meter: `gen_ai.evaluation.score` (histogram, unit 1), and the
-   counters/histograms `tracejudge.assessments`, `tracejudge.judge.latency`, `tracejudge.judge.tokens`;
-4. a row of the archive's `assessments` table (exporter/rows.py ASSESSMENTS_SCHEMA).
+3. metrics on the given meter: `gen_ai.evaluation.score` (histogram, unit 1), and the counters and
+   histograms `tracejudge.assessments`, `tracejudge.judge.latency`, `tracejudge.judge.tokens`;
+4. a row of the archive's `assessments` table (exporter/rows.py ASSESSMENTS_SCHEMA), handed to the
+   row sink in batches at most `export_interval_s` apart, as the SDK batches spans and log records.
+
+Where each output goes is the caller's choice, not the emitter's: the scoring worker hands the
+sidecar encoded OTLP for its forwarder's queue and rows for its archive, and its metrics are part of
+the sidecar's /metrics; an app's own process (tracejudge/inprocess.py) exports OTLP and metrics to an
+OTLP endpoint; human feedback and backfill use the same emitter.
 
 OTLP goes through opentelemetry-sdk's own TracerProvider and LoggerProvider (never installed as the
 global providers: the host application's instrumentation must not be routed here) with the
-BatchSpanProcessor / BatchLogRecordProcessor and the opentelemetry-exporter-otlp exporters, so
-`emit()` only enqueues; export, retries and failures happen on the SDK's threads, which log them.
+BatchSpanProcessor / BatchLogRecordProcessor, so `emit()` only enqueues; export, retries and failures
+happen on the SDK's threads, which log them.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import orjson
 from opentelemetry import metrics, trace
@@ -54,21 +60,19 @@ ERROR_TYPE = "error.type"
 OTHER_ERROR = "_OTHER"
 NONE = "none"  # metric attribute value for "no label" / "no error": Prometheus has no null
 
-SCOPE = "tracejudge.exporter.assessment_emitter"
+SCOPE = "tracejudge.exporter.emitter"
 SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
 LATENCY_BUCKETS_MS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 120000.0)
 
 
-class AssessmentRowSink(Protocol):
-    """Where `assessments` rows go: exporter.archive.ParquetArchive."""
+class RowSink(Protocol):
+    """Where `assessments` rows go: exporter.archive.ParquetArchive, or a relay to it."""
 
     def write_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
 
 class AssessmentMetrics:
-    """The assessment metrics: `gen_ai.evaluation.score` and tracejudge's assessment, latency and token
-    series, counted from `assessments` rows (`assessment_row`): the scoring worker ships rows, not
-    Assessments, so the sidecar counts what it archives."""
+    """The assessment metrics: `gen_ai.evaluation.score` and tracejudge's assessment, latency and token series."""
 
     def __init__(self, meter: metrics.Meter) -> None:
         self._score = meter.create_histogram(
@@ -94,20 +98,16 @@ class AssessmentMetrics:
             description="Tokens the LLM judges used, by assessment name and direction (input/output)",
         )
 
-    def record_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        for row in rows:
-            self.record(row)
-
-    def record(self, row: Mapping[str, Any]) -> None:
-        name = row["name"]
-        if row["score"] is not None:
-            self._score.record(row["score"], {EVALUATION_NAME: name})
-        label, error_type = row["label"] or NONE, row["error_type"] or NONE
-        self._assessments.add(1, {"name": name, "label": label, "source": row["source"], "error_type": error_type})
-        if row["latency_ms"] is not None:
-            self._latency.record(row["latency_ms"], {"name": name})
-        for direction in ("input", "output"):
-            tokens = row[f"judge_{direction}_tokens"]
+    def record(self, assessment: Assessment) -> None:
+        name = assessment.name
+        if assessment.score is not None:
+            self._score.record(assessment.score, {EVALUATION_NAME: name})
+        labels = {"name": name, "label": assessment.label or NONE, "source": assessment.source.value,
+                  "error_type": _error_type(assessment) or NONE}  # fmt: skip
+        self._assessments.add(1, labels)
+        if assessment.latency_ms is not None:
+            self._latency.record(assessment.latency_ms, {"name": name})
+        for direction, tokens in (("input", assessment.judge_input_tokens), ("output", assessment.judge_output_tokens)):
             if tokens:
                 self._tokens.add(tokens, {"name": name, "direction": direction})
 
@@ -115,36 +115,30 @@ class AssessmentMetrics:
 class AssessmentEmitter:
     """Emit assessments as OTLP spans, span events, log events, metrics and archive rows.
 
-    `url`: `grpc://host:port`, `http://host:port` or `https://host:port` (the form of tracejudge's
-    forward URLs); None emits no OTLP, only metrics and archive rows. `meter`: tracejudge's own
-    meter (tracejudge.telemetry.SelfTelemetry.meter), or None where metrics are recorded elsewhere
-    (the scoring worker emits, the sidecar records metrics). `archive`: an object with
-    `write_assessments(list[dict])`, or None.
+    `exporters`: the span and log exporters OTLP goes through (`otlp_exporters` for an endpoint, or
+    exporters of tracejudge's own that queue the encoded batches), or None for no OTLP. `meter`: where
+    the assessment metrics are recorded, or None. `rows`: where `assessments` rows go, or None.
     """
 
     def __init__(
         self,
-        url: str | None,
+        exporters: tuple[SpanExporter, LogRecordExporter] | None,
         meter: metrics.Meter | None,
+        rows: RowSink | None = None,
         *,
-        headers: Mapping[str, str] | None = None,
-        archive: AssessmentRowSink | None = None,
-        compression: Literal["none", "gzip"] = "none",
-        timeout_s: float = 10.0,
         export_interval_s: float = 1.0,
         max_queue_size: int = 8192,
-        exporters: tuple[SpanExporter, LogRecordExporter] | None = None,
     ) -> None:
-        """`exporters` replaces the OTLP exporters built from `url` (tracejudge passes queue-backed ones)."""
-        self._archive = archive
+        self._rows = rows
+        self._pending_rows: list[dict[str, Any]] = []
+        self._rows_timer: threading.Timer | None = None
+        self._export_interval_s = export_interval_s
         self._lock = threading.Lock()
         self._closed = False
         self._tracer_provider: TracerProvider | None = None
         self._logger_provider: LoggerProvider | None = None
-        if url is not None or exporters is not None:
-            span_exporter, log_exporter = exporters or _otlp_exporters(
-                str(url), dict(headers or {}), compression, timeout_s
-            )
+        if exporters is not None:
+            span_exporter, log_exporter = exporters
             resource = Resource.create({"service.name": "tracejudge", "service.version": __version__})
             delay_ms = export_interval_s * 1000
             # ALWAYS_ON, not the default ParentBased sampler: an evaluation span is wanted whatever
@@ -159,7 +153,6 @@ class AssessmentEmitter:
             )
         self._tracer = self._tracer_provider.get_tracer(SCOPE, __version__) if self._tracer_provider else None
         self._logger = self._logger_provider.get_logger(SCOPE, __version__) if self._logger_provider else None
-
         self._metrics = AssessmentMetrics(meter) if meter is not None else None
 
     @property
@@ -177,24 +170,21 @@ class AssessmentEmitter:
         rows: list[dict[str, Any]] = []
         for assessment in assessments:
             try:
-                if self._metrics is not None or self._archive is not None:
-                    row = assessment_row(assessment, emitted_at)
-                    rows.append(row)
-                    if self._metrics is not None:
-                        self._metrics.record(row)
+                if self._metrics is not None:  # first: an OTLP failure must not lose the count
+                    self._metrics.record(assessment)
+                if self._rows is not None:
+                    rows.append(assessment_row(assessment, emitted_at))
                 if self._tracer is not None:
                     self._emit_otlp(assessment, emitted_at)
             except Exception:
                 log.exception("could not emit assessment %r on trace %s", assessment.name, assessment.trace_id)
-        if rows and self._archive is not None:
-            try:
-                self._archive.write_rows("assessments", rows)
-            except Exception as exc:
-                log.warning("could not archive %d assessment(s): %s", len(rows), exc)
+        if rows:
+            self._queue_rows(rows)
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         """Export what is queued; True when everything was handed to the exporters in time."""
         deadline = time.monotonic() + timeout_s
+        self._write_rows()
         done = True
         for provider in (self._tracer_provider, self._logger_provider):
             if provider is not None:
@@ -202,18 +192,40 @@ class AssessmentEmitter:
                 done = bool(provider.force_flush(remaining_ms)) and done
         return done
 
-    def shutdown(self) -> None:
-        """Flush and stop the OTLP pipelines (idempotent). The archive belongs to its owner."""
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Export what is queued, within `timeout_s`, and stop the OTLP pipelines (idempotent)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        self.force_flush(timeout_s)
         for provider in (self._tracer_provider, self._logger_provider):
             if provider is not None:
                 try:
                     provider.shutdown()
                 except Exception:
                     log.exception("error while shutting down the assessment exporter")
+
+    def _queue_rows(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._pending_rows.extend(rows)
+            if self._rows_timer is None:
+                self._rows_timer = threading.Timer(self._export_interval_s, self._write_rows)
+                self._rows_timer.daemon = True
+                self._rows_timer.start()
+
+    def _write_rows(self) -> None:
+        with self._lock:
+            rows, self._pending_rows = self._pending_rows, []
+            timer, self._rows_timer = self._rows_timer, None
+        if timer is not None:
+            timer.cancel()
+        if not rows or self._rows is None:
+            return
+        try:
+            self._rows.write_rows("assessments", rows)
+        except Exception as exc:
+            log.warning("could not archive %d assessment(s): %s", len(rows), exc)
 
     def _emit_otlp(self, assessment: Assessment, emitted_at: int) -> None:
         assert self._tracer is not None and self._logger is not None
@@ -370,48 +382,3 @@ def _span_context(assessment: Assessment) -> SpanContext | None:
 
 def _json(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
-
-
-def _otlp_exporters(
-    url: str, headers: dict[str, str], compression: str, timeout_s: float
-) -> tuple[SpanExporter, LogRecordExporter]:
-    if url.startswith("grpc://"):
-        from grpc import Compression as GrpcCompression
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
-
-        endpoint = url.removeprefix("grpc://").rstrip("/")
-        grpc_compression = GrpcCompression.Gzip if compression == "gzip" else GrpcCompression.NoCompression
-        grpc_headers = {k.lower(): v for k, v in headers.items()}  # gRPC metadata keys are lowercase
-        return (
-            GrpcSpanExporter(
-                endpoint=endpoint,
-                insecure=True,
-                headers=grpc_headers,
-                timeout=timeout_s,
-                compression=grpc_compression,
-            ),
-            GrpcLogExporter(
-                endpoint=endpoint,
-                insecure=True,
-                headers=grpc_headers,
-                timeout=timeout_s,
-                compression=grpc_compression,
-            ),
-        )
-    if url.startswith(("http://", "https://")):
-        from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-
-        base = url.rstrip("/")
-        http_compression = HttpCompression.Gzip if compression == "gzip" else HttpCompression.NoCompression
-        return (
-            HttpSpanExporter(
-                endpoint=f"{base}/v1/traces", headers=headers, timeout=timeout_s, compression=http_compression
-            ),
-            HttpLogExporter(
-                endpoint=f"{base}/v1/logs", headers=headers, timeout=timeout_s, compression=http_compression
-            ),
-        )
-    raise ValueError(f"expected grpc://host:port, http://host:port or https://host:port, got {url!r}")

@@ -1,0 +1,225 @@
+"""ScoringLoop: sampled traces in, assessments out, on one event loop.
+
+It extracts each trace's view (scoring/extract.py), applies each sampled scorer's filter, runs the
+evaluators `max_concurrency` traces at a time, hands every trace's assessments to the emitter as they
+come, and reports what finished, batched every few milliseconds. It speaks scoring/worker_protocol.py
+over a channel and knows nothing of where it runs or where verdicts go: in the sidecar it runs in the
+scoring worker process (tracejudge/scoring_worker.py), in an app's own process on a thread
+(scoring/thread.py), and the emitter it is given decides what an assessment becomes.
+
+Why the sidecar runs it in a process of its own: scoring is Python holding the GIL — extraction,
+checks, code scorers and the openai SDK's ~1 ms of CPU per judge call. Inside the sidecar's process it
+took the GIL from ingest (five checks sampling every trace cut ingest to 0.4x); in a worker at a
+lower CPU priority (`scoring.worker_nice`) the kernel serves ingest first and gives scoring the rest,
+and a code scorer that spins cannot stall the receivers. Sampling and skip accounting stay with the
+engine (scoring/engine.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+from tracejudge.model import Assessment, Trace
+
+from .code import CodeRunner
+from .evaluators import Evaluator, build_evaluator
+from .extract import extract
+from .filters import TraceFilter, parse_filter
+from .judge_client import JudgePool
+from .spec import ScorerSpec
+from .worker_protocol import (
+    DRAIN,
+    DRAINED,
+    PROGRESS,
+    SCORE,
+    SPECS,
+    VALIDATE,
+    VALIDATED,
+    Message,
+    Progress,
+    WorkerSettings,
+)
+
+log = logging.getLogger("tracejudge.scoring.worker")
+
+_EOF = "eof"  # the reader thread's own marker: the engine's side is gone
+_RESTART = "restart"  # the loop's own marker: stuck code scorers hold every code-scorer thread
+RESTART_DRAIN_S = 5.0  # running traces get this long to finish before the worker restarts
+REPORT_DELAY_S = 0.005  # results are batched this long: one message per burst, not per assessment
+
+
+@dataclass(frozen=True)
+class LoadedScorer:
+    spec: ScorerSpec
+    evaluator: Evaluator
+    filter: TraceFilter
+
+
+class Channel(Protocol):
+    """The loop's end of its channel: `recv` blocks (it is called on a thread of its own) and gives
+    None once the other side is gone; `send` may be called from any thread."""
+
+    def send(self, message: Message) -> bool: ...
+    def recv(self) -> Message | None: ...
+
+
+class Emitter(Protocol):
+    """What assessments become (exporter/emitter.py): `emit` enqueues and never blocks; `shutdown` exports
+    what is queued."""
+
+    def emit(self, assessments: Sequence[Assessment]) -> None: ...
+    def shutdown(self, timeout_s: float = 30.0) -> None: ...
+
+
+class ScoringLoop:
+    def __init__(self, settings: WorkerSettings, channel: Channel, emitter: Emitter) -> None:
+        self._channel = channel
+        self._emitter = emitter
+        self._judges = JudgePool(settings.judges)
+        self._code = CodeRunner(settings.code_workers, settings.code_timeout_s, on_exhausted=self._restart)
+        self._build = partial(build_evaluator, judge_for=self._judges.get, code=self._code)
+        self._max_concurrency = settings.max_concurrency
+        self._scorers: dict[str, LoadedScorer] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._report = Progress()
+        self._report_scheduled = False
+
+    async def run(self) -> bool:
+        """Serve until DRAIN or the other side's end (False), or until the worker must restart (True)."""
+        self._semaphore = asyncio.Semaphore(self._max_concurrency)
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._read, args=(loop,), name="scoring-reader", daemon=True).start()
+        while True:
+            kind, *body = await self._inbox.get()
+            if kind == SPECS:
+                self._load(body[0])
+            elif kind == SCORE:
+                self._spawn(body[0])
+            elif kind == VALIDATE:
+                self._validate(*body)
+            elif kind == DRAIN:
+                await self._drain(body[0], last=DRAINED)
+                return False
+            elif kind == _EOF:
+                await self._drain(0.0, last=None)
+                return False
+            elif kind == _RESTART:
+                await self._drain(RESTART_DRAIN_S, last=PROGRESS, stuck=body[0])
+                return True
+
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        while (message := self._channel.recv()) is not None:
+            loop.call_soon_threadsafe(self._inbox.put_nowait, message)
+        loop.call_soon_threadsafe(self._inbox.put_nowait, (_EOF,))
+
+    def _load(self, specs: list[ScorerSpec]) -> None:
+        """Rebuild only the scorers whose spec changed (a judge client keeps its connections)."""
+        loaded = {}
+        for spec in specs:
+            current = self._scorers.get(spec.name)
+            if current is None or current.spec != spec:
+                try:
+                    current = LoadedScorer(spec, self._build(spec), parse_filter(spec.filter_string))
+                except Exception as exc:  # validated when registered; an import can still fail here
+                    log.error("scorer %s cannot run in the scoring worker: %s", spec.name, exc)
+                    continue
+            loaded[spec.name] = current
+        self._scorers = loaded
+
+    def _validate(self, request_id: int, spec: ScorerSpec) -> None:
+        """Can `spec` run here? Answered by building it as it would run: a code scorer is imported here,
+        where it runs, never in the process that received the registration."""
+        try:
+            self._build(spec)
+            error = None
+        except Exception as exc:
+            error = str(exc) or type(exc).__name__
+        self._channel.send((VALIDATED, request_id, error))
+
+    def _spawn(self, batch: list[tuple[Trace, list[str]]]) -> None:
+        for trace, names in batch:
+            task = asyncio.create_task(self._score_trace(trace, names))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _score_trace(self, trace: Trace, names: list[str]) -> None:
+        """At most `max_concurrency` traces at a time, oldest first: with every queued trace started at
+        once, extraction of the whole queue would delay the first verdict until all were extracted."""
+        try:
+            async with self._semaphore:
+                assessments, scored, skipped = await self._score(trace, names)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scoring trace %s failed", trace.trace_id.hex())
+            assessments, scored, skipped = [], [], Counter()
+        self._add_report(trace.trace_id, assessments, scored, skipped)
+
+    async def _score(
+        self, trace: Trace, names: list[str]
+    ) -> tuple[list[Assessment], list[str], Counter[tuple[str, str]]]:
+        skipped: Counter[tuple[str, str]] = Counter((name, "scorer_unavailable") for name in names
+                                                    if name not in self._scorers)  # fmt: skip
+        chosen = [self._scorers[name] for name in names if name in self._scorers]
+        view = extract(trace)
+        if not view.has_genai:
+            skipped.update((s.spec.name, "no_genai_data") for s in chosen)
+            return [], [], skipped
+        selected = [s for s in chosen if s.filter.matches(view)]
+        skipped.update((s.spec.name, "filtered") for s in chosen if s not in selected)
+        results = await asyncio.gather(*(s.evaluator.evaluate(view) for s in selected))
+        return [a for result in results for a in result], [s.spec.name for s in selected], skipped
+
+    def _add_report(
+        self, trace_id: bytes, assessments: list[Assessment], scored: list[str], skipped: Counter[tuple[str, str]]
+    ) -> None:
+        if assessments:
+            self._emitter.emit(assessments)
+        report = self._report
+        report.finished.append(trace_id)
+        report.scored.update(scored)
+        report.skipped.update(skipped)
+        if not self._report_scheduled:
+            self._report_scheduled = True
+            asyncio.get_running_loop().call_later(REPORT_DELAY_S, self._send_report)
+
+    def _send_report(self) -> None:
+        self._report_scheduled = False
+        report, self._report = self._report, Progress()
+        if report:
+            self._send(PROGRESS, report)
+
+    def _send(self, kind: str, report: Progress) -> None:
+        if not self._channel.send((kind, report)):
+            log.error("the sidecar is gone; %d finished traces not reported", len(report.finished))
+
+    def _restart(self, stuck: list[str]) -> None:
+        log.error("code scorer(s) %s did not return within %gs and hold all %d code-scorer threads; Python cannot "
+                  "stop a thread, so the scoring worker restarts to free them", ", ".join(stuck),
+                  self._code.timeout_s, self._code.workers)  # fmt: skip
+        self._inbox.put_nowait((_RESTART, stuck))
+
+    async def _drain(self, timeout_s: float, last: str | None, stuck: list[str] | None = None) -> None:
+        """Finish running traces within `timeout_s`, cancel the rest, export; then send the last report
+        as `last` (none when the other side is gone), naming the `stuck` code scorers if the worker restarts."""
+        pending = set(self._tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._emitter.shutdown()  # exports what is queued: it reaches its destination before the last report
+        report, self._report = self._report, Progress()
+        report.stuck = stuck or []
+        if last is not None:
+            self._send(last, report)
+        self._code.shutdown()
+        await self._judges.aclose()

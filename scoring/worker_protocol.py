@@ -1,0 +1,85 @@
+"""The messages between the scoring engine's side and the scoring loop's side, spoken by both.
+
+The loop (scoring/loop.py) runs in the scoring worker process (tracejudge/scoring_worker.py, driven
+by scoring/worker.py's ScoringWorker) or, in an app's own process, on a thread of its own
+(scoring/thread.py). Messages are tuples `(kind, *body)`; across processes each is one frame
+(`encode`) on tracejudge/child_process.py's channel, within a process it is handed over as it is.
+
+    engine -> loop   (INIT, WorkerSettings)            once, first (the worker process only)
+                     (SPECS, [ScorerSpec])             the active scorers, whenever they change
+                     (SCORE, [(Trace, [name])])        sampled traces and the scorers that sampled them
+                     (VALIDATE, id, ScorerSpec)        can this spec run here? (code imports, judge settings)
+                     (METRICS, id)                     the worker's metrics exposition (the worker process only)
+                     (DRAIN, timeout_s)                finish or cancel running work, report, exit
+    loop -> engine   (PROGRESS, Progress)              what finished, batched every few milliseconds
+                     (VALIDATED, id, error | None)     the answer to one VALIDATE
+                     (DRAINED, Progress)               the last report; traces never finished were cancelled
+    worker -> sidecar, relayed to exporters (the worker process only):
+                     (FORWARD, Signal, bytes, n)       encoded OTLP verdicts for the forwarder's queue
+                     (ARCHIVE, frame, n)               an archive_protocol rows frame for the archive
+                     (METRICS_TEXT, id, bytes)         the answer to one METRICS
+
+The worker process also ends on its own, with exit code RESTART_EXIT_CODE after a last PROGRESS,
+when code scorers that never returned hold all its code-scorer threads (scoring/code.py CodeRunner):
+only a new process gets them back.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import JudgeEndpointConfig
+
+INIT, SPECS, SCORE, VALIDATE, METRICS, DRAIN = "init", "specs", "score", "validate", "metrics", "drain"
+PROGRESS, VALIDATED, DRAINED = "progress", "validated", "drained"
+FORWARD, ARCHIVE, METRICS_TEXT = "forward", "archive", "metrics_text"
+RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: the worker asks to be replaced
+
+Message = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    judges: dict[str, JudgeEndpointConfig]
+    max_concurrency: int
+    code_workers: int
+    code_timeout_s: float
+    sys_path: list[str]  # the sidecar's: code scorers import from where the sidecar could
+    emit_otlp: bool  # verdicts have an OTLP destination
+    emit_interval_s: float
+    archive: bool = False  # assessment rows go to the archive
+    metrics_otlp_endpoint: str | None = None  # also push the worker's own metrics there (telemetry.otlp_endpoint)
+    metrics_otlp_interval_s: float = 30.0
+
+
+@dataclass
+class Progress:
+    """What finished since the last report: `finished` are trace ids whose sampled scorers are all done
+    (scored, filtered out, not applicable or failed). A trace never reported was not scored. `stuck`, in
+    the last report of a worker that restarts itself, names the code scorers whose calls held its threads."""
+
+    finished: list[bytes] = field(default_factory=list)
+    scored: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    stuck: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.finished or self.stuck)
+
+
+def encode(message: Message) -> bytes:
+    """A frame: the kind as text, a NUL, then the body pickled (so the kind is read without unpickling)."""
+    kind: str = message[0]
+    return kind.encode() + b"\0" + pickle.dumps(message[1:], protocol=5)
+
+
+def decode(frame: bytes) -> Message:
+    kind, _, body = frame.partition(b"\0")
+    return (kind.decode(), *pickle.loads(body))
+
+
+def kind_of(frame: bytes) -> str:
+    return frame[: frame.index(b"\0")].decode()
