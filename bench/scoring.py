@@ -275,7 +275,7 @@ def bare_sdk_main(conn: Connection, base_url: str, calls: int, concurrency: int)
     import openai
     import orjson
 
-    from tracejudge.aio import new_event_loop
+    from tracejudge.event_loop import new_event_loop
 
     body = {
         "model": "gpt-4.1-mini",

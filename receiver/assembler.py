@@ -166,6 +166,14 @@ class TraceAssembler:
                 decided.append(self._decide(trace_id, CompletionReason.TIMEOUT, complete=pending.root_seen))
         self._deliver(decided)
 
+    def decide_rooted(self) -> None:
+        """Decide now every trace whose local root has arrived (reason: flush), without waiting for
+        `trace_idle`: an app's force_flush, at the end of a serverless invocation, means its traces are done."""
+        with self._lock:
+            rooted = [trace_id for trace_id, pending in self._pending.items() if pending.root_seen]
+            decided = [self._decide(trace_id, CompletionReason.FLUSH, complete=True) for trace_id in rooted]
+        self._deliver(decided)
+
     def start(self) -> None:
         self._ticker.start()
 

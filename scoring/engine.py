@@ -47,6 +47,7 @@ class ScoringBackend(Protocol):
     def submit(self, batch: list[tuple[Trace, list[str]]]) -> None: ...
     def discard_queued(self) -> None: ...
     def validate(self, spec: ScorerSpec) -> str | None: ...
+    def flush(self, timeout_s: float) -> bool: ...
     def drain(self, timeout_s: float) -> bool: ...
 
 
@@ -73,6 +74,7 @@ class ScoringEngine:
         self._in_flight: dict[bytes, tuple[bytes, list[str]]] = {}  # trace id -> (root span id, scorer names)
         self._backlog = 0
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when the backlog empties
         self._accepting = True
         self._skipped = meter.create_counter(
             "tracejudge.scoring.skipped", description="Sampled (trace, scorer) pairs not scored, by scorer and reason"
@@ -161,12 +163,24 @@ class ScoringEngine:
             for trace_id in progress.finished:
                 _, names = self._in_flight.pop(trace_id, (b"", []))
                 self._backlog -= len(names)
+            if not self._backlog:
+                self._idle.notify_all()
 
     def on_worker_lost(self, reason: str) -> None:
         """The worker ended (crashed, or restarted to free stuck code-scorer threads): what it held is
         recorded as skipped with `reason`, and batches not yet sent are dropped."""
         self._restarts.add(1)
         self._abandon(reason)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every admitted trace is scored, then have the backend export what it emitted; True
+        when both happened within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            idle = self._idle.wait_for(lambda: self._backlog == 0, timeout_s)
+        if self._worker is None:
+            return idle
+        return self._worker.flush(max(0.0, deadline - time.monotonic())) and idle
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
         """Stop admitting; let running scorers finish within `timeout_s`; record the rest as skipped."""
@@ -184,6 +198,7 @@ class ScoringEngine:
             left = [(trace_id, span_id, names, reason) for trace_id, (span_id, names) in self._in_flight.items()]
             self._in_flight.clear()
             self._backlog = 0
+            self._idle.notify_all()
             if self._worker is not None:
                 self._worker.discard_queued()
         if left:

@@ -37,6 +37,8 @@ from .spec import ScorerSpec
 from .worker_protocol import (
     DRAIN,
     DRAINED,
+    FLUSH,
+    FLUSHED,
     PROGRESS,
     SCORE,
     SPECS,
@@ -71,10 +73,11 @@ class Channel(Protocol):
 
 
 class Emitter(Protocol):
-    """What assessments become (exporter/emitter.py): `emit` enqueues and never blocks; `shutdown` exports
-    what is queued."""
+    """What assessments become (exporter/emitter.py): `emit` enqueues and never blocks; `force_flush` and
+    `shutdown` export what is queued."""
 
     def emit(self, assessments: Sequence[Assessment]) -> None: ...
+    def force_flush(self, timeout_s: float = 30.0) -> bool: ...
     def shutdown(self, timeout_s: float = 30.0) -> None: ...
 
 
@@ -105,6 +108,8 @@ class ScoringLoop:
                 self._spawn(body[0])
             elif kind == VALIDATE:
                 self._validate(*body)
+            elif kind == FLUSH:
+                self._flush(*body)
             elif kind == DRAIN:
                 await self._drain(body[0], last=DRAINED)
                 return False
@@ -112,13 +117,16 @@ class ScoringLoop:
                 await self._drain(0.0, last=None)
                 return False
             elif kind == _RESTART:
-                await self._drain(RESTART_DRAIN_S, last=PROGRESS, stuck=body[0])
+                await self._drain(RESTART_DRAIN_S, last=PROGRESS, stuck=body[0], final=False)
                 return True
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
-        while (message := self._channel.recv()) is not None:
-            loop.call_soon_threadsafe(self._inbox.put_nowait, message)
-        loop.call_soon_threadsafe(self._inbox.put_nowait, (_EOF,))
+        try:
+            while (message := self._channel.recv()) is not None:
+                loop.call_soon_threadsafe(self._inbox.put_nowait, message)
+            loop.call_soon_threadsafe(self._inbox.put_nowait, (_EOF,))
+        except RuntimeError:  # the loop has ended (DRAIN) and closed: nobody is left to read
+            return
 
     def _load(self, specs: list[ScorerSpec]) -> None:
         """Rebuild only the scorers whose spec changed (a judge client keeps its connections)."""
@@ -143,6 +151,16 @@ class ScoringLoop:
         except Exception as exc:
             error = str(exc) or type(exc).__name__
         self._channel.send((VALIDATED, request_id, error))
+
+    def _flush(self, request_id: int, timeout_s: float) -> None:
+        """Export what the emitter holds, off the loop (the SDK's flush waits for its export threads)."""
+
+        def answer(done: asyncio.Future[bool]) -> None:
+            flushed = not done.cancelled() and done.exception() is None and done.result()
+            self._channel.send((FLUSHED, request_id, flushed))
+
+        flushing = asyncio.ensure_future(asyncio.to_thread(self._emitter.force_flush, timeout_s))
+        flushing.add_done_callback(answer)
 
     def _spawn(self, batch: list[tuple[Trace, list[str]]]) -> None:
         for trace, names in batch:
@@ -207,16 +225,23 @@ class ScoringLoop:
                   self._code.timeout_s, self._code.workers)  # fmt: skip
         self._inbox.put_nowait((_RESTART, stuck))
 
-    async def _drain(self, timeout_s: float, last: str | None, stuck: list[str] | None = None) -> None:
+    async def _drain(
+        self, timeout_s: float, last: str | None, stuck: list[str] | None = None, final: bool = True
+    ) -> None:
         """Finish running traces within `timeout_s`, cancel the rest, export; then send the last report
-        as `last` (none when the other side is gone), naming the `stuck` code scorers if the worker restarts."""
+        as `last` (none when the other side is gone), naming the `stuck` code scorers if the worker restarts.
+        The emitter is shut down unless a new loop will use it (`final` False: a worker thread restarting)."""
         pending = set(self._tasks)
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout_s)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        self._emitter.shutdown()  # exports what is queued: it reaches its destination before the last report
+        # Exports what is queued, so that it reaches its destination before the last report.
+        if final:
+            self._emitter.shutdown()
+        else:
+            self._emitter.force_flush()
         report, self._report = self._report, Progress()
         report.stuck = stuck or []
         if last is not None:

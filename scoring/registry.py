@@ -40,8 +40,11 @@ class TooManyActive(RegistryError):
 
 
 class ScorerRegistry:
-    def __init__(self, state_path: Path, max_active: int = 20, validate: Callable[[ScorerSpec], object] | None = None):
-        """`validate` raises for a spec that cannot run (unknown builtin, unloadable code)."""
+    def __init__(
+        self, state_path: Path | None, max_active: int = 20, validate: Callable[[ScorerSpec], object] | None = None
+    ) -> None:
+        """`state_path`: where registrations persist (None: in memory only, as in an app's own process).
+        `validate` raises for a spec that cannot run (unknown builtin, unloadable code)."""
         self._path = state_path
         self._max_active = max_active
         self._validate: Callable[[ScorerSpec], object] = validate or (lambda spec: None)
@@ -122,7 +125,7 @@ class ScorerRegistry:
             listener()
 
     def _load(self) -> dict[str, ScorerSpec]:
-        if not self._path.exists():
+        if self._path is None or not self._path.exists():
             return {}
         try:
             raw = json.loads(self._path.read_text())
@@ -133,6 +136,8 @@ class ScorerRegistry:
         return {spec.name: spec for spec in specs}
 
     def _save(self) -> None:
+        if self._path is None:
+            return
         self._path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self._path.with_suffix(".tmp")
         body = {"scorers": [spec.model_dump(mode="json", exclude_defaults=True) for spec in self.all()]}

@@ -1,11 +1,13 @@
-"""ScoringWorker: the sidecar's side of the scoring worker process (tracejudge/scoring_worker.py is the
-other side; both speak scoring/worker_protocol.py over tracejudge/child_process.py's channel).
+"""ScoringWorker: the engine's side of wherever the scoring loop runs.
 
-It is the engine's ScoringBackend: sampled traces, scorer specs and validations go to the worker;
-progress reports come back to the engine. What the worker emitted comes back already encoded —
-OTLP verdicts for the forwarder's queue, rows frames for the archive — and is handed to `on_forward`
-and `on_archive` untouched: the sidecar never decodes a verdict, it relays it. If the worker dies
-the engine hears first (to record what the worker held as skipped), then a new worker is started
+The loop (scoring/loop.py) runs in a worker: a process of its own in the sidecar (WorkerProcess here,
+tracejudge/scoring_worker.py on the other side), or a thread in an app's own process (WorkerThread,
+scoring/thread.py). A carrier moves scoring/worker_protocol.py's messages to it and back; this class
+is the same for both. Sampled traces, scorer specs, validations and flushes go to the loop; progress
+comes back to the engine. What a worker process emitted comes back already encoded — OTLP verdicts
+for the forwarder's queue, rows frames for the archive — and is handed to `on_forward` and
+`on_archive` untouched: the sidecar never decodes a verdict, it relays it. If the worker ends on its
+own the engine hears first (to record what the worker held as skipped), then a new one is started
 with the current scorers.
 """
 
@@ -16,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tracejudge.child_process import ChildProcess
 from tracejudge.model import Signal, Trace
@@ -26,6 +28,8 @@ from .worker_protocol import (
     ARCHIVE,
     DRAIN,
     DRAINED,
+    FLUSH,
+    FLUSHED,
     FORWARD,
     INIT,
     METRICS,
@@ -36,6 +40,7 @@ from .worker_protocol import (
     SPECS,
     VALIDATE,
     VALIDATED,
+    Message,
     Progress,
     WorkerSettings,
     decode,
@@ -46,6 +51,22 @@ from .worker_protocol import (
 log = logging.getLogger(__name__)
 
 VALIDATE_TIMEOUT_S = 30.0  # a code scorer's module is imported to validate it: imports can be slow
+_ANSWERS = (VALIDATED, METRICS_TEXT, FLUSHED)
+_REQUESTS = frozenset({VALIDATE, METRICS, FLUSH})
+
+
+class Carrier(Protocol):
+    """Moves messages to a scoring loop and back, and keeps one running: `receive` gets the loop's
+    messages, `exited` hears that it ended on its own (before the next one starts), `greeting` gives the
+    messages every new loop gets first."""
+
+    def bind(
+        self, receive: Callable[[Message], None], exited: Callable[[int], None], greeting: Callable[[], list[Message]]
+    ) -> None: ...
+    def start(self) -> None: ...
+    def send(self, message: Message) -> None: ...
+    def discard(self, kinds: frozenset[str]) -> None: ...
+    def shutdown(self, farewell: Message, timeout_s: float) -> None: ...
 
 
 class _Answer:
@@ -63,18 +84,16 @@ class _Answer:
 class ScoringWorker:
     def __init__(
         self,
-        settings: WorkerSettings,
-        directory: Path,
-        nice: int,
+        carrier: Carrier,
         *,
         on_progress: Callable[[Progress], None],
         on_lost: Callable[[str], None],
         on_forward: Callable[[Signal, bytes, int], None] | None = None,
         on_archive: Callable[[bytes, int], None] | None = None,
     ) -> None:
-        """`on_forward` and `on_archive` receive what the worker emitted; each must be given when
-        `settings` says the worker will produce it (emit_otlp, archive)."""
-        self._settings = settings
+        """`on_forward` and `on_archive` receive what a worker process relays (its settings say whether it
+        does: `verdicts="relay"`, `archive`)."""
+        self._carrier = carrier
         self._on_progress = on_progress
         self._on_lost = on_lost
         self._on_forward = on_forward
@@ -84,28 +103,22 @@ class ScoringWorker:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._drained = threading.Event()
-        # `directory` is the worker's working directory (child_process.py says why)
-        self._child = ChildProcess("tracejudge.scoring_worker", ["--nice", str(nice)], directory,
-                                   on_frame=self._received, on_exit=self._exited, greeting=self._greeting)  # fmt: skip
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
+        carrier.bind(self._received, self._exited, self._greeting)
 
     def start(self) -> None:
-        self._child.start()
+        self._carrier.start()
 
     def send_specs(self, specs: list[ScorerSpec]) -> None:
         with self._lock:
             self._specs = list(specs)
-            self._child.send(encode((SPECS, self._specs)))
+            self._carrier.send((SPECS, self._specs))
 
     def submit(self, batch: list[tuple[Trace, list[str]]]) -> None:
-        self._child.send(encode((SCORE, batch)))
+        self._carrier.send((SCORE, batch))
 
     def discard_queued(self) -> None:
         """Forget batches not yet sent (the engine has just recorded them as skipped)."""
-        self._child.discard(lambda frame: kind_of(frame) == SCORE)
+        self._carrier.discard(frozenset({SCORE}))
 
     def validate(self, spec: ScorerSpec) -> str | None:
         """Why `spec` cannot run in the worker, or None when it can. Blocks until the worker answers."""
@@ -116,14 +129,19 @@ class ScoringWorker:
         return error
 
     def metrics_text(self, timeout_s: float = 2.0) -> bytes:
-        """The worker's own metrics in the Prometheus text format (b"" when it cannot answer in time)."""
+        """A worker process's own metrics in the Prometheus text format (b"" when it cannot answer in time)."""
         answer = self._ask(METRICS)
         answered = answer.ready.wait(timeout_s)
         return answer.value if answered and isinstance(answer.value, bytes) else b""
 
+    def flush(self, timeout_s: float) -> bool:
+        """Export what the worker's emitter holds; True when it did within `timeout_s`."""
+        answer = self._ask(FLUSH, timeout_s)
+        return answer.ready.wait(timeout_s + 1.0) and answer.value is True
+
     def drain(self, timeout_s: float) -> bool:
         """Let the worker finish or cancel its work within `timeout_s`, report and exit; True when it did."""
-        self._child.shutdown(encode((DRAIN, timeout_s)), timeout_s + 10.0)
+        self._carrier.shutdown((DRAIN, timeout_s), timeout_s + 10.0)
         return self._drained.is_set()
 
     def _ask(self, kind: str, *body: Any) -> _Answer:
@@ -131,15 +149,15 @@ class ScoringWorker:
         with self._lock:
             request_id = next(self._ids)
             self._answers[request_id] = answer
-        self._child.send(encode((kind, request_id, *body)))
+        self._carrier.send((kind, request_id, *body))
         return answer
 
-    def _greeting(self) -> list[bytes]:
+    def _greeting(self) -> list[Message]:
         with self._lock:
-            return [encode((INIT, self._settings)), encode((SPECS, self._specs))]
+            return [(SPECS, self._specs)]
 
-    def _received(self, frame: bytes) -> None:
-        kind, *body = decode(frame)
+    def _received(self, message: Message) -> None:
+        kind, *body = message
         if kind == FORWARD and self._on_forward is not None:
             self._on_forward(*body)
         elif kind == ARCHIVE and self._on_archive is not None:
@@ -148,7 +166,7 @@ class ScoringWorker:
             self._on_progress(body[0])
             if kind == DRAINED:
                 self._drained.set()
-        elif kind in (VALIDATED, METRICS_TEXT):
+        elif kind in _ANSWERS:
             with self._lock:
                 answer = self._answers.pop(body[0], None)
             if answer is not None:
@@ -164,9 +182,51 @@ class ScoringWorker:
             reason = "worker_crashed"
             log.error("the scoring worker exited (code %s); restarting it, its unfinished traces are recorded as "
                       "skipped", code)  # fmt: skip
-        self._child.discard(lambda frame: kind_of(frame) in (VALIDATE, METRICS))
+        self._carrier.discard(_REQUESTS)
         with self._lock:
             answers, self._answers = self._answers, {}
         for answer in answers.values():
             answer.set("the scoring worker exited before answering; try again")
         self._on_lost(reason)
+
+
+class WorkerProcess:
+    """The carrier to the scoring worker process (`python -m tracejudge.scoring_worker`), each message one
+    frame on tracejudge/child_process.py's channel; `directory` is its working directory."""
+
+    def __init__(self, settings: WorkerSettings, directory: Path, nice: int) -> None:
+        self._settings = settings
+        self._directory = directory
+        self._nice = nice
+        self._child: ChildProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def bind(
+        self, receive: Callable[[Message], None], exited: Callable[[int], None], greeting: Callable[[], list[Message]]
+    ) -> None:
+        def frames() -> list[bytes]:
+            return [encode((INIT, self._settings)), *(encode(message) for message in greeting())]
+
+        self._child = ChildProcess("tracejudge.scoring_worker", ["--nice", str(self._nice)], self._directory,
+                                   on_frame=lambda frame: receive(decode(frame)), on_exit=exited,
+                                   greeting=frames)  # fmt: skip
+
+    def start(self) -> None:
+        self._bound().start()
+
+    def send(self, message: Message) -> None:
+        self._bound().send(encode(message))
+
+    def discard(self, kinds: frozenset[str]) -> None:
+        self._bound().discard(lambda frame: kind_of(frame) in kinds)
+
+    def shutdown(self, farewell: Message, timeout_s: float) -> None:
+        self._bound().shutdown(encode(farewell), timeout_s)
+
+    def _bound(self) -> ChildProcess:
+        if self._child is None:
+            raise RuntimeError("WorkerProcess is not bound to a ScoringWorker")
+        return self._child

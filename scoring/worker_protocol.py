@@ -1,8 +1,8 @@
 """The messages between the scoring engine's side and the scoring loop's side, spoken by both.
 
-The loop (scoring/loop.py) runs in the scoring worker process (tracejudge/scoring_worker.py, driven
-by scoring/worker.py's ScoringWorker) or, in an app's own process, on a thread of its own
-(scoring/thread.py). Messages are tuples `(kind, *body)`; across processes each is one frame
+The loop (scoring/loop.py) runs in the scoring worker process (tracejudge/scoring_worker.py) or, in
+an app's own process, on a thread of its own (scoring/thread.py); scoring/worker.py's ScoringWorker
+is the engine's side of either. Messages are tuples `(kind, *body)`; across processes each is one frame
 (`encode`) on tracejudge/child_process.py's channel, within a process it is handed over as it is.
 
     engine -> loop   (INIT, WorkerSettings)            once, first (the worker process only)
@@ -10,9 +10,11 @@ by scoring/worker.py's ScoringWorker) or, in an app's own process, on a thread o
                      (SCORE, [(Trace, [name])])        sampled traces and the scorers that sampled them
                      (VALIDATE, id, ScorerSpec)        can this spec run here? (code imports, judge settings)
                      (METRICS, id)                     the worker's metrics exposition (the worker process only)
+                     (FLUSH, id, timeout_s)            export what the emitter holds
                      (DRAIN, timeout_s)                finish or cancel running work, report, exit
     loop -> engine   (PROGRESS, Progress)              what finished, batched every few milliseconds
                      (VALIDATED, id, error | None)     the answer to one VALIDATE
+                     (FLUSHED, id, done)               the answer to one FLUSH
                      (DRAINED, Progress)               the last report; traces never finished were cancelled
     worker -> sidecar, relayed to exporters (the worker process only):
                      (FORWARD, Signal, bytes, n)       encoded OTLP verdicts for the forwarder's queue
@@ -29,12 +31,12 @@ from __future__ import annotations
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .config import JudgeEndpointConfig
 
-INIT, SPECS, SCORE, VALIDATE, METRICS, DRAIN = "init", "specs", "score", "validate", "metrics", "drain"
-PROGRESS, VALIDATED, DRAINED = "progress", "validated", "drained"
+INIT, SPECS, SCORE, VALIDATE, METRICS, FLUSH, DRAIN = "init", "specs", "score", "validate", "metrics", "flush", "drain"
+PROGRESS, VALIDATED, FLUSHED, DRAINED = "progress", "validated", "flushed", "drained"
 FORWARD, ARCHIVE, METRICS_TEXT = "forward", "archive", "metrics_text"
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: the worker asks to be replaced
 
@@ -48,11 +50,15 @@ class WorkerSettings:
     code_workers: int
     code_timeout_s: float
     sys_path: list[str]  # the sidecar's: code scorers import from where the sidecar could
-    emit_otlp: bool  # verdicts have an OTLP destination
-    emit_interval_s: float
-    archive: bool = False  # assessment rows go to the archive
-    metrics_otlp_endpoint: str | None = None  # also push the worker's own metrics there (telemetry.otlp_endpoint)
-    metrics_otlp_interval_s: float = 30.0
+    emit_interval_s: float  # verdicts leave in batches at most this far apart
+    # Where a worker process's verdicts go: "relay" them to the sidecar's forwarder, send them "direct"
+    # to otlp_endpoint (None: where the OTEL_EXPORTER_OTLP_* variables point), or "off".
+    verdicts: Literal["relay", "direct", "off"] = "off"
+    otlp_endpoint: str | None = None
+    archive: bool = False  # relay assessment rows to the sidecar's archive
+    push_metrics: bool = False  # also push the worker's own metrics by OTLP, to metrics_endpoint (None: env)
+    metrics_endpoint: str | None = None
+    metrics_interval_s: float = 30.0
 
 
 @dataclass

@@ -36,11 +36,11 @@ from tracejudge.scorers import (
 from tracejudge.scoring.checks import CHECKS
 from tracejudge.scoring.code import CodeRunner
 from tracejudge.scoring.control import SERVICE_NAME, ScorerService, check_exposure, grpc_handler, http_routes
+from tracejudge.scoring.evaluators import build_evaluator
 from tracejudge.scoring.filters import FilterSyntaxError, parse_filter
 from tracejudge.scoring.judge_client import JudgePool
 from tracejudge.scoring.judges import BUILTIN_JUDGES
 from tracejudge.scoring.registry import ScorerRegistry
-from tracejudge.scoring.evaluators import build_evaluator
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.testing import free_port
 

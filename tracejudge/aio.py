@@ -1,4 +1,4 @@
-"""Event loops: one factory, and an aiohttp application served from a daemon thread with its own loop.
+"""An aiohttp application served from a daemon thread with its own event loop.
 
 The OTLP HTTP receiver and the admin endpoint (/metrics, /healthz) both need one, while the rest
 of tracejudge is threads; this keeps asyncio contained in one place.
@@ -13,15 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where installed (not on Windows): it roughly halves the event loop's own share of a judge
-    call's CPU."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+from tracejudge.event_loop import new_event_loop
 
 
 class AiohttpServerThread:

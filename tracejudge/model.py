@@ -27,6 +27,7 @@ class CompletionReason(str, enum.Enum):
     TIMEOUT = "timeout"
     MEMORY_CAP = "memory_cap"
     SHUTDOWN = "shutdown"
+    FLUSH = "flush"  # an in-process span processor's force_flush decided it (its root had ended)
     END_OF_INPUT = "end_of_input"  # a batch source (an archive window, a file) has no more spans
 
 

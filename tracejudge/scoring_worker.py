@@ -1,10 +1,12 @@
 """The scoring worker process: `python -m tracejudge.scoring_worker --fd N` (scoring/worker.py starts it).
 
-It wires the scoring loop (scoring/loop.py) to an AssessmentEmitter (exporter/emitter.py) whose
-outputs leave over the channel to the sidecar, already encoded: OTLP batches for the forwarder's
-queue (so verdicts are retried and spilled like app data) and `assessments` rows frames for the
-archive. The emitter records the assessment metrics here, in the worker, where each verdict is
-emitted; the sidecar's /metrics asks for them (METRICS) and serves them with its own.
+It wires the scoring loop (scoring/loop.py) to an AssessmentEmitter (exporter/emitter.py). In the
+sidecar the emitter's outputs leave over the channel already encoded: OTLP batches for the
+forwarder's queue (so verdicts are retried and spilled like app data) and `assessments` rows frames
+for the archive. The emitter records the assessment metrics here, in the worker, where each verdict
+is emitted; the sidecar's /metrics asks for them (METRICS) and serves them with its own. Started by
+an app's own process instead (tracejudge/inprocess.py), it exports its verdicts and metrics to an OTLP
+endpoint itself.
 """
 
 from __future__ import annotations
@@ -19,20 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tracejudge import __version__
-from tracejudge.aio import new_event_loop
 from tracejudge.child_process import ParentChannel
+from tracejudge.event_loop import new_event_loop
 from tracejudge.exporter.archive_protocol import rows_frame
 from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
 from tracejudge.logs import configure_logging
 from tracejudge.model import Signal
-from tracejudge.otlp import metric_exporter
+from tracejudge.otlp import metric_exporter, span_and_log_exporters
 from tracejudge.scoring.loop import ScoringLoop
 from tracejudge.scoring.worker_protocol import (
     ARCHIVE,
@@ -83,18 +87,21 @@ def worker_metrics(settings: WorkerSettings) -> tuple[MeterProvider, CollectorRe
     it is), and pushed by OTLP beside the sidecar's when telemetry.otlp_endpoint is set."""
     registry = CollectorRegistry()
     readers: list[MetricReader] = [PrometheusMetricReader(disable_target_info=True, registry=registry)]
-    if settings.metrics_otlp_endpoint:
-        exporter = metric_exporter(settings.metrics_otlp_endpoint)
-        readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=settings.metrics_otlp_interval_s
-                                                     * 1000))  # fmt: skip
+    if settings.push_metrics:
+        interval_ms = settings.metrics_interval_s * 1000
+        readers.append(PeriodicExportingMetricReader(metric_exporter(settings.metrics_endpoint), interval_ms))
     resource = Resource.create({"service.name": "tracejudge", "service.version": __version__})
     return MeterProvider(metric_readers=readers, resource=resource), registry
 
 
 def build_emitter(settings: WorkerSettings, channel: SidecarChannel, provider: MeterProvider) -> AssessmentEmitter:
-    exporters = (QueuedSpanExporter(channel.forward), QueuedLogExporter(channel.forward))
+    exporters: tuple[SpanExporter, LogRecordExporter] | None = None
+    if settings.verdicts == "relay":
+        exporters = (QueuedSpanExporter(channel.forward), QueuedLogExporter(channel.forward))
+    elif settings.verdicts == "direct":
+        exporters = span_and_log_exporters(settings.otlp_endpoint)
     return AssessmentEmitter(
-        exporters if settings.emit_otlp else None,
+        exporters,
         provider.get_meter("tracejudge", __version__),
         channel if settings.archive else None,
         export_interval_s=settings.emit_interval_s,

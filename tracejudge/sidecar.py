@@ -41,7 +41,7 @@ from tracejudge.scoring.control import ScorerService, grpc_handler, http_routes
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.spec import ScorerSpec
-from tracejudge.scoring.worker import ScoringWorker
+from tracejudge.scoring.worker import ScoringWorker, WorkerProcess
 from tracejudge.scoring.worker_protocol import WorkerSettings
 from tracejudge.telemetry import SelfTelemetry
 
@@ -125,9 +125,9 @@ class Sidecar:
         self.registry = ScorerRegistry(config.data_dir / "scorers.json", scoring.max_active_scorers,
                                        validate=self._validate)  # fmt: skip
         self.engine = ScoringEngine(self.registry, self._record_skipped, meter, scoring.max_backlog)
+        self.scoring_process = WorkerProcess(self._worker_settings(), config.data_dir, scoring.worker_nice)
         self.scoring_worker = ScoringWorker(
-            self._worker_settings(), config.data_dir, scoring.worker_nice,
-            on_progress=self.engine.on_progress, on_lost=self.engine.on_worker_lost,
+            self.scoring_process, on_progress=self.engine.on_progress, on_lost=self.engine.on_worker_lost,
             on_forward=functools.partial(self.forwarder.submit_to, verdicts_to) if verdicts_to else None,
             on_archive=self.archive.write_rows_frame if self.archive else None,
         )  # fmt: skip
@@ -224,9 +224,9 @@ class Sidecar:
         return WorkerSettings(
             judges=dict(self.config.judges), max_concurrency=scoring.max_concurrency,
             code_workers=scoring.code_workers, code_timeout_s=scoring.code_timeout, sys_path=list(sys.path),
-            emit_otlp=self.config.assessments_endpoint is not None, emit_interval_s=scoring.emit_interval,
-            archive=self.archive is not None, metrics_otlp_endpoint=telemetry.otlp_endpoint,
-            metrics_otlp_interval_s=telemetry.otlp_interval,
+            emit_interval_s=scoring.emit_interval, verdicts="relay" if self.config.assessments_endpoint else "off",
+            archive=self.archive is not None, push_metrics=telemetry.otlp_endpoint is not None,
+            metrics_endpoint=telemetry.otlp_endpoint, metrics_interval_s=telemetry.otlp_interval,
         )  # fmt: skip
 
     def _validate(self, spec: ScorerSpec) -> None:
