@@ -88,6 +88,11 @@ class ScoringEngine:
         )
         registry.on_change(self.reload)
 
+    @property
+    def backlog(self) -> int:
+        """Sampled (trace, scorer) pairs admitted and not finished yet."""
+        return self._backlog
+
     def attach(self, worker: ScoringBackend) -> None:
         """The backend that scores; it gets the active scorers now and on every registry change."""
         self._worker = worker
@@ -245,4 +250,4 @@ class ScoringEngine:
             self._skipped.add(count, {"scorer": name, "reason": reason})
 
     def _observe_backlog(self, _options: CallbackOptions) -> list[Observation]:
-        return [Observation(self._backlog)]
+        return [Observation(self.backlog)]
