@@ -82,6 +82,7 @@ from ingest import (  # noqa: E402  (bench/ is not a package)
 )
 
 LOGS_SERVICE = GRPC_SERVICES[Signal.LOGS]
+METRICS_SERVICE = GRPC_SERVICES[Signal.METRICS]
 EVALUATION_MARK = b"gen_ai.evaluation.result"  # the span event name: only the emitter's exports carry it
 PIPELINE_FIGURE = 71_500  # README "Performance": gRPC accepted flat out (the pipeline issue's figure)
 FIVE_SCORERS: list[dict[str, Any]] = [
@@ -152,6 +153,9 @@ def sink_main(conn: Connection) -> None:
             ),
             grpc.method_handlers_generic_handler(
                 LOGS_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export_logs)}
+            ),
+            grpc.method_handlers_generic_handler(  # tracejudge's own metrics, pushed in-process: taken, not read
+                METRICS_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(lambda _payload, _context: b"")}
             ),
         )
     )

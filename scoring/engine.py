@@ -125,6 +125,14 @@ class ScoringEngine:
             self._count_strikes()
             self._active = [(spec.name, threshold(spec.sample_rate)) for spec in specs]
 
+    def samples(self, trace_id: bytes) -> bool:
+        """Whether any active scorer samples this trace: a source may leave the rest of a trace unassembled."""
+        active = self._active
+        if not active:
+            return False
+        chance = randomness(trace_id)
+        return any(chance >= bar for _, bar in active)
+
     def consume(self, traces: Sequence[Trace]) -> None:
         active, quarantined = self._active, self._quarantined
         if not active or not self._accepting or self._worker is None:

@@ -22,6 +22,7 @@ from test_scoring_e2e import evaluation_spans, event_attributes
 from tracejudge.exporter import ScoringSpanProcessor
 from tracejudge.otlp import attributes_dict
 from tracejudge.scorers import NoError, Safety
+from tracejudge.scoring.sampling import sampled
 from tracejudge.testing import wait_until
 
 from otlp_peers import GrpcSink
@@ -238,3 +239,16 @@ def test_a_full_span_queue_drops_spans_from_scoring_and_counts_them(grpc_sink: G
     assert dropped > 0 and scored > 0
     assert dropped + scored == 200  # every span was either scored or counted as dropped
     assert len(evaluation_spans(grpc_sink)) == scored
+
+
+def test_sampling_is_the_sidecars_and_unsampled_traces_are_never_assembled(grpc_sink: GrpcSink):
+    processor = ScoringSpanProcessor(scorers=[{"name": "half", "builtin": "NoError", "sample_rate": 0.5}],
+                                     otlp_endpoint=grpc_sink.url)  # fmt: skip
+    provider = app_provider(grpc_sink, processor)
+    trace_ids = [agent_turn(provider, "A refund within 30 days.")[0] for _ in range(60)]
+    provider.shutdown()
+    scored = {int.from_bytes(span.trace_id, "big") for span in evaluation_spans(grpc_sink)}
+    expected = {t for t in trace_ids if sampled(t.to_bytes(16, "big"), 0.5)}
+    assert scored == expected and 10 < len(expected) < 50  # the same consistent rule as the sidecar's
+    complete = pushed(grpc_sink, "tracejudge.assembler.completed_traces")
+    assert complete == len(expected)  # the other traces were never assembled

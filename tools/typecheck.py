@@ -1,8 +1,5 @@
-"""mypy --strict over the tracejudge package as it is installed, not as the folders lie.
-
-pyproject.toml maps top-level folders into one package (receiver/ is tracejudge.receiver), which
-mypy cannot follow: run on the folders, every cross-folder import would be Any and unchecked. This
-builds a throwaway link tree with the installed layout and checks that.
+"""mypy --strict over the tracejudge package as it is installed, not as the folders lie (tools/layout.py
+says why): run on the folders, every cross-folder import would be Any and unchecked.
 
     python tools/typecheck.py        # extra arguments go to mypy
 """
@@ -14,18 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import tomllib
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def build_tree(destination: Path) -> None:
-    mapping: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    for package, folder in mapping.items():
-        target = destination.joinpath(*package.split("."))
-        target.mkdir(parents=True, exist_ok=True)
-        for source in [*(ROOT / folder).glob("*.py"), *(ROOT / folder).glob("*.pyi")]:
-            (target / source.name).symlink_to(source)
+from layout import ROOT, build_tree
 
 
 def main() -> int:

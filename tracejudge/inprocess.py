@@ -85,7 +85,7 @@ class ScoringSpanProcessor(SpanProcessor):
         endpoint = otlp_endpoint or scoring.otlp_endpoint
         resource = Resource.create({"service.name": "tracejudge", "service.version": __version__})
         reader = PeriodicExportingMetricReader(metric_exporter(endpoint), export_interval_millis=30_000)
-        self._meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
+        self._meter_provider = MeterProvider(metric_readers=[reader], resource=resource, shutdown_on_exit=False)
         meter = self._meter_provider.get_meter("tracejudge", __version__)
         self._dropped = meter.create_counter(
             "tracejudge.inprocess.dropped_spans", description="Spans not scored because the span queue was full"
@@ -131,8 +131,8 @@ class ScoringSpanProcessor(SpanProcessor):
             self._drop()
             return
         self._spans.append(span)
-        if len(self._spans) >= self._max_queue // 2:
-            self._wake.set()
+        if span.parent is None or span.parent.is_remote or len(self._spans) >= self._max_queue // 2:
+            self._wake.set()  # a root ended (its trace's idle clock starts once it is assembled), or the queue fills
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Decide every trace whose root has ended, score it and export its verdicts within the timeout."""
@@ -182,11 +182,13 @@ class ScoringSpanProcessor(SpanProcessor):
                 log.exception("tracejudge could not assemble the app's spans; continuing")
 
     def _ingest_queued(self) -> None:
-        """Hand the queued spans to the assembler as one OTLP request (the form every trace source yields)."""
+        """Hand the queued spans of sampled traces to the assembler as one OTLP request (the form every trace
+        source yields). Sampling depends on the trace id alone, so a trace no scorer samples is never encoded."""
         with self._ingest_lock:
             taken = [self._spans.popleft() for _ in range(len(self._spans))]
-            if taken:
-                self._assembler.add_spans(encode_spans(taken))
+            sampled = [span for span in taken if self._engine.samples(span.context.trace_id.to_bytes(16, "big"))]
+            if sampled:
+                self._assembler.add_spans(encode_spans(sampled))
 
     def _drop(self) -> None:
         self._dropped.add(1)

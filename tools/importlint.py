@@ -1,0 +1,31 @@
+"""import-linter's contracts (pyproject.toml, [tool.importlinter]) over the package as it is installed.
+
+import-linter builds its graph by walking the root package's directory, which the package-dir mapping
+hides (tools/layout.py): run on the folders it would find tracejudge/ alone and check nothing of
+receiver/, scoring/ or exporter/. So it runs on a link tree with the installed layout, first on the path.
+
+    python tools/importlint.py       # extra arguments go to lint-imports
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from layout import ROOT, build_tree
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="tracejudge-importlint-") as tree:
+        build_tree(Path(tree))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        lint_imports = Path(sys.executable).with_name("lint-imports")
+        command = [str(lint_imports), str(ROOT / "pyproject.toml"), "--no-cache", "--no-logo", *sys.argv[1:]]
+        return subprocess.run(command, cwd=tree, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
