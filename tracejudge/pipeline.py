@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.config import Config, ForwardEndpointConfig
+from tracejudge.control import ControlPlane, ScorerService, grpc_handlers, http_routes
 from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
 from tracejudge.exporter.assessment_emitter import AssessmentMetrics
 from tracejudge.exporter.forwarder import Forwarder
@@ -31,8 +32,8 @@ from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
+from tracejudge.schema import SCORER_SERVICE
 from tracejudge.scoring.code import CodeRunner
-from tracejudge.scoring.control import ScorerService, grpc_handler, http_routes
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.judge_client import JudgePool
 from tracejudge.scoring.registry import ScorerRegistry
@@ -137,8 +138,8 @@ class Pipeline:
         receiver = config.receiver
         listen = [receiver.grpc_endpoint, receiver.http_endpoint]
         token = config.control.token
-        control = ScorerService(self.registry, token, listen)
-        control_grpc = [grpc_handler(control)]
+        control = ControlPlane({SCORER_SERVICE: ScorerService(self.registry)}, token, listen)
+        control_grpc = grpc_handlers(control)
         self.grpc = GrpcReceiver(receiver, router, meter, control_grpc) if receiver.grpc_endpoint else None
         control_http = http_routes(control)
         self.http = HttpReceiver(receiver, router, meter, control_http) if receiver.http_endpoint else None

@@ -38,8 +38,8 @@ from google.protobuf.message import Message
 
 from tracejudge.model import Feedback
 from tracejudge.proto import scorers_pb2 as pb
+from tracejudge.schema import SCORER_SERVICE, code_over_network, plain_struct
 from tracejudge.scoring.code import scorer as _mark_scorer
-from tracejudge.scoring.control import CODE_OVER_NETWORK, METHODS, SERVICE_NAME, plain_struct
 
 __all__ = [
     "Completeness",
@@ -171,7 +171,7 @@ def _error(code: str, message: str) -> ControlPlaneError:
 
 
 def _code_refusal(name: str) -> PermissionDeniedError:
-    return PermissionDeniedError(CODE_OVER_NETWORK.format(name=name))
+    return PermissionDeniedError(code_over_network(name))
 
 
 # --------------------------------------------------------------------------------------------- transports
@@ -192,7 +192,7 @@ class _GrpcTransport(_Transport):
         self._timeout = timeout
 
     def call(self, method: str, request: Message) -> Message:
-        response_type = METHODS[method][1]
+        response_type = SCORER_SERVICE.method(method).response
         channel = (
             grpc.secure_channel(self.endpoint, grpc.ssl_channel_credentials())
             if self._secure
@@ -200,7 +200,7 @@ class _GrpcTransport(_Transport):
         )
         with channel:
             stub = channel.unary_unary(
-                f"/{SERVICE_NAME}/{method}",
+                SCORER_SERVICE.method(method).grpc_path,
                 request_serializer=_serialize,
                 response_deserializer=response_type.FromString,
             )
@@ -260,7 +260,7 @@ class _HttpTransport(_Transport):
                 f"cannot reach tracejudge at {self.endpoint} ({exc}); is `tracejudge serve` running? "
                 f"Set {ENDPOINT_ENV} to its address"
             ) from None
-        return json_format.Parse(text, METHODS[method][1](), ignore_unknown_fields=True)
+        return json_format.Parse(text, SCORER_SERVICE.method(method).response(), ignore_unknown_fields=True)
 
     def _translate(self, status: int, body: bytes) -> ControlPlaneError:
         try:
@@ -759,11 +759,11 @@ def scorer(function: Any = None, *, name: str | None = None) -> Any:
         default_name = str(getattr(marked, "__tracejudge_scorer_name__", target.__name__))
 
         def refuse(*_args: Any, **kwargs: Any) -> Scorer:
-            message = CODE_OVER_NETWORK.format(name=kwargs.get("name") or default_name)
+            name = kwargs.get("name") or default_name
             if target.__module__ == "__main__":
-                message += " (move the function out of __main__ into an importable module first)"
+                message = code_over_network(name) + " (move the function out of __main__ into an importable module)"
             else:
-                message = message.replace("my_module:my_function", f"{target.__module__}:{target.__name__}")
+                message = code_over_network(name, f"{target.__module__}:{target.__name__}")
             raise PermissionDeniedError(message)
 
         for method in ("register", "start", "update", "stop"):
