@@ -21,6 +21,7 @@ from tracejudge import control
 from tracejudge import scorers as client
 from tracejudge.aio import AiohttpServerThread
 from tracejudge.cli_scorers import scorers as scorers_cli
+from tracejudge.client.builtin_scorers import BUILTIN_CLASSES
 from tracejudge.control.service import check_exposure
 from tracejudge.proto import scorers_pb2 as pb
 from tracejudge.schema import SCORER_SERVICE
@@ -202,7 +203,7 @@ def test_restored_registry_serves_the_same_state(
 
 
 def test_every_builtin_has_a_client_class(plane: ControlPlane) -> None:
-    classes = client._BUILTIN_CLASSES
+    classes = BUILTIN_CLASSES
     assert set(classes) == set(CHECKS) | set(BUILTIN_JUDGES)
     for builtin, cls in classes.items():
         made = cls(pattern="x") if cls is RegexMatch else cls()

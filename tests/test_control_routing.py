@@ -4,6 +4,7 @@ code. Real gRPC and aiohttp servers on loopback."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import tracemalloc
@@ -21,12 +22,15 @@ import grpc
 import pytest
 from aiohttp import web
 from google.api import annotations_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format
 from google.protobuf.message import Message
 from test_control_plane import TOKEN, make_registry
 
 from tracejudge import control, schema
 from tracejudge.aio import AiohttpServerThread
+from tracejudge.client.errors import InvalidScorerError
+from tracejudge.client.grpc_transport import GrpcTransport
+from tracejudge.client.http_transport import HttpTransport
 from tracejudge.control.plane import ControlPlane
 from tracejudge.proto import scorers_pb2 as pb
 from tracejudge.schema import SCORER_SERVICE
@@ -266,3 +270,21 @@ def test_a_new_service_is_served_from_its_descriptor_alone() -> None:
             )
             reply = call(poke.request(widget={"id": "w2", "size": 1}, times=1), timeout=10)
         assert (reply.widget.id, reply.widget.size, reply.pokes) == ("w2", 2, 3)
+
+
+def test_the_client_transports_call_a_new_service_from_its_descriptor() -> None:
+    """The users' client transports are generic too: the new RPC is called over gRPC, over its primary HTTP rule
+    (custom verb, body '*') and over its GET binding (query string, response_body), with no code of its own."""
+    service = widget_service()
+    poke = service.method("PokeWidget")
+    request = poke.request(widget={"id": "w/1", "size": 2}, shelf="s", times=3, loud=True, tags=["a", "b"])
+    with serving(ControlPlane({service: Widgets()})) as served:
+        over_grpc = GrpcTransport(served.grpc_target, False, None, 10).call(poke, request)
+        over_http = HttpTransport(served.http_url, None, 10).call(poke, request)
+        by_get = HttpTransport(served.http_url, None, 10).call(dataclasses.replace(poke, http=poke.http[1:]), request)
+    widget = {"id": "w/1", "size": 5, "label": "s:True:a+b"}
+    assert json_format.MessageToDict(over_grpc) == {"widget": widget, "pokes": 1}
+    assert json_format.MessageToDict(over_http) == {"widget": widget, "pokes": 2}
+    assert json_format.MessageToDict(by_get) == {"widget": widget}  # widget.size=2&times=3&... in the query string
+    with pytest.raises(InvalidScorerError, match=r"PokeWidget needs widget\.id \(it is part of the URL\)"):
+        HttpTransport("http://127.0.0.1:9", None, 10).call(poke, poke.request())

@@ -1,8 +1,10 @@
 """tracejudge/schema.py: what it reads from the descriptors, the builtin catalogue against scoring's
-implementations, and what importing the light modules drags in (checked in a fresh interpreter)."""
+implementations and the client's classes, and what importing the light modules (the schema, a spec, the
+users' client) drags in, checked in a fresh interpreter."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -12,6 +14,8 @@ from google.rpc import code_pb2
 from pydantic import ValidationError
 
 from tracejudge import schema
+from tracejudge.client.builtin_scorers import BUILTIN_CLASSES
+from tracejudge.scorers import LatencyUnder, NoError, NoPii, RegexMatch, Safety
 from tracejudge.scoring.checks import CHECKS, REQUIRED_PARAMS
 from tracejudge.scoring.judges import BUILTIN_JUDGES
 from tracejudge.scoring.spec import ScorerSpec
@@ -104,3 +108,40 @@ def test_the_schema_imports_no_transport_and_no_part_of_tracejudge() -> None:
     assert not {m for m in loaded if m.split(".")[0] in ("grpc", "aiohttp", "openai")}
     ours = {m for m in loaded if m.startswith("tracejudge.")}
     assert ours == {"tracejudge.schema", "tracejudge.proto", "tracejudge.proto.scorers_pb2"}
+
+
+def test_the_client_classes_name_the_catalogue_builtins_and_take_their_params() -> None:
+    """The client's classes, the schema's catalogue and scoring's implementations name the same builtins, and
+    each class takes exactly its entry's params (required ones positionally, without a default)."""
+    assert set(BUILTIN_CLASSES) == set(schema.BUILTINS) == set(CHECKS) | set(BUILTIN_JUDGES)
+    for name, cls in BUILTIN_CLASSES.items():
+        entry = schema.BUILTINS[name]
+        assert (cls.__name__, cls.builtin_name, cls.default_name) == (name, name, entry.default_name)
+        assert cls.__doc__ is not None and cls.__doc__.startswith(entry.description)
+        parameters = dict(inspect.signature(cls).parameters)
+        assert parameters.pop("name").default is None
+        if entry.family == "judge":
+            assert list(parameters) == ["model"]
+            continue
+        assert list(parameters) == [param.name for param in entry.params], name
+        for param in entry.params:
+            default = parameters[param.name].default
+            assert default is inspect.Parameter.empty if param.required else default is None, (name, param.name)
+
+
+def test_a_client_class_sends_the_catalogue_defaults() -> None:
+    assert LatencyUnder().params == {"threshold_ms": 10_000}
+    assert LatencyUnder(threshold_ms=5000).params == {"threshold_ms": 5000}
+    assert RegexMatch("a+").params == {"pattern": "a+", "must_match": True}
+    assert NoPii(field="inputs").params == {"field": "inputs"}
+    assert (NoError().params, NoError().name, Safety(model="m").model) == ({}, "no_error", "m")
+    assert "threshold_ms (number, default 10000)" in str(LatencyUnder.__doc__)
+
+
+def test_importing_the_client_imports_no_server_part() -> None:
+    loaded = imported_by("tracejudge.scorers", then="tracejudge.scorers.Safety()")
+    server = {m for m in loaded if m.split(".")[:2] in (["tracejudge", p] for p in ("scoring", "receiver", "exporter"))}
+    assert not server, sorted(server)
+    assert not {m for m in loaded if m.startswith(("tracejudge.control", "aiohttp", "openai"))}
+    ours = {m.split(".")[1] for m in loaded if m.startswith("tracejudge.")}
+    assert ours == {"client", "model", "proto", "schema", "scorers"}
