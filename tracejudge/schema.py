@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc import code_pb2
 
@@ -239,22 +239,23 @@ def _rule(rule: http_pb2.HttpRule, method: MethodDescriptor) -> HttpRule:
     parsed = HttpRule(verb, parse_template(path), rule.body, rule.response_body)
     fields = [*parsed.path_fields, *([parsed.body] if parsed.body not in ("", "*") else [])]
     for field in fields:
-        if not _has_field(method.input_type, field):
+        if field_at(method.input_type, field) is None:
             raise ValueError(f"{method.full_name}: HTTP rule {parsed.describe()} names {field!r}, not a request field")
-    if parsed.response_body and not _has_field(method.output_type, parsed.response_body):
+    if parsed.response_body and field_at(method.output_type, parsed.response_body) is None:
         raise ValueError(f"{method.full_name}: response_body {parsed.response_body!r} is not a response field")
     return parsed
 
 
-def _has_field(message: Descriptor, path: str) -> bool:
-    """Whether a dotted field path names a field, each step but the last a message."""
+def field_at(message: Descriptor, path: str) -> FieldDescriptor | None:
+    """The field a dotted path (widget.id) names, each step but the last a message field; None if none."""
     current: Descriptor | None = message
+    field: FieldDescriptor | None = None
     for name in path.split("."):
         field = current.fields_by_name.get(name) if current is not None else None
         if field is None:
-            return False
+            return None
         current = field.message_type
-    return True
+    return field
 
 
 # --------------------------------------------------------------------------------------------- services

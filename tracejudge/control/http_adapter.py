@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 from multidict import MultiMapping
 
 from tracejudge.http_body import BodyError, BodyTooLarge, read_body
-from tracejudge.schema import HttpRule, PathTemplate, StatusName, Variable, status_code
+from tracejudge.schema import HttpRule, PathTemplate, StatusName, Variable, field_at, status_code
 
 from .plane import Binding, ControlPlane
 from .service import ControlError
@@ -182,7 +182,7 @@ def request_message(
 def _from_text(descriptor: Descriptor, path: str, texts: list[str]) -> Any:
     """A path variable's or query parameter's text as proto3 JSON for its field (json_format parses numbers
     and enum names from strings, not booleans); a ControlError for a field the URL cannot set."""
-    field = _field(descriptor, path)
+    field = field_at(descriptor, path)
     if field is None:
         return ControlError("INVALID_ARGUMENT", f"{descriptor.full_name} has no field {path!r}")
     if field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -194,17 +194,6 @@ def _from_text(descriptor: Descriptor, path: str, texts: list[str]) -> Any:
     if len(values) != 1:
         return ControlError("INVALID_ARGUMENT", f"{path!r} takes one value, got {len(values)}")
     return values[0]
-
-
-def _field(descriptor: Descriptor, path: str) -> FieldDescriptor | None:
-    current: Descriptor | None = descriptor
-    field: FieldDescriptor | None = None
-    for name in path.split("."):
-        field = current.fields_by_name.get(name) if current is not None else None
-        if field is None:
-            return None
-        current = field.message_type
-    return field
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
