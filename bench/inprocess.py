@@ -216,8 +216,10 @@ def run(args: argparse.Namespace, sink: Helper, judge: Helper) -> int:
           f"(target <= 1.5x): {'PASS' if ratio <= 1.5 else 'MISS'}")  # fmt: skip
     sdk_hook, scoring_hook = hook_cost()
     print(f"  on_end alone, per call: BatchSpanProcessor {sdk_hook:.2f} us, ScoringSpanProcessor {scoring_hook:.2f} us")
-    print(f"  ... and on tracejudge's own threads (whole process): {extra_process - added:.1f} us/span more "
-          "(assembly, sampling, scoring, emission; the GIL is shared)")
+    print(
+        f"  ... and on tracejudge's own threads (whole process): {extra_process - added:.1f} us/span more "
+        "(assembly, sampling, scoring, emission; the GIL is shared)"
+    )
 
     ids = [trace_id for trace_id, _ in last["ended"]]
     print(f"\n== freshness: the last round's {len(ids)} turns, root span end -> evaluation safety at the sink ==")

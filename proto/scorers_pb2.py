@@ -12,41 +12,56 @@ from google.protobuf.internal import builder as _builder
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btracejudge/v1/scorers.proto\x12\rtracejudge.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x8c\x03\n\x06Scorer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07\x62uiltin\x18\x02 \x01(\tH\x00\x12/\n\nguidelines\x18\x03 \x01(\x0b\x32\x19.tracejudge.v1.GuidelinesH\x00\x12\x16\n\x0cinstructions\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x63ode\x18\x05 \x01(\tH\x00\x12\x1b\n\x13\x66\x65\x65\x64\x62\x61\x63k_value_type\x18\x06 \x01(\t\x12\x1b\n\x13\x66\x65\x65\x64\x62\x61\x63k_categories\x18\x07 \x03(\t\x12\x12\n\x05model\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\'\n\x06params\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bsample_rate\x18\n \x01(\x01\x12\x1a\n\rfilter_string\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x0f\n\x07version\x18\x0c \x01(\x05\x12+\n\x06status\x18\r \x01(\x0e\x32\x1b.tracejudge.v1.ScorerStatusB\x06\n\x04kindB\x08\n\x06_modelB\x10\n\x0e_filter_string\" \n\nGuidelines\x12\x12\n\nguidelines\x18\x01 \x03(\t\"h\n\x0eSamplingConfig\x12\x18\n\x0bsample_rate\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rfilter_string\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x0e\n\x0c_sample_rateB\x10\n\x0e_filter_string\">\n\x15RegisterScorerRequest\x12%\n\x06scorer\x18\x01 \x01(\x0b\x32\x15.tracejudge.v1.Scorer\"Z\n\x12StartScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\x1d.tracejudge.v1.SamplingConfig\"[\n\x13UpdateScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\x1d.tracejudge.v1.SamplingConfig\"!\n\x11StopScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13\x44\x65leteScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10GetScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12ListScorersRequest\"=\n\x13ListScorersResponse\x12&\n\x07scorers\x18\x01 \x03(\x0b\x32\x15.tracejudge.v1.Scorer*c\n\x0cScorerStatus\x12\x1d\n\x19SCORER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SCORER_STATUS_STOPPED\x10\x01\x12\x19\n\x15SCORER_STATUS_STARTED\x10\x02\x32\xa0\x04\n\rScorerService\x12M\n\x0eRegisterScorer\x12$.tracejudge.v1.RegisterScorerRequest\x1a\x15.tracejudge.v1.Scorer\x12G\n\x0bStartScorer\x12!.tracejudge.v1.StartScorerRequest\x1a\x15.tracejudge.v1.Scorer\x12I\n\x0cUpdateScorer\x12\".tracejudge.v1.UpdateScorerRequest\x1a\x15.tracejudge.v1.Scorer\x12\x45\n\nStopScorer\x12 .tracejudge.v1.StopScorerRequest\x1a\x15.tracejudge.v1.Scorer\x12J\n\x0c\x44\x65leteScorer\x12\".tracejudge.v1.DeleteScorerRequest\x1a\x16.google.protobuf.Empty\x12\x43\n\tGetScorer\x12\x1f.tracejudge.v1.GetScorerRequest\x1a\x15.tracejudge.v1.Scorer\x12T\n\x0bListScorers\x12!.tracejudge.v1.ListScorersRequest\x1a\".tracejudge.v1.ListScorersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btracejudge/v1/scorers.proto\x12\rtracejudge.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x8c\x03\n\x06Scorer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07\x62uiltin\x18\x02 \x01(\tH\x00\x12/\n\nguidelines\x18\x03 \x01(\x0b\x32\x19.tracejudge.v1.GuidelinesH\x00\x12\x16\n\x0cinstructions\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x63ode\x18\x05 \x01(\tH\x00\x12\x1b\n\x13\x66\x65\x65\x64\x62\x61\x63k_value_type\x18\x06 \x01(\t\x12\x1b\n\x13\x66\x65\x65\x64\x62\x61\x63k_categories\x18\x07 \x03(\t\x12\x12\n\x05model\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\'\n\x06params\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bsample_rate\x18\n \x01(\x01\x12\x1a\n\rfilter_string\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x0f\n\x07version\x18\x0c \x01(\x05\x12+\n\x06status\x18\r \x01(\x0e\x32\x1b.tracejudge.v1.ScorerStatusB\x06\n\x04kindB\x08\n\x06_modelB\x10\n\x0e_filter_string\" \n\nGuidelines\x12\x12\n\nguidelines\x18\x01 \x03(\t\"h\n\x0eSamplingConfig\x12\x18\n\x0bsample_rate\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rfilter_string\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x0e\n\x0c_sample_rateB\x10\n\x0e_filter_string\">\n\x15RegisterScorerRequest\x12%\n\x06scorer\x18\x01 \x01(\x0b\x32\x15.tracejudge.v1.Scorer\"Z\n\x12StartScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\x1d.tracejudge.v1.SamplingConfig\"[\n\x13UpdateScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\x1d.tracejudge.v1.SamplingConfig\"!\n\x11StopScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13\x44\x65leteScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10GetScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12ListScorersRequest\"=\n\x13ListScorersResponse\x12&\n\x07scorers\x18\x01 \x03(\x0b\x32\x15.tracejudge.v1.Scorer*c\n\x0cScorerStatus\x12\x1d\n\x19SCORER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SCORER_STATUS_STOPPED\x10\x01\x12\x19\n\x15SCORER_STATUS_STARTED\x10\x02\x32\x92\x06\n\rScorerService\x12j\n\x0eRegisterScorer\x12$.tracejudge.v1.RegisterScorerRequest\x1a\x15.tracejudge.v1.Scorer\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/scorers:\x06scorer\x12z\n\x0bStartScorer\x12!.tracejudge.v1.StartScorerRequest\x1a\x15.tracejudge.v1.Scorer\"1\x82\xd3\xe4\x93\x02+\"\x18/v1/scorers/{name}:start:\x0fsampling_config\x12}\n\x0cUpdateScorer\x12\".tracejudge.v1.UpdateScorerRequest\x1a\x15.tracejudge.v1.Scorer\"2\x82\xd3\xe4\x93\x02,\"\x19/v1/scorers/{name}:update:\x0fsampling_config\x12\x66\n\nStopScorer\x12 .tracejudge.v1.StopScorerRequest\x1a\x15.tracejudge.v1.Scorer\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x17/v1/scorers/{name}:stop\x12\x66\n\x0c\x44\x65leteScorer\x12\".tracejudge.v1.DeleteScorerRequest\x1a\x16.google.protobuf.Empty\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/scorers/{name}\x12_\n\tGetScorer\x12\x1f.tracejudge.v1.GetScorerRequest\x1a\x15.tracejudge.v1.Scorer\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/scorers/{name}\x12i\n\x0bListScorers\x12!.tracejudge.v1.ListScorersRequest\x1a\".tracejudge.v1.ListScorersResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/scorersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tracejudge.proto.scorers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCORERSTATUS']._serialized_start=1084
-  _globals['_SCORERSTATUS']._serialized_end=1183
-  _globals['_SCORER']._serialized_start=106
-  _globals['_SCORER']._serialized_end=502
-  _globals['_GUIDELINES']._serialized_start=504
-  _globals['_GUIDELINES']._serialized_end=536
-  _globals['_SAMPLINGCONFIG']._serialized_start=538
-  _globals['_SAMPLINGCONFIG']._serialized_end=642
-  _globals['_REGISTERSCORERREQUEST']._serialized_start=644
-  _globals['_REGISTERSCORERREQUEST']._serialized_end=706
-  _globals['_STARTSCORERREQUEST']._serialized_start=708
-  _globals['_STARTSCORERREQUEST']._serialized_end=798
-  _globals['_UPDATESCORERREQUEST']._serialized_start=800
-  _globals['_UPDATESCORERREQUEST']._serialized_end=891
-  _globals['_STOPSCORERREQUEST']._serialized_start=893
-  _globals['_STOPSCORERREQUEST']._serialized_end=926
-  _globals['_DELETESCORERREQUEST']._serialized_start=928
-  _globals['_DELETESCORERREQUEST']._serialized_end=963
-  _globals['_GETSCORERREQUEST']._serialized_start=965
-  _globals['_GETSCORERREQUEST']._serialized_end=997
-  _globals['_LISTSCORERSREQUEST']._serialized_start=999
-  _globals['_LISTSCORERSREQUEST']._serialized_end=1019
-  _globals['_LISTSCORERSRESPONSE']._serialized_start=1021
-  _globals['_LISTSCORERSRESPONSE']._serialized_end=1082
-  _globals['_SCORERSERVICE']._serialized_start=1186
-  _globals['_SCORERSERVICE']._serialized_end=1730
+  _globals['_SCORERSERVICE'].methods_by_name['RegisterScorer']._loaded_options = None
+  _globals['_SCORERSERVICE'].methods_by_name['RegisterScorer']._serialized_options = b'\202\323\344\223\002\025\"\013/v1/scorers:\006scorer'
+  _globals['_SCORERSERVICE'].methods_by_name['StartScorer']._loaded_options = None
+  _globals['_SCORERSERVICE'].methods_by_name['StartScorer']._serialized_options = b'\202\323\344\223\002+\"\030/v1/scorers/{name}:start:\017sampling_config'
+  _globals['_SCORERSERVICE'].methods_by_name['UpdateScorer']._loaded_options = None
+  _globals['_SCORERSERVICE'].methods_by_name['UpdateScorer']._serialized_options = b'\202\323\344\223\002,\"\031/v1/scorers/{name}:update:\017sampling_config'
+  _globals['_SCORERSERVICE'].methods_by_name['StopScorer']._loaded_options = None
+  _globals['_SCORERSERVICE'].methods_by_name['StopScorer']._serialized_options = b'\202\323\344\223\002\031\"\027/v1/scorers/{name}:stop'
+  _globals['_SCORERSERVICE'].methods_by_name['DeleteScorer']._loaded_options = None
+  _globals['_SCORERSERVICE'].methods_by_name['DeleteScorer']._serialized_options = b'\202\323\344\223\002\024*\022/v1/scorers/{name}'
+  _globals['_SCORERSERVICE'].methods_by_name['GetScorer']._loaded_options = None
+  _globals['_SCORERSERVICE'].methods_by_name['GetScorer']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/scorers/{name}'
+  _globals['_SCORERSERVICE'].methods_by_name['ListScorers']._loaded_options = None
+  _globals['_SCORERSERVICE'].methods_by_name['ListScorers']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/scorers'
+  _globals['_SCORERSTATUS']._serialized_start=1114
+  _globals['_SCORERSTATUS']._serialized_end=1213
+  _globals['_SCORER']._serialized_start=136
+  _globals['_SCORER']._serialized_end=532
+  _globals['_GUIDELINES']._serialized_start=534
+  _globals['_GUIDELINES']._serialized_end=566
+  _globals['_SAMPLINGCONFIG']._serialized_start=568
+  _globals['_SAMPLINGCONFIG']._serialized_end=672
+  _globals['_REGISTERSCORERREQUEST']._serialized_start=674
+  _globals['_REGISTERSCORERREQUEST']._serialized_end=736
+  _globals['_STARTSCORERREQUEST']._serialized_start=738
+  _globals['_STARTSCORERREQUEST']._serialized_end=828
+  _globals['_UPDATESCORERREQUEST']._serialized_start=830
+  _globals['_UPDATESCORERREQUEST']._serialized_end=921
+  _globals['_STOPSCORERREQUEST']._serialized_start=923
+  _globals['_STOPSCORERREQUEST']._serialized_end=956
+  _globals['_DELETESCORERREQUEST']._serialized_start=958
+  _globals['_DELETESCORERREQUEST']._serialized_end=993
+  _globals['_GETSCORERREQUEST']._serialized_start=995
+  _globals['_GETSCORERREQUEST']._serialized_end=1027
+  _globals['_LISTSCORERSREQUEST']._serialized_start=1029
+  _globals['_LISTSCORERSREQUEST']._serialized_end=1049
+  _globals['_LISTSCORERSRESPONSE']._serialized_start=1051
+  _globals['_LISTSCORERSRESPONSE']._serialized_end=1112
+  _globals['_SCORERSERVICE']._serialized_start=1216
+  _globals['_SCORERSERVICE']._serialized_end=2002
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,6 @@ one decoding path, one set of limits, one mapping of failures to codes.
 
 from __future__ import annotations
 
-import zlib
 from typing import Protocol
 
 import grpc
@@ -79,20 +78,6 @@ class ExportConsumer(Protocol):
     """
 
     def consume(self, signal: Signal, request: Message, payload: bytes, items: int) -> None: ...
-
-
-def gunzip_limited(body: bytes, limit: int) -> bytes:
-    """Inflate at most `limit` bytes, so a gzip bomb is refused without being inflated whole."""
-    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidRequest(f"body is not valid gzip: {exc}") from exc
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
-    if not inflater.eof:
-        raise InvalidRequest("body is not valid gzip: truncated stream")
-    return data
 
 
 def decode_protobuf(signal: Signal, body: bytes) -> Message:

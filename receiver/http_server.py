@@ -17,11 +17,13 @@ from opentelemetry import metrics
 
 from tracejudge.aio import AiohttpServerThread
 from tracejudge.config import parse_host_port
+from tracejudge.http_body import BodyError, BodyTooLarge, InvalidGzip, UnsupportedEncoding, read_body
 from tracejudge.model import Signal
 from tracejudge.receiver.config import ReceiverConfig
 from tracejudge.receiver.export import (
     RESPONSE_TYPES,
     ExportConsumer,
+    InvalidRequest,
     PayloadTooLarge,
     ReceiverMetrics,
     RequestError,
@@ -29,7 +31,6 @@ from tracejudge.receiver.export import (
     count_items,
     decode_json,
     decode_protobuf,
-    gunzip_limited,
     outcome_name,
 )
 
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+# How the OTLP spec answers a body that cannot be read: 413, 415, 400.
+_BODY_ERRORS: dict[type[BodyError], type[RequestError]] = {
+    BodyTooLarge: PayloadTooLarge,
+    UnsupportedEncoding: UnsupportedMediaType,
+    InvalidGzip: InvalidRequest,
+}
 
 
 class HttpReceiver:
@@ -102,24 +109,10 @@ class HttpReceiver:
     async def _read_body(self, request: web.Request, media: str) -> bytes:
         if media not in (PROTOBUF, JSON):
             raise UnsupportedMediaType(f"unsupported Content-Type {media!r}; use {PROTOBUF} or {JSON}")
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("identity", "gzip", ""):
-            raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}; use gzip or none")
-        if request.content_length is not None and request.content_length > self._limit:
-            raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds the limit of {self._limit}")
-        body = await _read_limited(request, self._limit)
-        return gunzip_limited(body, self._limit) if encoding == "gzip" else body
-
-
-async def _read_limited(request: web.Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        try:
+            return await read_body(request, self._limit)
+        except BodyError as exc:
+            raise _BODY_ERRORS.get(type(exc), InvalidRequest)(str(exc)) from exc
 
 
 def _status_response(

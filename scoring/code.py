@@ -5,7 +5,8 @@ A function declares what it needs by parameter name — `inputs`, `outputs`, `ex
 only loads them from an importable `module:function` named in the config file, never from the
 network. They run in threads with a timeout (CodeRunner); an exception or a timeout becomes an
 assessment with `error` set (scoring/assessments.py), so a broken scorer shows up in the results
-instead of vanishing.
+instead of vanishing. They are loaded as plain callables: `@scorer` (tracejudge.scorers) marks them for
+users, not for us.
 """
 
 from __future__ import annotations
@@ -16,22 +17,11 @@ import inspect
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from .view import TraceView
 
 BINDABLE = ("inputs", "outputs", "expectations", "trace")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def scorer(function: F | None = None, *, name: str | None = None) -> Any:
-    """Mark a function as a scorer; usable bare (`@scorer`) or with a name (`@scorer(name="x")`)."""
-
-    def mark(target: F) -> F:
-        target.__tracejudge_scorer_name__ = name or target.__name__  # type: ignore[attr-defined]
-        return target
-
-    return mark(function) if function is not None else mark
 
 
 class CodeScorerError(Exception):

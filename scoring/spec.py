@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tracejudge.schema import BUILTINS, builtin_names
+
 from .filters import FilterSyntaxError, parse_filter
 
 ValueType = Literal["bool", "int", "float", "str"] | list[str]
@@ -53,11 +55,9 @@ class ScorerSpec(BaseModel):
     @field_validator("builtin")
     @classmethod
     def _known_builtin(cls, value: str | None) -> str | None:
-        # Imported here: the judges import the judge client, which imports the config, which imports this.
-        from .checks import CHECKS
-        from .judges import BUILTIN_JUDGES
-
-        known = sorted([*CHECKS, *BUILTIN_JUDGES, "Guidelines"])
+        # The schema's catalogue, not scoring's implementations: validating a spec (the config, the control
+        # plane, in the ingest process) must not import the judges, hence the judge client and its model SDK.
+        known = builtin_names()
         if value is not None and value not in known:
             raise ValueError(f"unknown builtin {value!r}; known: {', '.join(known)}")
         return value
@@ -87,6 +87,10 @@ class ScorerSpec(BaseModel):
         if self.instructions is not None and not any(f"{{{{ {f} }}}}" in self.instructions for f in _TEMPLATE_FIELDS):
             raise ValueError("instructions must use at least one of {{ inputs }}, {{ outputs }}, {{ expectations }}, "
                              "{{ trace }}")  # fmt: skip
+        builtin = BUILTINS.get(self.builtin) if self.builtin is not None else None
+        missing = builtin.missing_params(self.params) if builtin is not None else []
+        if missing:
+            raise ValueError(f"builtin {self.builtin} needs params {missing}")
         return self
 
     @property

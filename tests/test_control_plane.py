@@ -1,4 +1,4 @@
-"""The scorer control plane end to end: a real gRPC server and a real aiohttp app serving scoring/control.py over
+"""The scorer control plane end to end: a real gRPC server and a real aiohttp app serving tracejudge/control/ over
 a real ScorerRegistry, driven through tracejudge.scorers (MLflow's API), raw HTTP/JSON and `tracejudge scorers`."""
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
+from tracejudge import control
 from tracejudge import scorers as client
 from tracejudge.aio import AiohttpServerThread
 from tracejudge.cli_scorers import scorers as scorers_cli
+from tracejudge.client.builtin_scorers import BUILTIN_CLASSES
+from tracejudge.control.service import check_exposure
 from tracejudge.proto import scorers_pb2 as pb
+from tracejudge.schema import SCORER_SERVICE
 from tracejudge.scorers import (
     Guidelines,
     LatencyUnder,
@@ -35,7 +39,6 @@ from tracejudge.scorers import (
 )
 from tracejudge.scoring.checks import CHECKS
 from tracejudge.scoring.code import CodeRunner
-from tracejudge.scoring.control import SERVICE_NAME, ScorerService, check_exposure, grpc_handler, http_routes
 from tracejudge.scoring.evaluators import build_evaluator
 from tracejudge.scoring.filters import FilterSyntaxError, parse_filter
 from tracejudge.scoring.judge_client import JudgePool
@@ -82,14 +85,14 @@ def serve() -> Iterator[Callable[..., ControlPlane]]:
     stops: list[Callable[[], None]] = []
 
     def start(registry: ScorerRegistry, token: str | None = None, listen: tuple[str, ...] = ()) -> ControlPlane:
-        service = ScorerService(registry, token, listen)
+        plane = control.ControlPlane({SCORER_SERVICE: control.ScorerService(registry)}, token, listen)
         server = grpc.server(ThreadPoolExecutor(max_workers=4))
-        server.add_generic_rpc_handlers((grpc_handler(service),))
+        server.add_generic_rpc_handlers(control.grpc_handlers(plane))
         grpc_port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         stops.append(lambda: server.stop(None).wait(5))
         app = web.Application()
-        app.add_routes(http_routes(service))
+        app.add_routes(control.http_routes(plane))
         http = AiohttpServerThread(app, "127.0.0.1", 0, "control-http", auto_decompress=False)
         http_port = http.start()
         stops.append(http.shutdown)
@@ -126,7 +129,7 @@ def http(
 def grpc_call(target: str, method: str, request: Any, response_type: Any, token: str | None = None) -> Any:
     with grpc.insecure_channel(target) as channel:
         call = channel.unary_unary(
-            f"/{SERVICE_NAME}/{method}",
+            SCORER_SERVICE.method(method).grpc_path,
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_type.FromString,
         )
@@ -200,7 +203,7 @@ def test_restored_registry_serves_the_same_state(
 
 
 def test_every_builtin_has_a_client_class(plane: ControlPlane) -> None:
-    classes = client._BUILTIN_CLASSES
+    classes = BUILTIN_CLASSES
     assert set(classes) == set(CHECKS) | set(BUILTIN_JUDGES)
     for builtin, cls in classes.items():
         made = cls(pattern="x") if cls is RegexMatch else cls()

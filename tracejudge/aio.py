@@ -7,6 +7,8 @@ of tracejudge is threads; this keeps asyncio contained in one place.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from tracejudge.event_loop import new_event_loop
+
+log = logging.getLogger(__name__)
 
 
 class AiohttpServerThread:
@@ -42,7 +46,10 @@ class AiohttpServerThread:
         if not self._thread.is_alive():
             return
         if self._runner is not None:
-            self._call(self._runner.cleanup(), timeout_s)
+            try:
+                self._call(self._runner.cleanup(), timeout_s)
+            except concurrent.futures.TimeoutError:  # aiohttp may linger on a refused body (aiohttp#1800)
+                log.warning("%s: connections still open after %gs; closing them", self._thread.name, timeout_s)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout_s)
         if not self._thread.is_alive():

@@ -14,13 +14,8 @@ from typing import Any, TypeVar
 import click
 import yaml
 
-from tracejudge.scorers import (
-    VALUE_TYPE_NAMES,
-    ControlPlaneError,
-    Scorer,
-    ScorerClient,
-    ScorerSamplingConfig,
-)
+from tracejudge.schema import VALUE_TYPES
+from tracejudge.scorers import ControlPlaneError, Scorer, ScorerClient, ScorerSamplingConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,7 +100,7 @@ def get_command(name: str, output: str) -> None:
 @click.option(
     "--feedback-value-type",
     metavar="TYPE",
-    help=f"What a prompt judge answers: {', '.join(VALUE_TYPE_NAMES)}, or categories as a,b,c.",
+    help=f"What a prompt judge answers: {', '.join(VALUE_TYPES)}, or categories as a,b,c.",
 )
 @click.option("--model", help="A judge endpoint name from the config's `judges:`, or a model URI.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A builtin option; repeatable.")
@@ -204,12 +199,12 @@ def _dump(data: Any, output: str) -> str:
 def _parse_value_type(text: str | None) -> str | list[str] | None:
     if text is None:
         return None
-    if text in VALUE_TYPE_NAMES:
+    if text in VALUE_TYPES:
         return text
     categories = [item.strip() for item in text.split(",") if item.strip()]
     if len(categories) < 2:
         raise click.BadParameter(
-            f"use one of {', '.join(VALUE_TYPE_NAMES)} or at least two categories as a,b",
+            f"use one of {', '.join(VALUE_TYPES)} or at least two categories as a,b",
             param_hint="--feedback-value-type",
         )
     return categories

@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.config_file import Config
+from tracejudge.control import ControlPlane, ScorerService, grpc_handlers, http_routes
 from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
 from tracejudge.exporter.config import ForwardEndpointConfig
 from tracejudge.exporter.forwarder import Forwarder
@@ -37,7 +38,7 @@ from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
-from tracejudge.scoring.control import ScorerService, grpc_handler, http_routes
+from tracejudge.schema import SCORER_SERVICE
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.spec import ScorerSpec
@@ -137,8 +138,9 @@ class Sidecar:
         self.assembler = TraceAssembler(config.assembler, FanOut([*summaries, self.engine, *trace_consumers]), meter)
         router = IngestRouter(self.forwarder, self.archive, self.assembler)
         receiver = config.receiver
-        control = ScorerService(self.registry, config.control.token, [receiver.grpc_endpoint, receiver.http_endpoint])
-        self.grpc = GrpcReceiver(receiver, router, meter, [grpc_handler(control)]) if receiver.grpc_endpoint else None
+        listen = [receiver.grpc_endpoint, receiver.http_endpoint]
+        control = ControlPlane({SCORER_SERVICE: ScorerService(self.registry)}, config.control.token, listen)
+        self.grpc = GrpcReceiver(receiver, router, meter, grpc_handlers(control)) if receiver.grpc_endpoint else None
         self.http = HttpReceiver(receiver, router, meter, http_routes(control)) if receiver.http_endpoint else None
         self._started: list[tuple[Component, float]] = []
         self._stopped = threading.Event()

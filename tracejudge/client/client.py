@@ -1,0 +1,287 @@
+"""ScorerClient (one sidecar's scorer API) and Scorer (a scorer definition, and once registered a handle on
+the sidecar's copy). They are one module because each needs the other: the client answers with handles,
+and a handle's lifecycle methods go through a client.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from tracejudge.proto import scorers_pb2 as pb
+from tracejudge.schema import SCORER_SERVICE, code_over_network, plain_struct
+
+from .errors import InvalidScorerError, PermissionDeniedError
+from .grpc_transport import GrpcTransport
+from .http_transport import HttpTransport
+from .transport import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ENDPOINT_ENV, TOKEN_ENV, Transport
+from .types import ScorerSamplingConfig, ScorerStatus, value_type
+
+
+def transport_for(endpoint: str | None, token: str | None, timeout: float) -> Transport:
+    """host:port or grpc(s)://host:port: gRPC; http(s)://host:port: HTTP/JSON. Defaults from the environment."""
+    text = (endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).strip()
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        return GrpcTransport(text, False, token, timeout)
+    scheme = scheme.lower()
+    if scheme in ("grpc", "grpcs"):
+        return GrpcTransport(rest.rstrip("/"), scheme == "grpcs", token, timeout)
+    if scheme in ("http", "https"):
+        return HttpTransport(text, token, timeout)
+    raise ValueError(f"{ENDPOINT_ENV}={text!r}: use host:port, grpc://host:port, grpcs://, http:// or https://")
+
+
+class ScorerClient:
+    """One sidecar's control plane. The module-level functions and scorer methods use one made from the env."""
+
+    def __init__(self, endpoint: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._transport = transport_for(endpoint, token, timeout)
+
+    @property
+    def endpoint(self) -> str:
+        return self._transport.endpoint
+
+    def list(self) -> builtins.list[Scorer]:
+        response = self._call("ListScorers", pb.ListScorersRequest())
+        assert isinstance(response, pb.ListScorersResponse)
+        return [Scorer._from_proto(item, self) for item in response.scorers]
+
+    def get(self, name: str) -> Scorer:
+        return self._scorer("GetScorer", pb.GetScorerRequest(name=name))
+
+    def register(self, scorer: Scorer, name: str | None = None) -> Scorer:
+        message = pb.Scorer()
+        message.CopyFrom(scorer._message)
+        message.name = name or scorer.name
+        if message.WhichOneof("kind") == "code":
+            raise PermissionDeniedError(code_over_network(message.name))
+        for field in ("sample_rate", "version", "status"):
+            message.ClearField(field)
+        return self._scorer("RegisterScorer", pb.RegisterScorerRequest(scorer=message))
+
+    def start(self, name: str, sampling_config: ScorerSamplingConfig) -> Scorer:
+        if not isinstance(sampling_config, ScorerSamplingConfig) or sampling_config.sample_rate is None:
+            raise InvalidScorerError(
+                "start needs sampling_config=ScorerSamplingConfig(sample_rate=...) with a rate > 0"
+            )
+        request = pb.StartScorerRequest(name=name, sampling_config=sampling_config.to_proto())
+        return self._scorer("StartScorer", request)
+
+    def update(self, name: str, sampling_config: ScorerSamplingConfig) -> Scorer:
+        if not isinstance(sampling_config, ScorerSamplingConfig):
+            raise InvalidScorerError("update needs sampling_config=ScorerSamplingConfig(...)")
+        request = pb.UpdateScorerRequest(name=name, sampling_config=sampling_config.to_proto())
+        return self._scorer("UpdateScorer", request)
+
+    def stop(self, name: str) -> Scorer:
+        return self._scorer("StopScorer", pb.StopScorerRequest(name=name))
+
+    def delete(self, name: str) -> None:
+        self._call("DeleteScorer", pb.DeleteScorerRequest(name=name))
+
+    def _scorer(self, rpc: str, request: Message) -> Scorer:
+        response = self._call(rpc, request)
+        assert isinstance(response, pb.Scorer)
+        return Scorer._from_proto(response, self)
+
+    def _call(self, rpc: str, request: Message) -> Message:
+        return self._transport.call(SCORER_SERVICE.method(rpc), request)
+
+
+def list_scorers() -> list[Scorer]:
+    """Every scorer registered with the sidecar, by name."""
+    return ScorerClient().list()
+
+
+def get_scorer(name: str) -> Scorer:
+    """The registered scorer `name`; raises ScorerNotFoundError."""
+    return ScorerClient().get(name)
+
+
+def delete_scorer(name: str) -> None:
+    """Unregister `name` (a config-file scorer comes back at the sidecar's next start)."""
+    ScorerClient().delete(name)
+
+
+class Scorer:
+    """A scorer definition and, once registered, a handle on the sidecar's copy of it.
+
+    Handles are immutable: `register`, `start`, `update` and `stop` return a new one.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        builtin: str | None = None,
+        guidelines: str | Sequence[str] | None = None,
+        instructions: str | None = None,
+        code: str | None = None,
+        feedback_value_type: Any = None,
+        model: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        message = pb.Scorer(name=name)
+        if builtin is not None:
+            message.builtin = builtin
+        if guidelines is not None:
+            message.guidelines.SetInParent()
+            message.guidelines.guidelines.extend([guidelines] if isinstance(guidelines, str) else list(guidelines))
+        if instructions is not None:
+            message.instructions = instructions
+        if code is not None:
+            message.code = code
+        kind = value_type(feedback_value_type)
+        if isinstance(kind, list):
+            message.feedback_categories.extend(kind)
+        elif kind is not None:
+            message.feedback_value_type = kind
+        if model is not None:
+            message.model = model
+        if params:
+            message.params.update(dict(params))
+        self._message = message
+        self._client: ScorerClient | None = None
+        self._registered = False
+
+    @classmethod
+    def _handles(cls, message: pb.Scorer) -> bool:
+        """Whether a handle on `message` is of this class (Safety for builtin Safety, ...); subclasses say."""
+        return False
+
+    @classmethod
+    def _from_proto(cls, message: pb.Scorer, client: ScorerClient) -> Scorer:
+        subclass = next((c for c in _subclasses(Scorer) if c._handles(message)), Scorer)
+        handle = object.__new__(subclass)
+        handle._message = message
+        handle._client = client
+        handle._registered = True
+        return handle
+
+    # ---- lifecycle: each returns a new handle with the sidecar's state
+
+    def register(self, name: str | None = None) -> Scorer:
+        """Register under `name` (default: the scorer's own name); it does not run until `start`."""
+        return self._use_client().register(self, name)
+
+    def start(self, *, sampling_config: ScorerSamplingConfig, name: str | None = None) -> Scorer:
+        """Run on `sample_rate` (> 0) of the traces matching `filter_string`."""
+        return self._use_client().start(name or self.name, sampling_config)
+
+    def update(self, *, sampling_config: ScorerSamplingConfig, name: str | None = None) -> Scorer:
+        """Change the sampling; fields left as None keep their value."""
+        return self._use_client().update(name or self.name, sampling_config)
+
+    def stop(self, *, name: str | None = None) -> Scorer:
+        """Set the sample rate to 0; the scorer stays registered."""
+        return self._use_client().stop(name or self.name)
+
+    def _use_client(self) -> ScorerClient:
+        return self._client or ScorerClient()
+
+    # ---- state
+
+    @property
+    def name(self) -> str:
+        return self._message.name
+
+    @property
+    def kind(self) -> str:
+        """builtin, guidelines, prompt (make_judge) or code, as ScorerSpec.kind."""
+        kind = self._message.WhichOneof("kind")
+        return "prompt" if kind == "instructions" else str(kind)
+
+    @property
+    def builtin(self) -> str | None:
+        return self._message.builtin if self._message.WhichOneof("kind") == "builtin" else None
+
+    @property
+    def guidelines(self) -> list[str] | None:
+        return list(self._message.guidelines.guidelines) if self._message.HasField("guidelines") else None
+
+    @property
+    def instructions(self) -> str | None:
+        return self._message.instructions if self._message.WhichOneof("kind") == "instructions" else None
+
+    @property
+    def code(self) -> str | None:
+        return self._message.code if self._message.WhichOneof("kind") == "code" else None
+
+    @property
+    def feedback_value_type(self) -> str | list[str] | None:
+        if self._message.feedback_categories:
+            return list(self._message.feedback_categories)
+        return self._message.feedback_value_type or None
+
+    @property
+    def model(self) -> str | None:
+        return self._message.model if self._message.HasField("model") else None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return plain_struct(json_format.MessageToDict(self._message.params)) if self._message.HasField("params") else {}
+
+    @property
+    def sample_rate(self) -> float:
+        return self._message.sample_rate
+
+    @property
+    def filter_string(self) -> str | None:
+        return self._message.filter_string if self._message.HasField("filter_string") else None
+
+    @property
+    def version(self) -> int:
+        return self._message.version
+
+    @property
+    def status(self) -> ScorerStatus:
+        if not self._registered:
+            return ScorerStatus.UNREGISTERED
+        return ScorerStatus.STARTED if self._message.sample_rate > 0 else ScorerStatus.STOPPED
+
+    @property
+    def sampling_config(self) -> ScorerSamplingConfig:
+        return ScorerSamplingConfig(self.sample_rate, self.filter_string)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a config file's `scorers:` entry, plus `status` once registered."""
+        kind = self._message.WhichOneof("kind")
+        out: dict[str, Any] = {"name": self.name}
+        if kind is not None:
+            out[kind] = self.guidelines if kind == "guidelines" else getattr(self._message, kind)
+        optional = {
+            "feedback_value_type": self.feedback_value_type,
+            "model": self.model,
+            "params": self.params or None,
+        }
+        out.update({key: value for key, value in optional.items() if value is not None})
+        if self._registered:
+            out["sample_rate"] = self.sample_rate
+            if self.filter_string is not None:
+                out["filter_string"] = self.filter_string
+            out["version"] = self.version
+        out["status"] = self.status.value
+        return out
+
+    def __repr__(self) -> str:
+        kind = f"builtin={self.builtin!r}" if self.builtin else f"kind={self.kind!r}"
+        state = f"status={self.status.value}"
+        if self._registered:
+            state += f", sample_rate={self.sample_rate:g}"
+            if self.filter_string is not None:
+                state += f", filter_string={self.filter_string!r}"
+        return f"{type(self).__name__}(name={self.name!r}, {kind}, {state})"
+
+
+def _subclasses(cls: type[Scorer]) -> Iterator[type[Scorer]]:
+    """Every subclass, depth first: the builtin classes (client.builtin_scorers) declare which messages they handle."""
+    for subclass in cls.__subclasses__():
+        yield subclass
+        yield from _subclasses(subclass)

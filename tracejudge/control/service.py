@@ -1,0 +1,210 @@
+"""The scorer lifecycle as a transport-free service, and who may call the control plane at all.
+
+`ScorerService` implements tracejudge.v1.ScorerService (proto/tracejudge/v1/scorers.proto) against a
+ScorerRegistry: one method per RPC, named as the RPC in snake_case, proto request in, proto response out, a
+refusal raised as a ControlError carrying a status name. The gRPC and HTTP/JSON adapters serve it from the
+schema's descriptors, so a request means the same and fails with the same status either way:
+
+    NOT_FOUND (HTTP 404)            no scorer of that name
+    ALREADY_EXISTS (409)            the name is taken
+    FAILED_PRECONDITION (412)       too many scorers active
+    INVALID_ARGUMENT (400)          a spec, sampling config or filter that cannot be used
+    PERMISSION_DENIED (403)         a code scorer sent over the network; a control plane exposed beyond
+                                    loopback with no token configured
+    UNAUTHENTICATED (401)           a missing or wrong `authorization: Bearer <token>`
+
+Code scorers are only ever loaded from the config file: a `code` scorer in RegisterScorer is refused, while
+the config's code scorers can be started, updated, stopped and deleted like any other.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+from google.protobuf import empty_pb2
+from pydantic import ValidationError
+
+from tracejudge.proto import scorers_pb2 as pb
+from tracejudge.schema import StatusName, code_over_network, http_status
+from tracejudge.scoring.filters import FilterSyntaxError, parse_filter
+from tracejudge.scoring.registry import RegistryError, ScorerExists, ScorerNotFound, ScorerRegistry, TooManyActive
+
+from .convert import ConversionError, describe_validation, spec_from_proto, spec_to_proto
+
+log = logging.getLogger(__name__)
+
+
+class ControlError(Exception):
+    """A refused control-plane call: a status name (schema.StatusName) and a message for the caller."""
+
+    def __init__(self, code: StatusName, message: str) -> None:
+        super().__init__(message)
+        self.code: StatusName = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return http_status(self.code)
+
+
+# --------------------------------------------------------------------------------------------- access
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposed_endpoints(endpoints: Iterable[str | None]) -> list[str]:
+    """The HOST:PORT listen addresses (None: off) that are reachable from beyond this host."""
+    return [e for e in endpoints if e is not None and not is_loopback(e.rpartition(":")[0] or e)]
+
+
+def check_exposure(endpoints: Iterable[str | None], token: str | None) -> None:
+    """Raise ValueError when a listener is not on loopback and no token protects the control plane."""
+    exposed = exposed_endpoints(endpoints)
+    if exposed and not token:
+        raise ValueError(_exposure_message(exposed))
+
+
+def _exposure_message(exposed: Sequence[str]) -> str:
+    return (
+        f"the scorer control plane is off: tracejudge listens on {', '.join(exposed)}, beyond loopback, and no "
+        "token is set; set control.token (or TRACEJUDGE_TOKEN) to use it from the network"
+    )
+
+
+class Access:
+    """Who may call the control plane, whatever the service and the transport.
+
+    `token`: when set, every call must carry `authorization: Bearer <token>` (compared in constant time).
+    `listen`: the sidecar's listen addresses; if any is beyond loopback and no token is set, every call is
+    refused (PERMISSION_DENIED) rather than leaving scorer management open to the network.
+    """
+
+    def __init__(self, token: str | None = None, listen: Iterable[str | None] = ()) -> None:
+        self._token = token.encode() if token else None
+        exposed = exposed_endpoints(listen)
+        self._refusal = _exposure_message(exposed) if exposed and self._token is None else None
+        if self._refusal:
+            log.warning("%s", self._refusal)
+
+    def check(self, authorization: str | None) -> ControlError | None:
+        """None when the call may go ahead; else the refusal to answer with."""
+        if self._refusal is not None:
+            return ControlError("PERMISSION_DENIED", self._refusal)
+        if self._token is None:
+            return None
+        if not authorization:
+            return ControlError(
+                "UNAUTHENTICATED",
+                "this control plane needs a bearer token: send 'authorization: Bearer <token>' "
+                "(set TRACEJUDGE_TOKEN for the client and the CLI)",
+            )
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self._token):
+            return ControlError("UNAUTHENTICATED", "wrong bearer token for the control plane")
+        return None
+
+
+# --------------------------------------------------------------------------------------------- ScorerService
+
+
+class ScorerService:
+    """tracejudge.v1.ScorerService over a ScorerRegistry; each method is the RPC of that name in snake_case."""
+
+    def __init__(self, registry: ScorerRegistry) -> None:
+        self._registry = registry
+
+    def register_scorer(self, request: pb.RegisterScorerRequest) -> pb.Scorer:
+        if request.scorer.WhichOneof("kind") == "code":
+            raise ControlError("PERMISSION_DENIED", code_over_network(request.scorer.name or "my_scorer"))
+        if request.scorer.HasField("filter_string"):
+            _check_filter(request.scorer.filter_string)
+        with _translated():
+            return spec_to_proto(self._registry.register(spec_from_proto(request.scorer)))
+
+    def start_scorer(self, request: pb.StartScorerRequest) -> pb.Scorer:
+        config = request.sampling_config
+        if not config.HasField("sample_rate") or not config.sample_rate > 0:
+            raise ControlError(
+                "INVALID_ARGUMENT", "StartScorer needs sampling_config.sample_rate > 0 (use StopScorer to stop)"
+            )
+        rate, filter_string = _sampling(config)
+        with _translated():
+            return spec_to_proto(self._registry.start(_name(request.name), float(rate or 0), filter_string))
+
+    def update_scorer(self, request: pb.UpdateScorerRequest) -> pb.Scorer:
+        rate, filter_string = _sampling(request.sampling_config)
+        with _translated():
+            return spec_to_proto(self._registry.update(_name(request.name), rate, filter_string))
+
+    def stop_scorer(self, request: pb.StopScorerRequest) -> pb.Scorer:
+        with _translated():
+            return spec_to_proto(self._registry.stop(_name(request.name)))
+
+    def delete_scorer(self, request: pb.DeleteScorerRequest) -> empty_pb2.Empty:
+        with _translated():
+            self._registry.delete(_name(request.name))
+        return empty_pb2.Empty()
+
+    def get_scorer(self, request: pb.GetScorerRequest) -> pb.Scorer:
+        with _translated():
+            return spec_to_proto(self._registry.get(_name(request.name)))
+
+    def list_scorers(self, request: pb.ListScorersRequest) -> pb.ListScorersResponse:
+        return pb.ListScorersResponse(scorers=[spec_to_proto(spec) for spec in self._registry.all()])
+
+
+def _sampling(config: pb.SamplingConfig) -> tuple[float | None, str | None]:
+    rate = config.sample_rate if config.HasField("sample_rate") else None
+    if rate is not None and (math.isnan(rate) or not 0.0 <= rate <= 1.0):
+        raise ControlError("INVALID_ARGUMENT", f"sample_rate must be between 0 and 1, got {rate}")
+    filter_string = config.filter_string if config.HasField("filter_string") else None
+    if filter_string is not None:
+        _check_filter(filter_string)
+    return rate, filter_string
+
+
+def _check_filter(text: str) -> None:
+    """A bad filter keeps the parser's caret under the offending token (the spec's own message drops it)."""
+    if not text.strip():
+        return
+    try:
+        parse_filter(text)
+    except FilterSyntaxError as exc:
+        raise ControlError("INVALID_ARGUMENT", f"invalid filter_string: {exc}") from exc
+
+
+def _name(name: str) -> str:
+    if not name:
+        raise ControlError("INVALID_ARGUMENT", "name is required")
+    return name
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Registry, conversion and validation errors -> ControlError with their status."""
+    try:
+        yield
+    except ScorerNotFound as exc:
+        raise ControlError("NOT_FOUND", str(exc)) from exc
+    except ScorerExists as exc:
+        raise ControlError("ALREADY_EXISTS", str(exc)) from exc
+    except TooManyActive as exc:
+        raise ControlError("FAILED_PRECONDITION", str(exc)) from exc
+    except ConversionError as exc:
+        raise ControlError("INVALID_ARGUMENT", str(exc)) from exc
+    except ValidationError as exc:
+        raise ControlError("INVALID_ARGUMENT", f"invalid scorer: {describe_validation(exc)}") from exc
+    except (RegistryError, ValueError) as exc:  # a spec the registry's validate refuses (unknown builtin, bad model)
+        raise ControlError("INVALID_ARGUMENT", str(exc)) from exc
