@@ -19,7 +19,8 @@ from tracejudge.exporter.archive import ParquetArchive
 from tracejudge.exporter.config import ArchiveConfig
 from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.model import Assessment, AssessmentSource
-from tracejudge.otlp import any_value, attributes_dict, span_and_log_exporters
+from tracejudge.otlp import any_value, attributes_dict
+from tracejudge.otlp_exporters import span_and_log_exporters
 from tracejudge.testing import wait_until
 
 from archive_reader import query

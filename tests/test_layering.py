@@ -1,27 +1,53 @@
-"""Which parts may import what: checked on the source (imports a module makes) and in a fresh interpreter
-(what importing it loads), so a layering slip fails here instead of in a process that should not pay for it."""
+"""The floor plan as import-linter contracts (pyproject.toml, [tool.importlinter]), run with the suite.
+
+The contracts run on the installed layout (tools/layout.py links receiver/, scoring/, exporter/ ... into
+tracejudge/ as pyproject's package-dir does), so a crossing in any top-level folder is seen, and the
+second test plants crossings to prove the contracts can fail at all.
+"""
 
 from __future__ import annotations
 
-import ast
+import subprocess
+import sys
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from importlint import lint  # noqa: E402
+from layout import build_tree  # noqa: E402
 
 
-def imports_of(path: Path) -> set[str]:
-    """The modules a file imports, `from a import b` counted as a.b too (aiohttp.web from `from aiohttp import web`)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
+def contracts() -> int:
+    return len(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"])
 
 
-def test_scoring_imports_no_transport() -> None:
-    for path in sorted((ROOT / "scoring").glob("*.py")):
-        transports = {m for m in imports_of(path) if m.split(".")[0] == "grpc" or m.startswith("aiohttp.web")}
-        assert not transports, f"{path.name} imports {sorted(transports)}"
+def test_every_contract_holds_over_every_folder() -> None:
+    run = subprocess.run([sys.executable, str(ROOT / "tools" / "importlint.py")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"Contracts: {contracts()} kept, 0 broken." in run.stdout
+
+
+def test_planted_crossings_break_their_contracts(tmp_path: Path) -> None:
+    build_tree(tmp_path)
+    package = tmp_path / "tracejudge"
+    (package / "receiver" / "planted.py").write_text("from tracejudge.scoring import engine\n")
+    (package / "scoring" / "planted.py").write_text("import grpc\n")
+    (package / "exporter" / "planted.py").write_text("from tracejudge.scoring import spec\n")
+    (package / "client" / "planted.py").write_text("from tracejudge import otlp\n")
+    (package / "config.py").unlink()
+    (package / "config.py").write_text(
+        (ROOT / "tracejudge" / "config.py").read_text() + "\nimport tracejudge.receiver\n"
+    )
+    run = lint(tmp_path, capture=True)
+    assert run.returncode != 0
+    for crossing in ("tracejudge.receiver.planted -> tracejudge.scoring.engine",
+                     "tracejudge.scoring.planted -> grpc",
+                     "tracejudge.exporter.planted -> tracejudge.scoring.spec",
+                     "tracejudge.client.planted -> tracejudge.otlp",
+                     "tracejudge.config -> tracejudge.receiver"):  # fmt: skip
+        assert crossing in run.stdout, crossing
+    # Every contract broken, the layers too (parts may not import each other): each folder is seen.
+    assert f"Contracts: 0 kept, {contracts()} broken." in run.stdout

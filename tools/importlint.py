@@ -18,13 +18,21 @@ from pathlib import Path
 from layout import ROOT, build_tree
 
 
+def lint(tree: Path, *arguments: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    """lint-imports over a tree built by build_tree (tests plant a crossing in one to see it caught)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    command = [str(lint_imports), str(ROOT / "pyproject.toml"), "--no-cache", "--no-logo", *arguments]
+    return subprocess.run(command, cwd=tree, env=env, capture_output=capture, text=True)
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tracejudge-importlint-") as tree:
         build_tree(Path(tree))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        lint_imports = Path(sys.executable).with_name("lint-imports")
-        command = [str(lint_imports), str(ROOT / "pyproject.toml"), "--no-cache", "--no-logo", *sys.argv[1:]]
-        return subprocess.run(command, cwd=tree, env=env).returncode
+        return lint(Path(tree), *sys.argv[1:]).returncode
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from tracejudge import __version__
 from tracejudge.config_file import Config, load_config
 from tracejudge.exporter.emitter import AssessmentEmitter
-from tracejudge.otlp import metric_exporter, span_and_log_exporters
+from tracejudge.otlp_exporters import metric_exporter, span_and_log_exporters
 from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.scorers import Scorer
 from tracejudge.scoring.engine import ScoringEngine

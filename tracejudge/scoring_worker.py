@@ -36,7 +36,7 @@ from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
 from tracejudge.logs import configure_logging
 from tracejudge.model import Signal
-from tracejudge.otlp import metric_exporter, span_and_log_exporters
+from tracejudge.otlp_exporters import metric_exporter, span_and_log_exporters
 from tracejudge.scoring.loop import ScoringLoop
 from tracejudge.scoring.worker_protocol import (
     ARCHIVE,

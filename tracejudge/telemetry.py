@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from tracejudge import __version__
 from tracejudge.aio import AiohttpServerThread
 from tracejudge.config import Duration, StrictConfig, parse_host_port
-from tracejudge.otlp import metric_exporter
+from tracejudge.otlp_exporters import metric_exporter
 
 log = logging.getLogger(__name__)
 
