@@ -80,7 +80,7 @@ def serve(
     metrics_endpoint: str | None,
     log_level: str | None,
 ) -> None:
-    """Receive OTLP, forward it, archive it and assemble traces until SIGTERM or Ctrl-C."""
+    """Receive OTLP, forward it, archive it, assemble its traces and score them until SIGTERM or Ctrl-C."""
     overrides: dict[str, Any] = {}
     for key, value in (
         ("receiver.grpc_endpoint", grpc_endpoint),
