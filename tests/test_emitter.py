@@ -16,8 +16,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from tracejudge.exporter.archive import ParquetArchive
-from tracejudge.exporter.config import ArchiveConfig
+from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
 from tracejudge.exporter.emitter import AssessmentEmitter
+from tracejudge.exporter.forwarder import Forwarder
+from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
 from tracejudge.model import Assessment, AssessmentSource
 from tracejudge.otlp import any_value, attributes_dict
 from tracejudge.otlp_exporters import span_and_log_exporters
@@ -340,3 +342,37 @@ def test_without_an_endpoint_verdicts_go_where_the_apps_otel_settings_point(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
     with pytest.raises(ValueError, match="grpc or http/protobuf"):
         span_and_log_exporters(None)
+
+
+def test_the_sidecars_own_parts_carry_a_human_verdict(
+    tmp_path: Path, grpc_sink: GrpcSink, meter_provider: MeterProvider
+) -> None:
+    """The emitter built from what the sidecar process holds (its forwarder's queue and its archive),
+    as human feedback will use it: the verdict reaches the backend through the forwarder, like app data,
+    and the archive's assessments table."""
+    meter = meter_provider.get_meter("tracejudge")
+    forwarder = Forwarder([ForwardEndpointConfig(url=grpc_sink.url)], tmp_path / "queue", meter)
+    archive = ParquetArchive(ArchiveConfig(), tmp_path / "archive", meter)
+    archive.start()
+    forwarder.start()
+    try:
+        exporters = (QueuedSpanExporter(forwarder.submit), QueuedLogExporter(forwarder.submit))
+        emitter = AssessmentEmitter(exporters, meter, archive)
+        human = Assessment(name="thumbs", trace_id=TRACE_ID, span_id=ROOT_SPAN_ID, value=False,
+                           source=AssessmentSource.HUMAN, source_id="user-42", rationale="Wrong refund window.",
+                           timestamp_ns=NOW)  # fmt: skip
+        emitter.emit([human])
+        emitter.shutdown()
+        assert wait_until(lambda: len(grpc_sink.received.spans()) == 1 and len(logs_of(grpc_sink.received)) == 1)
+    finally:
+        forwarder.shutdown(10)
+        archive.shutdown()
+
+    [span] = grpc_sink.received.spans()
+    assert (span.name, span.trace_id.hex(), span.parent_span_id.hex()) == ("evaluation thumbs", TRACE_ID, ROOT_SPAN_ID)
+    assert attributes_dict(span.attributes)["tracejudge.assessment.source"] == "HUMAN"
+    [(_, record)] = logs_of(grpc_sink.received)
+    assert any_value(record.body) == "Wrong refund window."
+    assert query(tmp_path / "archive", "assessments", "SELECT name, value, source, source_id FROM t") == [
+        ("thumbs", "false", "HUMAN", "user-42")
+    ]
