@@ -42,6 +42,10 @@ SPANS_SCHEMA = pa.schema(
         ("events", pa.string()),
         ("links", pa.string()),
         ("received_at", TIMESTAMP),
+        # OTLP Span.flags (bits 0-7 the W3C trace flags, bits 8-9 whether the parent is remote), last so files
+        # written before it keep their column positions. The archive reader needs it to find a service's entry
+        # span; bench/archive_fidelity.py measured it against keeping each span's OTLP bytes.
+        ("flags", pa.int64()),
     ]
 )
 
@@ -175,6 +179,7 @@ def spans_batch(request: ExportTraceServiceRequest, received_at: int | None = No
                 columns["events"].append(_events_json(span))
                 columns["links"].append(_links_json(span))
                 columns["received_at"].append(received_at)
+                columns["flags"].append(span.flags)
     return pa.RecordBatch.from_pydict(columns, schema=SPANS_SCHEMA)
 
 
