@@ -201,7 +201,7 @@ def fastest(work: Sequence[Callable[[], object]], rounds: int) -> list[float]:
     sidecar.tune_garbage_collector makes it rare in the sidecar). Pieces are small (one request, ~500 spans,
     ~10 ms) and the options' pieces interleave (the caller rotates which goes first), so a burst of other load on
     the machine costs one piece one round, not an option a whole round: timing whole rounds instead, the
-    first runs had baseline and (a), which do the same work, 8-17 % apart."""
+    first runs had baseline and (a), which do the same work, up to 17 % apart."""
     best = [float("inf")] * len(work)
     gc.collect()
     gc.disable()

@@ -38,13 +38,13 @@ column. One run of the bench, both options and the baseline over the same spans,
     real instrumentations       29.6    29.6     58.1        25.2k   24.8k     21.8k        35.9k   223k
 
 (b) doubles the archive (+96 to +106 %: zstd cannot share the span bytes with the JSON columns, which DuckDB
-users need, so they stay) and costs the writer, ingest's most CPU-hungry step, 12-14 %; (a) costs neither
-(+0.1 % bytes; its rate is the baseline's within noise, -0.1 to -1.7 %: the two run the same code). (b) rebuilds 5-6x faster, but
-rebuilding runs for backfill and evaluate, off the live path, where ~25 us a span is nothing beside a judge
-call. And (a) loses nothing extraction reads: JSON keeps int apart from double, bools, nested arrays and
-kvlists, empty values; bytes come back as their base64 text, which any_value(), so extraction, reads exactly
-as the bytes. Not kept: NaN and infinities (orjson writes null), dropped counts, scope attributes, links'
-flags and trace state, log records' flags.
+users need, so they stay) and costs the writer, ingest's most CPU-hungry step, 12-14 %. (a) costs neither:
++0.1 % bytes, and its rate is the baseline's within noise (-0.1 to -1.7 %: the two run the same code). (b)
+rebuilds 5-6x faster, but rebuilding runs for backfill and evaluate, off the live path, where ~25 us a span is
+nothing beside a judge call. And (a) loses nothing extraction reads: JSON keeps int apart from double, bools,
+nested arrays and kvlists, empty values; bytes come back as their base64 text, which any_value(), so
+extraction, reads exactly as the bytes. Not kept: NaN and infinities (orjson writes null), dropped counts,
+scope attributes, links' flags and trace state, log records' flags.
 
 Files written before the flags column read with null flags (the dataset is read with today's schema): a span
 whose parent is remote is then no local root, so such a trace's root is its earliest span, as extraction's
