@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -95,8 +95,17 @@ class TableWriter:
 
     ROW_GROUP_ROWS = 16_384
 
-    def __init__(self, directory: Path, schema: pa.Schema, roll_size: int, roll_interval: float) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        schema: pa.Schema,
+        roll_size: int,
+        roll_interval: float,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`wall_clock` (epoch seconds) picks the hour partition; tests pass their own to write several hours."""
         self._directory = directory
+        self._wall_clock = wall_clock
         self._schema = schema
         self._roll_size = roll_size
         self._roll_interval = roll_interval
@@ -124,7 +133,7 @@ class TableWriter:
         if not self._pending and self._writer is None:
             return
         expired = time.monotonic() - self._started_at >= self._roll_interval
-        if expired or (self._writer is not None and _partition(time.time()) != self._partition):
+        if expired or (self._writer is not None and rows.partition_of(self._wall_clock()) != self._partition):
             self.close()
 
     def close(self) -> None:
@@ -144,7 +153,7 @@ class TableWriter:
             return
         table = pa.Table.from_batches(self._pending, schema=self._schema)
         self._pending, self._pending_rows = [], 0
-        if self._writer is not None and _partition(time.time()) != self._partition:
+        if self._writer is not None and rows.partition_of(self._wall_clock()) != self._partition:
             self._close_file()
         if self._writer is None:
             self._open()
@@ -154,8 +163,8 @@ class TableWriter:
             self._close_file()
 
     def _open(self) -> None:
-        now = time.time()
-        self._partition = _partition(now)
+        now = self._wall_clock()
+        self._partition = rows.partition_of(now)
         directory = self._directory / self._partition
         directory.mkdir(parents=True, exist_ok=True)
         self._sequence += 1
@@ -163,11 +172,6 @@ class TableWriter:
         self._final = directory / name
         self._temp = directory / f".{name}.tmp"
         self._writer = pq.ParquetWriter(self._temp, self._schema, compression="zstd")
-
-
-def _partition(epoch_seconds: float) -> str:
-    moment = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
-    return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
 
 
 if __name__ == "__main__":

@@ -21,13 +21,11 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.model import BufferedLog, BufferedSpan, CompletionReason, Trace, TraceConsumer
+from tracejudge.otlp import is_genai_event, is_local_root
 from tracejudge.receiver.config import AssemblerConfig
 
 log = logging.getLogger(__name__)
 
-# OTLP Span.flags bits 8 and 9: "parent is known to be remote" (proto/trace/v1/trace.proto).
-_PARENT_REMOTE_KNOWN = 0x100
-_PARENT_IS_REMOTE = 0x200
 # Per-item Python overhead (tuple, ids, ints, list slot) added to the payload size in the memory cap:
 # bench/ingest.py's memory phase measured ~1,360 B of RSS per buffered span of ~850 wire bytes.
 SPAN_OVERHEAD_BYTES = 512
@@ -41,10 +39,6 @@ class _Pending:
     logs: list[BufferedLog] = field(default_factory=list)
     root_seen: bool = False
     size: int = 0
-
-
-def is_genai_event(event_name: str) -> bool:
-    return event_name.startswith("gen_ai.")
 
 
 class TraceAssembler:
@@ -111,7 +105,7 @@ class TraceAssembler:
                             span.start_time_unix_nano,
                             span.end_time_unix_nano,
                             span.status.code,
-                            _is_local_root(parent, span.flags),
+                            is_local_root(parent, span.flags),
                             span.SerializeToString(),
                             resource,
                             scope,
@@ -182,9 +176,17 @@ class TraceAssembler:
         self._stopping.set()
         if self._ticker.is_alive():
             self._ticker.join(timeout_s)
+        self._decide_all(CompletionReason.SHUTDOWN)
+
+    def end_of_input(self) -> None:
+        """Decide every buffered trace now (reason: end_of_input), complete when its local root arrived: a
+        batch source (a file) has no more spans to wait for, so no clock needs to run out."""
+        self._decide_all(CompletionReason.END_OF_INPUT)
+
+    def _decide_all(self, reason: CompletionReason) -> None:
         with self._lock:
             decided = [
-                self._decide(trace_id, CompletionReason.SHUTDOWN, complete=pending.root_seen)
+                self._decide(trace_id, reason, complete=pending.root_seen)
                 for trace_id, pending in list(self._pending.items())
             ]
         self._deliver(decided)
@@ -243,14 +245,6 @@ class TraceAssembler:
 
     def _observe_bytes(self, _options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._buffered_bytes)
-
-
-def _is_local_root(parent_span_id: bytes, flags: int) -> bool:
-    """A span with no parent, or whose parent lives in another process (its service's entry span)."""
-    if not parent_span_id:
-        return True
-    remote_bits = _PARENT_REMOTE_KNOWN | _PARENT_IS_REMOTE
-    return flags & remote_bits == remote_bits
 
 
 def _event_name(record: object) -> str:

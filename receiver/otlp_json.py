@@ -61,8 +61,14 @@ class OtlpJsonError(ValueError):
 
 def parse_otlp_json(body: bytes, message_type: type[M]) -> M:
     """Decode an OTLP/JSON request body into a new `message_type` (an Export*ServiceRequest)."""
+    _schema_for(message_type)  # a wrong type is the caller's bug: say so before blaming the body
+    return parse_otlp_document(_load_object(body), message_type)
+
+
+def parse_otlp_document(document: dict[str, Any], message_type: type[M]) -> M:
+    """Decode an OTLP/JSON document already loaded as a JSON object (a file source reads the object first to
+    tell traces from logs). Its id fields are rewritten in place."""
     schema = _schema_for(message_type)
-    document = _load_object(body)
     _walk(document, schema, "")
     message: M = message_type()
     try:

@@ -2,8 +2,10 @@
 
 - OTLP's gRPC services, named once and read from the generated descriptors (not typed by hand): the
   receiver serves them, the forwarder calls them, tests and benchmarks play both roles;
-- AnyValue and attribute lists as plain Python values: the archive's rows, the trace summaries and
-  extraction all read attributes;
+- AnyValue and attribute lists as plain Python values, and back: the archive's rows, the trace summaries
+  and extraction read attributes; the archive reader rebuilds them from the rows;
+- which span is a service's entry span, and which log records are GenAI events: the live assembler and
+  the archive reader must decide both the same way;
 - where instrumentations put the conversation (session) and the user: the trace summaries and
   extraction must agree on them.
 
@@ -68,6 +70,55 @@ def any_value(value: AnyValue) -> Any:
 
 def attributes_dict(attributes: Iterable[KeyValue]) -> dict[str, Any]:
     return {item.key: any_value(item.value) for item in attributes}
+
+
+def set_any_value(target: AnyValue, value: Any) -> None:
+    """The inverse of any_value() for what JSON holds: str, bool, int, float, list, dict, None (left empty).
+
+    What any_value() made text stays text: bytes come back as their base64 string, which any_value() reads
+    exactly as it reads the original bytes. A list or dict is set even when empty, so [] stays [] (not None)."""
+    if isinstance(value, str):
+        target.string_value = value
+    elif isinstance(value, bool):  # before int: bool is an int
+        target.bool_value = value
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, list):
+        target.array_value.SetInParent()
+        for item in value:
+            set_any_value(target.array_value.values.add(), item)
+    elif isinstance(value, dict):
+        target.kvlist_value.SetInParent()
+        add_attributes(target.kvlist_value.values, value)
+
+
+def add_attributes(target: Any, attributes: dict[str, Any]) -> None:
+    """Append `attributes` (as attributes_dict() returns them) to a repeated KeyValue field."""
+    for key, value in attributes.items():
+        item = target.add()
+        item.key = key
+        set_any_value(item.value, value)
+
+
+# OTLP Span.flags bits 8 and 9: "parent is known to be remote" (proto/trace/v1/trace.proto).
+_PARENT_REMOTE_KNOWN = 0x100
+_PARENT_IS_REMOTE = 0x200
+
+
+def is_local_root(parent_span_id: bytes, flags: int) -> bool:
+    """A span with no parent, or whose parent lives in another process (its service's entry span)."""
+    if not parent_span_id:
+        return True
+    remote_bits = _PARENT_REMOTE_KNOWN | _PARENT_IS_REMOTE
+    return flags & remote_bits == remote_bits
+
+
+def is_genai_event(event_name: str) -> bool:
+    """The log events kept with their trace: GenAI events carry prompts and completions (legacy per-message
+    events, the latest per-call details event)."""
+    return event_name.startswith("gen_ai.")
 
 
 def service_name(resource_attributes: dict[str, Any]) -> str:
