@@ -81,11 +81,13 @@ def read_config_file(path: Path | None, overrides: dict[str, Any] | None = None)
             raise ConfigError(f"config {path}: top level must be a mapping of keys")
         raw = loaded
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        set_dotted(raw, dotted, value)
     return raw
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """raw["a"]["b"]["c"] = value for "a.b.c", making the mappings on the way (config overrides, and the
+    control plane's HTTP adapter filling a request from path and query variables)."""
     *parents, leaf = dotted.split(".")
     node = raw
     for key in parents:

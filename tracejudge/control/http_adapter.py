@@ -27,6 +27,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
+from tracejudge.config import set_dotted
 from tracejudge.http_body import BodyError, BodyTooLarge, read_body
 from tracejudge.schema import HttpRule, PathTemplate, StatusName, Variable, field_at, status_code
 
@@ -172,7 +173,7 @@ def request_message(
         value = _from_text(descriptor, path, values)
         if isinstance(value, ControlError):
             return value
-        _put(fields, path, value)
+        set_dotted(fields, path, value)
     try:
         return json_format.ParseDict(fields, request_type())
     except json_format.ParseError as exc:
@@ -200,16 +201,6 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     """protobuf >= 6.31 has `is_repeated` and 7 dropped `label`; the 5.27 floor has only `label`."""
     repeated = getattr(field, "is_repeated", None)
     return bool(repeated) if repeated is not None else bool(field.label == FieldDescriptor.LABEL_REPEATED)
-
-
-def _put(fields: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    for name in parents:
-        child = fields.get(name)
-        if not isinstance(child, dict):
-            child = fields[name] = {}
-        fields = child
-    fields[leaf] = value
 
 
 def response_json(response: Message, rule: HttpRule) -> Any:
