@@ -8,9 +8,13 @@ layout; tools/typecheck.py and tools/importlint.py run on it.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the package supports 3.10; tomli is tomllib's backport (test extra)
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
