@@ -10,8 +10,9 @@ Endpoints: POST /v1/chat/completions and GET /v1/models. Its aiohttp loop runs i
 (tracejudge.aio.AiohttpServerThread), so synchronous and asyncio tests can both use it.
 
 Faults: `script(*faults)` queues one fault per coming chat request (first in, first out); `always(fault)`
-answers every request that has no scripted fault with it (an outage) until `always(None)`. See the
-factory functions in `faults` below.
+answers every request that has no scripted fault with it (an outage) until `always(None)`;
+`randomly(rate, faults)` answers that share of the other requests with one of `faults`, drawn at random (a
+flaky provider). See the factory functions in `faults` below.
 
 Verdicts come from the JSON schema of the request: response_format json_schema, else the first JSON schema
 (an object with "properties") found in the messages, as a client puts it there for json_object or plain
@@ -30,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import re
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -143,6 +146,7 @@ class MockOpenAI:
         self._closing = threading.Event()
         self._scripted: deque[Fault] = deque()
         self._always: Fault | None = None
+        self._random: tuple[float, tuple[Fault, ...], random.Random] | None = None
         self._requests: list[RecordedRequest] = []
         self._in_flight = 0
         self._max_in_flight = 0
@@ -186,11 +190,17 @@ class MockOpenAI:
         with self._lock:
             self._always = fault
 
+    def randomly(self, rate: float, faults: Sequence[Fault], seed: int = 0) -> None:
+        """Answer a `rate` share of unscripted chat requests with a fault drawn from `faults` (rate 0: off)."""
+        with self._lock:
+            self._random = (rate, tuple(faults), random.Random(seed)) if rate > 0 and faults else None
+
     def reset(self) -> None:
-        """Forget scripted faults, recorded requests and the in-flight maximum."""
+        """Forget scripted, standing and random faults, recorded requests and the in-flight maximum."""
         with self._lock:
             self._scripted.clear()
             self._always = None
+            self._random = None
             self._requests.clear()
             self._max_in_flight = self._in_flight
 
@@ -310,7 +320,12 @@ class MockOpenAI:
 
     def _next_fault(self) -> Fault | None:
         with self._lock:
-            return self._scripted.popleft() if self._scripted else self._always
+            if self._scripted:
+                return self._scripted.popleft()
+            if self._always is None and self._random is not None:
+                rate, choices, rng = self._random
+                return rng.choice(choices) if rng.random() < rate else None
+            return self._always
 
     def _enter(self) -> None:
         with self._lock:
