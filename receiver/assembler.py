@@ -207,6 +207,17 @@ class TraceAssembler:
         self._buffered_bytes += size + SPAN_OVERHEAD_BYTES
         return pending
 
+    def shed(self, fraction: float) -> int:
+        """Decide the oldest traces now, incomplete (memory_cap), until `fraction` of the buffered bytes is
+        gone: the memory limiter's lever when the process is over its soft limit. Returns how many."""
+        with self._lock:
+            target = self._buffered_bytes * (1 - fraction)
+            evicted = []
+            while self._pending and self._buffered_bytes > target:
+                evicted.append(self._decide(next(iter(self._pending)), CompletionReason.MEMORY_CAP, complete=False))
+        self._deliver(evicted)
+        return len(evicted)
+
     def _enforce_memory_cap(self) -> list[Trace]:
         evicted = []
         while self._buffered_bytes > self._config.max_buffered_bytes and self._pending:

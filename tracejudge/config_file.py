@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from tracejudge.config import ConfigError, StrictConfig, format_errors, read_config_file
 from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
+from tracejudge.memory_limiter import MemoryLimiterConfig
 from tracejudge.receiver.config import AssemblerConfig, ReceiverConfig
 from tracejudge.scoring.config import JudgeEndpointConfig, ScoringConfig
 from tracejudge.scoring.spec import ScorerSpec
@@ -35,6 +36,7 @@ class Config(StrictConfig):
     scorers: list[ScorerSpec] = Field(default_factory=list)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    memory_limiter: MemoryLimiterConfig = Field(default_factory=MemoryLimiterConfig)
 
     @field_validator("scorers")
     @classmethod

@@ -33,6 +33,7 @@ from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
 from tracejudge.exporter.config import ForwardEndpointConfig
 from tracejudge.exporter.forwarder import Forwarder
 from tracejudge.exporter.trace_summary import TraceSummaryRecorder
+from tracejudge.memory_limiter import MemoryLimiter
 from tracejudge.model import Signal, Trace, TraceConsumer
 from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.export import Overloaded
@@ -66,14 +67,19 @@ class FanOut:
 
 
 class IngestRouter:
-    """The receivers' ExportConsumer: archive (may push back), forward, assemble."""
+    """The receivers' ExportConsumer: refuse over the memory limit, archive (may push back), forward, assemble."""
 
-    def __init__(self, forwarder: Forwarder, archive: ParquetArchive | None, assembler: TraceAssembler) -> None:
+    def __init__(
+        self, forwarder: Forwarder, archive: ParquetArchive | None, assembler: TraceAssembler, limiter: MemoryLimiter
+    ) -> None:
         self._forwarder = forwarder
         self._archive = archive
         self._assembler = assembler
+        self._limiter = limiter
 
     def consume(self, signal: Signal, request: Message, payload: bytes, items: int) -> None:
+        if self._limiter.refusing:
+            raise Overloaded("tracejudge is over its memory limit; retry later", retry_after=1.0)
         if self._archive is not None:
             try:
                 if signal is Signal.TRACES:
@@ -136,7 +142,8 @@ class Sidecar:
         self.telemetry.add_exposition(self.scoring_worker.metrics_text)
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
         self.assembler = TraceAssembler(config.assembler, FanOut([*summaries, self.engine, *trace_consumers]), meter)
-        router = IngestRouter(self.forwarder, self.archive, self.assembler)
+        self.memory_limiter = MemoryLimiter(config.memory_limiter, meter, self.assembler.shed)
+        router = IngestRouter(self.forwarder, self.archive, self.assembler, self.memory_limiter)
         receiver = config.receiver
         listen = [receiver.grpc_endpoint, receiver.http_endpoint]
         control = ControlPlane({SCORER_SERVICE: ScorerService(self.registry)}, config.control.token, listen)
@@ -157,6 +164,7 @@ class Sidecar:
             self._start(self.engine, scoring.drain_timeout)
             self.registry.apply_config(self.config.scorers)
             self._start(self.assembler, 5.0)
+            self._start(self.memory_limiter, 5.0)
             for receiver in (self.grpc, self.http):
                 if receiver is not None:
                     self._start(receiver, 2.0)
