@@ -22,7 +22,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-MAX_INT64 = 2**63 - 1  # nanoseconds since the epoch, as Arrow, Parquet and DuckDB store them
+# Nanoseconds since the epoch, as Arrow, Parquet and DuckDB store them: int64, whose largest value DuckDB
+# reads as the timestamp `infinity` (not the time that was sent), so the last keepable time is one below.
+MAX_TIME = 2**63 - 2
 _TRACE_ID = 16
 _SPAN_ID = 8
 _REASONS_SHOWN = 6  # distinct reasons quoted in error_message (every one there is), each once, with its count
@@ -57,8 +59,8 @@ def span_problem(span: Span) -> str | None:
         return f"parent_span_id must be empty or {_SPAN_ID} bytes"
     if parent == span_id:
         return "a span cannot be its own parent"
-    if span.start_time_unix_nano > MAX_INT64 or span.end_time_unix_nano > MAX_INT64:
-        return "start_time_unix_nano and end_time_unix_nano must fit in int64 (before the year 2262)"
+    if span.start_time_unix_nano > MAX_TIME or span.end_time_unix_nano > MAX_TIME:
+        return "start_time_unix_nano and end_time_unix_nano must be below 2**63 - 1 (the year 2262)"
     return None
 
 
@@ -68,8 +70,8 @@ def log_problem(record: LogRecord) -> str | None:
         return f"trace_id must be empty or {_TRACE_ID} bytes"
     if record.span_id and len(record.span_id) != _SPAN_ID:
         return f"span_id must be empty or {_SPAN_ID} bytes"
-    if record.time_unix_nano > MAX_INT64 or record.observed_time_unix_nano > MAX_INT64:
-        return "time_unix_nano and observed_time_unix_nano must fit in int64 (before the year 2262)"
+    if record.time_unix_nano > MAX_TIME or record.observed_time_unix_nano > MAX_TIME:
+        return "time_unix_nano and observed_time_unix_nano must be below 2**63 - 1 (the year 2262)"
     return None
 
 
