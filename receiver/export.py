@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tracejudge.model import Signal
 from tracejudge.receiver.otlp_json import OtlpJsonError, parse_otlp_json
+from tracejudge.receiver.screen import Rejection
 
 REQUEST_TYPES: dict[Signal, type[Message]] = {
     Signal.TRACES: ExportTraceServiceRequest,
@@ -103,6 +104,19 @@ def count_items(signal: Signal, request: Message) -> int:
     return sum(len(sm.metrics) for rm in request.resource_metrics for sm in rm.scope_metrics)
 
 
+def partial_success(signal: Signal, rejection: Rejection) -> Message:
+    """The Export*ServiceResponse telling the client which items the server rejected (OTLP partial success:
+    the client must not retry them); metrics requests are never screened, so they never get one."""
+    response = RESPONSE_TYPES[signal]()
+    if isinstance(response, ExportTraceServiceResponse):
+        response.partial_success.rejected_spans = rejection.count
+        response.partial_success.error_message = rejection.message
+    elif isinstance(response, ExportLogsServiceResponse):
+        response.partial_success.rejected_log_records = rejection.count
+        response.partial_success.error_message = rejection.message
+    return response
+
+
 class ReceiverMetrics:
     """Request outcomes and accepted items, by transport and signal."""
 
@@ -119,11 +133,19 @@ class ReceiverMetrics:
             "tracejudge.receiver.refused_items",
             description="Spans, log records or metrics in refused requests (the client may retry them)",
         )
+        self._rejected = meter.create_counter(
+            "tracejudge.receiver.rejected_items",
+            description="Spans or log records removed from accepted requests as invalid (partial success, not retried)",
+        )
 
     def accepted(self, signal: Signal, items: int) -> None:
         attributes = {"transport": self._transport, "signal": signal.value}
         self._requests.add(1, {**attributes, "outcome": "ok"})
         self._accepted.add(items, attributes)
+
+    def rejected(self, signal: Signal, items: int) -> None:
+        """Items screened out of an accepted request (answered as a partial success)."""
+        self._rejected.add(items, {"transport": self._transport, "signal": signal.value})
 
     def refused(self, signal: Signal, outcome: str, items: int = 0) -> None:
         attributes = {"transport": self._transport, "signal": signal.value}

@@ -30,7 +30,9 @@ from tracejudge.receiver.export import (
     count_items,
     decode_protobuf,
     outcome_name,
+    partial_success,
 )
+from tracejudge.receiver.screen import screen
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,12 @@ class GrpcReceiver:
     def _handler(self, signal: Signal) -> Any:
         def export(payload: bytes, context: grpc.ServicerContext) -> bytes:
             items = 0
+            rejection = None
             try:
                 request = decode_protobuf(signal, payload)
+                rejection = screen(request)
+                if rejection is not None:  # forward what is kept, not what was sent
+                    payload = request.SerializeToString()
                 items = count_items(signal, request)
                 if items:
                     self._consumer.consume(signal, request, payload, items)
@@ -88,7 +94,11 @@ class GrpcReceiver:
                 self._metrics.refused(signal, outcome_name(exc), items)
                 context.abort_with_status(rpc_status.to_status(_status_for(exc)))
             self._metrics.accepted(signal, items)
-            return self._empty_responses[signal]
+            if rejection is None:
+                return self._empty_responses[signal]
+            self._metrics.rejected(signal, rejection.count)
+            answer: bytes = partial_success(signal, rejection).SerializeToString()
+            return answer
 
         return export
 

@@ -12,6 +12,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
+from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry import metrics
 
@@ -32,7 +33,9 @@ from tracejudge.receiver.export import (
     decode_json,
     decode_protobuf,
     outcome_name,
+    partial_success,
 )
+from tracejudge.receiver.screen import screen
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +93,26 @@ class HttpReceiver:
             self._metrics.refused(signal, "method_not_allowed")
             return _status_response(405, 12, f"{request.method} is not allowed; use POST", media, {"Allow": "POST"})
         items = 0
+        rejection = None
         try:
             body = await self._read_body(request, media)
             message = decode_json(signal, body) if media == JSON else decode_protobuf(signal, body)
+            rejection = screen(message)
             items = count_items(signal, message)
             if items:
-                payload = body if media == PROTOBUF else message.SerializeToString()
+                payload = body if media == PROTOBUF and rejection is None else message.SerializeToString()
                 self._consumer.consume(signal, message, payload, items)
         except RequestError as exc:
             self._metrics.refused(signal, outcome_name(exc), items)
             headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else None
             return _status_response(exc.http_status, exc.grpc_code.value[0], str(exc), media, headers)
         self._metrics.accepted(signal, items)
+        if rejection is not None:
+            self._metrics.rejected(signal, rejection.count)
+            response = partial_success(signal, rejection)
+            if media == JSON:
+                return web.Response(body=json_format.MessageToJson(response, indent=None).encode(), content_type=JSON)
+            return web.Response(body=response.SerializeToString(), content_type=PROTOBUF)
         if media == JSON:
             return web.Response(body=b"{}", content_type=JSON)
         return web.Response(body=self._empty_protobuf[signal], content_type=PROTOBUF)

@@ -24,6 +24,7 @@ spans are not added to them, as live.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,11 @@ from tracejudge.model import Trace
 from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.config import AssemblerConfig
 from tracejudge.receiver.otlp_json import OtlpJsonError, parse_otlp_document
+from tracejudge.receiver.screen import screen
 
 __all__ = ["OtlpFileError", "OtlpFileTraceSource"]
+
+log = logging.getLogger(__name__)
 
 # The top-level field that says what a document is, in both spellings the parser accepts.
 _KINDS: dict[str, type[ExportTraceServiceRequest] | type[ExportLogsServiceRequest] | None] = {
@@ -141,6 +145,10 @@ class OtlpFileTraceSource:
         if message_type is None:
             return None
         try:
-            return parse_otlp_document(document, message_type)
+            request = parse_otlp_document(document, message_type)
         except OtlpJsonError as exc:
             raise OtlpFileError(self._path, line, str(exc)) from exc
+        rejection = screen(request)  # the spans a live receiver would reject are not read from a file either
+        if rejection is not None:
+            log.warning("%s line %d: %s", self._path, line, rejection.message)
+        return request

@@ -133,6 +133,8 @@ def _hex_to_base64(value: object, size: int, path: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise OtlpJsonError(f"{path}: expected a hex string, not {_json_type(value)}")
-    if value and (len(value) != 2 * size or not _HEX.fullmatch(value)):
+    # Any whole number of hex bytes decodes: an id of the wrong length is well-formed JSON, and the receiver
+    # rejects just that span (receiver/screen.py, OTLP partial success) rather than the whole request.
+    if len(value) % 2 or not _HEX.fullmatch(value):
         raise OtlpJsonError(f"{path}: not {2 * size} hex characters")
     return base64.b64encode(bytes.fromhex(value)).decode("ascii")

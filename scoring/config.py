@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -20,6 +21,9 @@ class ScoringConfig(StrictConfig):
     drain_timeout: Duration = 10.0  # at shutdown, how long running scorers may finish
     emit_interval: Duration = 0.2  # verdicts are exported in batches at most this far apart (freshness)
     worker_nice: int = Field(default=10, ge=0, le=19)  # the scoring process's CPU priority below ingest's
+    # How long an admitted (trace, scorer) pair may stay unfinished before it is recorded as skipped
+    # (`deadline`); None: derived from the judges (scoring_deadline below).
+    deadline: Duration | None = None
 
     @field_validator("otlp_endpoint")
     @classmethod
@@ -99,3 +103,15 @@ class JudgeEndpointConfig(StrictConfig):
     @property
     def model_name(self) -> str:
         return parse_model_uri(self.model)
+
+
+def scoring_deadline(scoring: ScoringConfig, judges: Mapping[str, JudgeEndpointConfig]) -> float:
+    """`scoring.deadline`, else twice the longest a judge call may legitimately take (the slowest endpoint's
+    timeout x its attempts: 30 s x 5 = 150 s by default) plus a code scorer's timeout: 310 s by default. Twice,
+    because backoff sleeps and the wait for a concurrency slot come on top of the attempts; past that the pair
+    is lost work (a bug or a wedged call), and holding it would hold backlog room forever."""
+    if scoring.deadline is not None:
+        return float(scoring.deadline)
+    endpoints = list(judges.values()) or [JudgeEndpointConfig()]
+    slowest = max(endpoint.timeout * (endpoint.max_retries + 1) for endpoint in endpoints)
+    return 2.0 * slowest + scoring.code_timeout

@@ -7,7 +7,10 @@ process in the sidecar (scoring/worker.py), a thread in an app's own process (sc
 comes back here is progress: which traces are finished, so that every sampled pair is accounted for.
 Shed scoring, never spans: when the backlog is full, or a trace is incomplete, or tracejudge is
 stopping, or the worker died holding it, each (trace, scorer) pair is recorded as skipped with its
-reason (metric + archive row), to be backfilled later.
+reason (metric + archive row), to be backfilled later. A trace the engine itself fails on (an id
+sampling cannot read, say) is recorded as skipped (`error`) alone; the rest of its batch goes on. And
+every admitted pair ends: one still unfinished `deadline_s` after admission is recorded as skipped
+(`deadline`) by a sweeper thread, so no lost report can hold backlog room forever.
 
 A code scorer whose calls never return makes the worker restart (scoring/code.py CodeRunner says why).
 One that does so QUARANTINE_AFTER times is quarantined, so that it cannot keep restarting the worker
@@ -62,7 +65,9 @@ class ScoringEngine:
         record_skipped: Callable[[list[dict[str, Any]]], None],
         meter: metrics.Meter,
         max_backlog: int = 10_000,
+        deadline_s: float = 310.0,
     ) -> None:
+        """`deadline_s`: how long an admitted pair may stay unfinished (scoring/config.py scoring_deadline)."""
         self._registry = registry
         self._record_skipped = record_skipped
         self._max_backlog = max_backlog
@@ -71,7 +76,11 @@ class ScoringEngine:
         self._registrations: dict[str, str] = {}  # active scorer name -> its spec as JSON, to see it change
         self._strikes: Counter[str] = Counter()  # worker restarts each active scorer caused
         self._quarantined: frozenset[str] = frozenset()  # those with QUARANTINE_AFTER strikes (_count_strikes)
-        self._in_flight: dict[bytes, tuple[bytes, list[str]]] = {}  # trace id -> (root span id, scorer names)
+        # trace id -> (root span id, scorer names, monotonic admission time); in admission order
+        self._in_flight: dict[bytes, tuple[bytes, list[str], float]] = {}
+        self._deadline_s = deadline_s
+        self._sweeper = threading.Thread(target=self._sweep, name="scoring-deadline", daemon=True)
+        self._stopping = threading.Event()
         self._backlog = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when the backlog empties
@@ -102,6 +111,7 @@ class ScoringEngine:
         if self._worker is None:
             raise RuntimeError("attach a ScoringBackend before starting the engine")
         self._worker.start()
+        self._sweeper.start()
 
     def validate(self, spec: ScorerSpec) -> None:
         """The registry's check that `spec` can run: answered where it would run (a code scorer is imported
@@ -139,14 +149,20 @@ class ScoringEngine:
             return
         admitted: list[tuple[Trace, list[str]]] = []
         skipped: list[tuple[bytes, bytes, list[str], str]] = []
+        now = time.monotonic()
         with self._lock:
             for trace in traces:
-                chance = randomness(trace.trace_id)  # once per trace, compared with each scorer's threshold
-                names = [name for name, bar in active if chance >= bar]
-                if not names:
+                try:
+                    chance = randomness(trace.trace_id)  # once per trace, compared with each scorer's threshold
+                    names = [name for name, bar in active if chance >= bar]
+                    if not names:
+                        continue
+                    root = trace.root or (trace.spans[0] if trace.spans else None)
+                    span_id = root.span_id if root else b""
+                except Exception:  # this trace alone: the rest of the batch is sampled as usual
+                    log.exception("cannot sample trace %s; recorded as skipped (error)", _hex(trace.trace_id))
+                    skipped.append((trace.trace_id, b"", [name for name, _ in active], "error"))
                     continue
-                root = trace.root or (trace.spans[0] if trace.spans else None)
-                span_id = root.span_id if root else b""
                 held = [name for name in names if name in quarantined] if quarantined else []
                 if held:
                     skipped.append((trace.trace_id, span_id, held, "quarantined"))
@@ -155,14 +171,44 @@ class ScoringEngine:
                         continue
                 reason = self._admit(trace, names)
                 if reason is None:
-                    self._in_flight[trace.trace_id] = (span_id, names)
+                    self._in_flight[trace.trace_id] = (span_id, names, now)
                     admitted.append((trace, names))
                 else:
                     skipped.append((trace.trace_id, span_id, names, reason))
             if admitted:
-                self._worker.submit(admitted)
+                skipped.extend(self._submit(admitted))
         if skipped:
             self._skip(skipped)
+
+    def record_error(self, traces: Sequence[Trace]) -> None:
+        """Record `traces` as skipped (`error`) for every active scorer: something failed on them before they
+        could be sampled (the fan-out calls this when the engine raised on them)."""
+        names = [name for name, _ in self._active]
+        if names:
+            self._skip((trace.trace_id, b"", names, "error") for trace in traces)
+
+    def _submit(self, admitted: list[tuple[Trace, list[str]]]) -> list[tuple[bytes, bytes, list[str], str]]:
+        """Hand admitted pairs to the backend (lock held). If the batch cannot be sent (a trace that does not
+        encode), each trace is sent alone, and those that still fail are released and returned as skipped."""
+        assert self._worker is not None
+        try:
+            self._worker.submit(admitted)
+            return []
+        except Exception:
+            log.exception("cannot hand %d traces to the scoring worker; retrying one by one", len(admitted))
+        failed = []
+        for trace, names in admitted:
+            try:
+                self._worker.submit([(trace, names)])
+            except Exception:
+                log.exception("cannot hand trace %s to the scoring worker; recorded as skipped (error)",
+                              _hex(trace.trace_id))  # fmt: skip
+                span_id, names, _ = self._in_flight.pop(trace.trace_id, (b"", names, 0.0))
+                self._backlog -= len(names)
+                failed.append((trace.trace_id, span_id, names, "error"))
+        if not self._backlog:
+            self._idle.notify_all()
+        return failed
 
     def on_progress(self, progress: Progress) -> None:
         """A report from the worker (its reader thread): record, count, release backlog."""
@@ -174,7 +220,7 @@ class ScoringEngine:
             self._skipped.add(count, {"scorer": name, "reason": reason})
         with self._lock:
             for trace_id in progress.finished:
-                _, names = self._in_flight.pop(trace_id, (b"", []))
+                _, names, _ = self._in_flight.pop(trace_id, (b"", [], 0.0))
                 self._backlog -= len(names)
             if not self._backlog:
                 self._idle.notify_all()
@@ -198,6 +244,9 @@ class ScoringEngine:
     def shutdown(self, timeout_s: float = 10.0) -> None:
         """Stop admitting; let running scorers finish within `timeout_s`; record the rest as skipped."""
         self._accepting = False
+        self._stopping.set()
+        if self._sweeper.is_alive():
+            self._sweeper.join(5.0)
         if self._worker is None:
             return
         if not self._worker.drain(timeout_s):
@@ -208,7 +257,7 @@ class ScoringEngine:
 
     def _abandon(self, reason: str) -> int:
         with self._lock:
-            left = [(trace_id, span_id, names, reason) for trace_id, (span_id, names) in self._in_flight.items()]
+            left = [(trace_id, span_id, names, reason) for trace_id, (span_id, names, _) in self._in_flight.items()]
             self._in_flight.clear()
             self._backlog = 0
             self._idle.notify_all()
@@ -217,6 +266,36 @@ class ScoringEngine:
         if left:
             self._skip(left)
         return len(left)
+
+    def _sweep(self) -> None:
+        """Every second or so (a tenth of the deadline when shorter), end the pairs past their deadline."""
+        interval = min(1.0, self._deadline_s / 10)
+        while not self._stopping.wait(interval):
+            try:
+                self.expire(time.monotonic())
+            except Exception:
+                log.exception("the scoring deadline sweep failed; continuing")
+
+    def expire(self, now: float) -> int:
+        """Record as skipped (`deadline`) every pair admitted more than `deadline_s` before `now` and not yet
+        finished, releasing its backlog room; returns how many traces. If the worker reports one later, its
+        verdict is still emitted, and nothing is released twice."""
+        expired = []
+        with self._lock:
+            for trace_id, (span_id, names, admitted_at) in list(self._in_flight.items()):
+                if admitted_at + self._deadline_s > now:
+                    break  # admission order: the rest are younger
+                del self._in_flight[trace_id]
+                self._backlog -= len(names)
+                expired.append((trace_id, span_id, names, "deadline"))
+            if expired and not self._backlog:
+                self._idle.notify_all()
+        for trace_id, _, names, _ in expired:
+            log.warning("trace %s not scored by %s within the scoring deadline (%gs); recorded as skipped (deadline)",
+                        _hex(trace_id), ", ".join(names), self._deadline_s)  # fmt: skip
+        if expired:
+            self._skip(expired)
+        return len(expired)
 
     def _strike(self, stuck: list[str]) -> None:
         with self._lock:
@@ -259,3 +338,7 @@ class ScoringEngine:
 
     def _observe_backlog(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self.backlog)]
+
+
+def _hex(trace_id: bytes) -> str:
+    return trace_id.hex() or "(empty)"

@@ -602,7 +602,7 @@ BAD_LINES = {
     "not JSON": ('{"resourceSpans": [', "not valid JSON: "),
     "not an object": ('["resourceSpans"]', "expected an OTLP export request (a JSON object), not ['resourceSpans']"),
     "no request": ('{"spans": []}', "expected one of resourceSpans, resourceLogs, resourceMetrics; found keys"),
-    "a bad id": ('{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "12ab", "spanId": "01"}]}]}]}',
+    "a bad id": ('{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "12a", "spanId": "01"}]}]}]}',
                  "resourceSpans[0].scopeSpans[0].spans[0].traceId: not 32 hex characters"),
     "a bad field": ('{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": "soon"}]}]}]}',
                     "timeUnixNano"),

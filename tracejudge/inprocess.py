@@ -45,6 +45,7 @@ from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.otlp_exporters import metric_exporter, span_and_log_exporters
 from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.scorers import Scorer
+from tracejudge.scoring.config import scoring_deadline
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.spec import ScorerSpec
@@ -91,7 +92,8 @@ class ScoringSpanProcessor(SpanProcessor):
             "tracejudge.inprocess.dropped_spans", description="Spans not scored because the span queue was full"
         )
         self._registry = ScorerRegistry(None, scoring.max_active_scorers, validate=self._validate)
-        self._engine = ScoringEngine(self._registry, self._skipped, meter, scoring.max_backlog)
+        self._engine = ScoringEngine(self._registry, self._skipped, meter, scoring.max_backlog,
+                                     scoring_deadline(scoring, self._config.judges))  # fmt: skip
         settings = WorkerSettings(
             judges=dict(self._config.judges), max_concurrency=scoring.max_concurrency,
             code_workers=scoring.code_workers, code_timeout_s=scoring.code_timeout, sys_path=list(sys.path),

@@ -19,11 +19,12 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from google.protobuf.message import Message
+from opentelemetry import metrics
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -40,6 +41,7 @@ from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
 from tracejudge.schema import SCORER_SERVICE
+from tracejudge.scoring.config import scoring_deadline
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.spec import ScorerSpec
@@ -56,14 +58,52 @@ class Component(Protocol):
 
 
 class FanOut:
-    """Hands each batch of decided traces to several consumers."""
+    """Hands each batch of decided traces to several consumers, each isolated from the others and each trace
+    from the others: a consumer that raises on a batch gets it again trace by trace, so one bad trace costs
+    only itself, and only at that consumer. Each trace a consumer still fails on is counted
+    (`tracejudge.fanout.failed_traces{consumer}`), logged with its id and handed to `failed` (the sidecar
+    records the engine's as skipped, reason `error`). Consumers should fail before side effects: a batch
+    retried trace by trace may repeat what a consumer did before raising."""
 
-    def __init__(self, consumers: Sequence[TraceConsumer]) -> None:
+    def __init__(
+        self,
+        consumers: Sequence[TraceConsumer],
+        meter: metrics.Meter,
+        failed: Callable[[TraceConsumer, Trace], None] = lambda _consumer, _trace: None,
+    ) -> None:
         self._consumers = list(consumers)
+        self._failed = failed
+        self._failures = meter.create_counter(
+            "tracejudge.fanout.failed_traces", description="Decided traces a trace consumer failed on, by consumer"
+        )
 
     def consume(self, traces: Sequence[Trace]) -> None:
         for consumer in self._consumers:
-            consumer.consume(traces)
+            try:
+                consumer.consume(traces)
+            except Exception:
+                if len(traces) == 1:
+                    self._fail(consumer, traces[0])
+                else:
+                    log.exception("%s failed on a batch of %d traces; retrying them one by one",
+                                  type(consumer).__name__, len(traces))  # fmt: skip
+                    self._one_by_one(consumer, traces)
+
+    def _one_by_one(self, consumer: TraceConsumer, traces: Sequence[Trace]) -> None:
+        for trace in traces:
+            try:
+                consumer.consume([trace])
+            except Exception:
+                self._fail(consumer, trace)
+
+    def _fail(self, consumer: TraceConsumer, trace: Trace) -> None:
+        name = type(consumer).__name__
+        log.exception("%s failed on trace %s", name, trace.trace_id.hex() or "(empty)")
+        self._failures.add(1, {"consumer": name})
+        try:
+            self._failed(consumer, trace)
+        except Exception:
+            log.exception("recording the failure of %s on trace %s failed", name, trace.trace_id.hex())
 
 
 class IngestRouter:
@@ -131,7 +171,8 @@ class Sidecar:
         self.forwarder = Forwarder(config.forward, config.queue_dir, meter, private=private)
         self.registry = ScorerRegistry(config.data_dir / "scorers.json", scoring.max_active_scorers,
                                        validate=self._validate)  # fmt: skip
-        self.engine = ScoringEngine(self.registry, self._record_skipped, meter, scoring.max_backlog)
+        self.engine = ScoringEngine(self.registry, self._record_skipped, meter, scoring.max_backlog,
+                                    scoring_deadline(scoring, config.judges))  # fmt: skip
         self.scoring_process = WorkerProcess(self._worker_settings(), config.data_dir, scoring.worker_nice)
         self.scoring_worker = ScoringWorker(
             self.scoring_process, on_progress=self.engine.on_progress, on_lost=self.engine.on_worker_lost,
@@ -141,7 +182,8 @@ class Sidecar:
         self.engine.attach(self.scoring_worker)
         self.telemetry.add_exposition(self.scoring_worker.metrics_text)
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
-        self.assembler = TraceAssembler(config.assembler, FanOut([*summaries, self.engine, *trace_consumers]), meter)
+        fan_out = FanOut([*summaries, self.engine, *trace_consumers], meter, self._consumer_failed)
+        self.assembler = TraceAssembler(config.assembler, fan_out, meter)
         self.memory_limiter = MemoryLimiter(config.memory_limiter, meter, self.assembler.shed)
         router = IngestRouter(self.forwarder, self.archive, self.assembler, self.memory_limiter)
         receiver = config.receiver
@@ -242,6 +284,12 @@ class Sidecar:
     def _validate(self, spec: ScorerSpec) -> None:
         """Registration's check that a spec can run, answered by the scoring worker where it would run."""
         self.engine.validate(spec)
+
+    def _consumer_failed(self, consumer: TraceConsumer, trace: Trace) -> None:
+        """A trace the scoring engine failed on is recorded as skipped (`error`); another consumer's failure
+        (archive summaries, an embedder's consumer) leaves scoring alone, so it is only counted and logged."""
+        if consumer is self.engine:
+            self.engine.record_error([trace])
 
     def _record_skipped(self, rows: list[dict[str, Any]]) -> None:
         if self.archive is not None:
