@@ -213,3 +213,21 @@ def test_odd_but_keepable_spans_are_kept_and_every_trace_ends(sidecar_factory, g
     archived = query(sidecar.data_dir / "archive", "spans", "SELECT trace_id, count(*) FROM t GROUP BY 1")
     assert dict(archived) == {**counts, after_trace: 5}
     assert after_trace in scored_traces(sidecar)
+
+
+def test_unkeepable_log_records_are_a_partial_success_in_json(sidecar, grpc_sink):
+    good_trace = os.urandom(16).hex()
+    records = [
+        {"traceId": good_trace, "spanId": os.urandom(8).hex(), "eventName": "gen_ai.user.message",
+         "body": {"stringValue": "hi"}},
+        {"traceId": "abcdef", "eventName": "gen_ai.user.message"},
+        {"timeUnixNano": str(U64_MAX), "body": {"stringValue": "late"}},
+    ]  # fmt: skip
+    body = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).encode()
+    status, answer = post(f"{sidecar.http_url}/v1/logs", body, "application/json")
+    assert status == 200
+    partial = json.loads(answer)["partialSuccess"]
+    assert int(partial["rejectedLogRecords"]) == 2 and "trace_id must be empty or 16 bytes" in partial["errorMessage"]
+    assert wait_until(lambda: len(grpc_sink.received.requests("logs")) == 1)
+    [forwarded] = grpc_sink.received.requests("logs")
+    assert [r.trace_id.hex() for r in forwarded.resource_logs[0].scope_logs[0].log_records] == [good_trace]
