@@ -10,6 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.synthetic import genai_request
 from tracejudge.testing import child_processes, wait_until
@@ -272,3 +274,56 @@ def test_ctrl_c_to_the_process_group_still_archives_everything(sidecar_factory, 
     assert sorted(grpc_sink.received.payloads["traces"]) == sorted(payloads)
     assert query(sidecar.data_dir / "archive", "spans", "SELECT count(*) FROM t") == [(250,)]
     assert query(sidecar.data_dir / "archive", "traces", "SELECT count(*) FROM t") == [(50,)]
+
+
+@pytest.mark.parametrize("downstream", ["up", "down"])
+def test_sigkill_under_load_loses_nothing_acknowledged(sidecar_factory, downstream):
+    """SIGKILL of the whole process group while three clients export; restart on the same data dir
+    (downstream still down, then back): every acknowledged span reaches the sink and the archive."""
+    sink = GrpcSink()
+    if downstream == "up":
+        sink.start()
+    config = {**small_queue_config(sink.url), "assembler": {"trace_idle": "200ms"}}
+    first = sidecar_factory([], config, name="killed")
+    accepted: list[bytes] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        with grpc.insecure_channel(first.grpc_target) as channel:
+            export = channel.unary_unary(TRACE_METHOD)
+            while not stop.is_set():
+                payload = genai_request(10).SerializeToString()
+                try:
+                    export(payload, timeout=5)
+                except grpc.RpcError:
+                    return
+                accepted.append(payload)
+
+    senders = [threading.Thread(target=send) for _ in range(3)]
+    for sender in senders:
+        sender.start()
+    assert wait_until(lambda: len(accepted) >= 60)
+    first.kill()
+    stop.set()
+    for sender in senders:
+        sender.join()
+
+    second = sidecar_factory([], config, name="killed")
+    if downstream == "down":
+        assert wait_until(lambda: second.metric("tracejudge_forwarder_retries_total") > 0)
+        sink.start()
+    assert wait_until(lambda: set(accepted) <= set(sink.received.payloads["traces"]), timeout=60)
+    assert "write-ahead log" in second.log()  # it replayed
+    assert second.stop() == 0
+    sink.stop()
+
+    span_ids = {
+        span.span_id.hex()
+        for payload in accepted
+        for rs in ExportTraceServiceRequest.FromString(payload).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    }
+    archived = {row[0] for row in query(second.data_dir / "archive", "spans", "SELECT DISTINCT span_id FROM t")}
+    assert span_ids - archived == set()
+    assert len(list((second.data_dir / "wal").glob("*.wal"))) <= 1  # every cursor passed the rest
