@@ -4,6 +4,7 @@ Prints figures; it is not a test. It exits non-zero only when a run is broken (a
 nothing was accepted, or a client saw errors other than backpressure refusals).
 
     python bench/ingest.py [--seconds 20] [--traces-per-request 100] [--concurrency 4] [--transports grpc,http]
+                           [--wal off,interval,always --rounds 3]   # the write-ahead log's cost, A/B alternating
 
 Phases, in one run:
   1. ceiling: in-process `ExportTraceServiceRequest.FromString` rate on the pre-serialized pool;
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.client
 import multiprocessing
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -560,16 +563,31 @@ class LoadResult:
     ok: bool
 
 
+WAL_VARIANTS: dict[str, dict[str, Any]] = {
+    "off": {"enabled": False},  # segments in memory only: the same code path without the disk
+    "never": {"fsync": "never"},
+    "interval": {"fsync": "interval"},  # the default
+    "always": {"fsync": "always"},
+}
+
+
 def run_load(
-    transport: str, args: argparse.Namespace, templates: list[Template], sink: Sink, workdir: Path, ceiling: float
+    transport: str,
+    args: argparse.Namespace,
+    templates: list[Template],
+    sink: Sink,
+    workdir: Path,
+    ceiling: float,
+    wal: str = "interval",
 ) -> LoadResult:
     pacing = f", paced at {args.rate:,.0f} spans/s" if args.rate else ""
     print(
         f"\n== {transport}: sidecar under load ({args.seconds:g}s, concurrency {args.concurrency}{pacing}) ==",
         flush=True,
     )
-    config = {"assembler": {"trace_idle": "1s"}}
-    sidecar = Sidecar(workdir / transport, config, [f"grpc://127.0.0.1:{sink.port}"])
+    print(f"   write-ahead log: {wal}", flush=True)
+    config = {"assembler": {"trace_idle": "1s"}, "wal": WAL_VARIANTS[wal]}
+    sidecar = Sidecar(workdir / f"{transport}-{wal}-{time.monotonic_ns()}", config, [f"grpc://127.0.0.1:{sink.port}"])
     context = multiprocessing.get_context("spawn")
     parent_conn, child_conn = context.Pipe()
     client: Any = None
@@ -843,6 +861,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0.0,
         help="pace the load at this many spans/s (open loop) [0 = as fast as possible]",
     )
+    parser.add_argument(
+        "--wal",
+        default="interval",
+        help="write-ahead log variants, alternated within each round: off,never,interval,always [interval]",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants (A/B alternating) [1]")
     parser.add_argument("--pool", type=int, default=20, help="distinct pre-serialized requests [20]")
     parser.add_argument("--memory-spans", type=int, default=100_000, help="spans buffered in the memory phase")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory phase")
@@ -851,6 +875,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--drain-timeout", type=float, default=20.0, help="max wait for forward/assembly drain")
     args = parser.parse_args(argv)
     args.transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    args.wal = [w.strip() for w in args.wal.split(",") if w.strip()]
+    if not set(args.wal) <= set(WAL_VARIANTS) or not args.wal:
+        parser.error(f"--wal takes a comma list of {', '.join(WAL_VARIANTS)}")
     if not set(args.transports) <= {"grpc", "http"} or not args.transports:
         parser.error("--transports takes grpc, http or grpc,http")
     if args.seconds <= 0 or args.traces_per_request < 1 or args.concurrency < 1 or args.pool < 1:
@@ -892,15 +919,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         sink = Sink()
         try:
-            for transport in args.transports:
-                try:
-                    result = run_load(transport, args, templates, sink, workdir, ceiling)
-                except Exception as exc:
-                    broken = True
-                    print(f"  ! {transport} phase failed: {exc}", flush=True)
-                    continue
-                results.append(result)
-                broken = broken or not result.ok
+            for _round in range(args.rounds):
+                for wal in args.wal:
+                    for transport in args.transports:
+                        try:
+                            result = run_load(transport, args, templates, sink, workdir, ceiling, wal)
+                        except Exception as exc:
+                            broken = True
+                            print(f"  ! {transport} phase failed: {exc}", flush=True)
+                            continue
+                        result = dataclasses.replace(result, transport=f"{transport}/{wal}")
+                        results.append(result)
+                        broken = broken or not result.ok
         finally:
             sink.stop()
         if not args.no_memory:
@@ -914,10 +944,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ceiling (protobuf parse)  {fmt(ceiling):>11} spans/s")
     for r in results:
         print(
-            f"{r.transport:<5} accepted {fmt(r.accepted_rate):>9} spans/s  p50 {r.p50_ms:.1f} ms  "
+            f"{r.transport:<14} accepted {fmt(r.accepted_rate):>9} spans/s  p50 {r.p50_ms:.1f} ms  "
             f"p99 {r.p99_ms:.1f} ms  refused {r.refused}  ratio {r.accepted_rate / ceiling * 100:.1f}% of ceiling  "
             f"sidecar cpu {r.sidecar_cpu_per_s:.2f} s/s"
         )
+    for transport in args.transports:
+        by_wal = {w: [r.accepted_rate for r in results if r.transport == f"{transport}/{w}"] for w in args.wal}
+        if len(args.wal) > 1 and by_wal.get("off"):
+            base = statistics.mean(by_wal["off"])
+            for w, rates in by_wal.items():
+                if w != "off" and rates:
+                    cost = (1 - statistics.mean(rates) / base) * 100
+                    print(
+                        f"{transport} wal {w}: {fmt(statistics.mean(rates))} spans/s vs off {fmt(base)}: "
+                        f"cost {cost:.1f}% of ingest throughput (mean of {len(rates)} alternating runs)"
+                    )
     if memory is not None:
         print(
             f"memory  buffered {fmt(memory.spans)} spans  RSS +{memory.rss_per_span / 1000:.2f} KB/span "

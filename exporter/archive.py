@@ -2,17 +2,21 @@
 
 Turning spans into rows is the most CPU-hungry step of ingest, and Python threads share one core,
 so rows are built and written by a worker process (exporter/archive_worker.py, frames in
-exporter/archive_protocol.py, run by tracejudge/child_process.py): the receiver only enqueues bytes.
-When that queue is full the receiver answers with backpressure (the client retries) rather than
-losing spans. Files are written under a hidden temporary name and renamed when closed, so a reader
-never sees a torn file; they roll by size and by time, under hive partitions
-`<table>/date=YYYY-MM-DD/hour=HH/`.
+exporter/archive_protocol.py, run by tracejudge/child_process.py). Spans and log records come from
+the write-ahead log (tracejudge/wal.py) through the archive's own cursor: a feeder thread sends them
+to the writer, at most `max_queue` bytes ahead of it, and every `roll_interval` asks it to close its
+files; once it confirms, the cursor is committed up to what was sent before. So rows that die with
+the writer (a kill, a crash) are written again from the log: none are lost, a few may be written
+twice (those of files closed by size since the last commit). Files are written under a hidden
+temporary name and renamed when closed, so a reader never sees a torn file; they roll by size and
+by time, under hive partitions `<table>/date=YYYY-MM-DD/hour=HH/`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,23 +28,34 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from tracejudge.child_process import ChildProcess
 from tracejudge.exporter import archive_protocol as protocol
 from tracejudge.exporter.config import ArchiveConfig
+from tracejudge.model import Signal
+from tracejudge.wal import Cursor, RecordKind
 
 log = logging.getLogger(__name__)
 
 
-class ArchiveFull(Exception):
-    """The archive's queue is full; the caller should apply backpressure."""
+_FRAMES = {Signal.TRACES: protocol.SPANS, Signal.LOGS: protocol.LOGS}
 
 
 class ParquetArchive:
-    def __init__(self, config: ArchiveConfig, directory: Path, meter: metrics.Meter) -> None:
+    def __init__(self, config: ArchiveConfig, directory: Path, meter: metrics.Meter, cursor: Cursor | None,
+                 flush_behind_bytes: int = 2**62) -> None:  # fmt: skip
+        """`cursor`: where spans and log records come from (None: only rows written with write_rows).
+        `flush_behind_bytes`: also close the files early once the cursor holds this much of the log
+        uncommitted, so the archive never fills the log (at 40k spans/s, 60 s of spans is ~2 GB)."""
         directory = directory.resolve()  # also the writer's working directory (child_process.py says why)
         args = ["--directory", str(directory), "--roll-size", str(config.roll_size),
                 "--roll-interval", str(config.roll_interval)]  # fmt: skip
         self._writer = ChildProcess("tracejudge.exporter.archive_worker", args, directory,
                                     on_frame=self._acknowledged, on_exit=self._writer_died)  # fmt: skip
         self._max_queue = config.max_queue
-        self._closing = False
+        self._roll_interval = config.roll_interval
+        self._cursor = cursor
+        self._flush_behind_bytes = flush_behind_bytes
+        self._feeder = threading.Thread(target=self._feed, name="archive-feeder", daemon=True)
+        self._draining = threading.Event()
+        self._rewind = threading.Event()
+        self._deaths = 0  # writer processes lost: a flush across one does not prove the rows closed
         self._flushes: deque[threading.Event] = deque()  # FLUSH frames sent, in order, not yet acknowledged
         self._lock = threading.Lock()
         self._written = meter.create_counter(
@@ -59,13 +74,8 @@ class ParquetArchive:
 
     def start(self) -> None:
         self._writer.start()
-
-    def write_spans(self, payload: bytes, items: int) -> None:
-        """An accepted ExportTraceServiceRequest's bytes; ArchiveFull when the writer is too far behind."""
-        self._enqueue(protocol.SPANS + payload, items, "spans")
-
-    def write_logs(self, payload: bytes, items: int) -> None:
-        self._enqueue(protocol.LOGS + payload, items, "logs")
+        if self._cursor is not None:
+            self._feeder.start()
 
     def write_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Rows built by tracejudge for `table` (traces, assessments, skipped; rows.*_SCHEMA)."""
@@ -74,7 +84,7 @@ class ParquetArchive:
     def write_rows_frame(self, frame: bytes, items: int) -> None:
         """Rows already framed where they were built (archive_protocol.rows_frame). They are never refused:
         the spans they describe were already accepted."""
-        self._enqueue(frame, items, protocol.table_of(frame), force=True)
+        self._enqueue(frame, items, protocol.table_of(frame))
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Close the open files so that everything accepted so far is readable; True when done."""
@@ -85,19 +95,53 @@ class ParquetArchive:
         return done.wait(timeout_s)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
-        """Write out everything queued and close the files; kill the writer if it takes over `timeout_s`."""
-        with self._lock:
-            self._closing = True
-        self._writer.shutdown(protocol.CLOSE, timeout_s)
+        """Archive everything logged, close the files, commit the cursor; kill the writer if it takes
+        over `timeout_s` (then what it held is written again from the log at the next start)."""
+        deadline = time.monotonic() + timeout_s
+        self._draining.set()
+        if self._feeder.is_alive():
+            self._feeder.join(max(0.0, deadline - time.monotonic()))
+        sent_until = self._cursor.position if self._cursor is not None else 0
+        code = self._writer.shutdown(protocol.CLOSE, max(1.0, deadline - time.monotonic()))
+        if code == 0 and self._cursor is not None and not self._feeder.is_alive():
+            self._cursor.commit(sent_until)
 
-    def _enqueue(self, frame: bytes, items: int, table: str, force: bool = False) -> None:
-        if self._closing:
-            raise ArchiveFull("archive is shutting down")
-        waiting = self._writer.queued_bytes
-        if not force and waiting + len(frame) > self._max_queue:
-            raise ArchiveFull(f"archive queue is full ({waiting} bytes waiting)")
+    def _enqueue(self, frame: bytes, items: int, table: str) -> None:
         self._writer.send(frame)
         self._written.add(items, {"table": table})
+
+    def _feed(self) -> None:
+        """Log records to the writer, committed after the files holding them are closed."""
+        assert self._cursor is not None
+        cursor = self._cursor
+        next_commit = time.monotonic() + self._roll_interval
+        next_check = 0.0
+        while True:
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 0.2
+                if cursor.behind_bytes > self._flush_behind_bytes:
+                    next_commit = 0.0
+            if self._rewind.is_set():
+                self._rewind.clear()
+                self._writer.discard(lambda frame: frame[:1] in (protocol.SPANS, protocol.LOGS))
+                cursor.rewind()
+            if time.monotonic() >= next_commit:
+                sent_until, deaths = cursor.position, self._deaths
+                if self.flush(self._roll_interval + 30.0) and deaths == self._deaths and not self._rewind.is_set():
+                    cursor.commit(sent_until)
+                next_commit = time.monotonic() + self._roll_interval
+            if self._writer.queued_bytes > self._max_queue:  # the writer is behind: let it catch up
+                time.sleep(0.01)
+                continue
+            record = cursor.next(timeout=0.2)
+            if record is None:
+                if self._draining.is_set():
+                    return
+                continue
+            frame_kind = _FRAMES.get(record.signal)
+            if frame_kind is not None and record.kind is RecordKind.INGEST:  # verdicts have their own rows
+                table = "spans" if record.signal is Signal.TRACES else "logs"
+                self._enqueue(frame_kind + record.payload, record.items, table)
 
     def _acknowledged(self, frame: bytes) -> None:
         if frame == protocol.ACK:
@@ -112,6 +156,8 @@ class ParquetArchive:
         with self._lock:
             for _ in self._flushes:
                 self._writer.send(protocol.FLUSH)
+        self._deaths += 1
+        self._rewind.set()  # what the dead writer held in open files is sent again from the log
 
     def _observe_queue(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self._writer.queued_bytes)]

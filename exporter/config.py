@@ -22,8 +22,6 @@ class ForwardEndpointConfig(StrictConfig):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: Duration = 10.0
     workers: int = Field(default=4, ge=1, le=64)
-    max_memory_queue: ByteSize = 64 * 2**20
-    max_disk_queue: ByteSize = 1 * 2**30
     retry: RetryConfig = Field(default_factory=RetryConfig)
 
     @field_validator("url")

@@ -1,9 +1,10 @@
 """Forwarder: every accepted OTLP request, re-sent unchanged to each downstream endpoint.
 
-The receiver only enqueues (never waits); per endpoint, worker threads send the original protobuf
-bytes, retry retryable failures with exponential backoff for as long as the item is queued, and the
-queue spills to disk, so a downstream outage of minutes loses nothing up to the disk cap. What is
-finally dropped (disk cap reached, or a non-retryable answer) is counted and logged.
+The receiver only appends to the write-ahead log (tracejudge/wal.py, never waits on a sender); per
+endpoint, worker threads read the log through the endpoint's own cursor, send the original protobuf
+bytes and retry retryable failures with exponential backoff for as long as it takes, so a downstream
+outage, or a kill and restart, loses nothing the log holds. What is finally dropped (a non-retryable
+answer; the log's oldest segments, when it is full and configured to drop them) is counted and logged.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -27,9 +28,9 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from tracejudge.exporter.config import ForwardEndpointConfig
-from tracejudge.exporter.spill_queue import QueueItem, SpillQueue
 from tracejudge.model import Signal
 from tracejudge.otlp import GRPC_EXPORT_METHODS
+from tracejudge.wal import Record, RecordKind, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,23 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 class EndpointSender:
-    """One downstream endpoint: its spill queue, its transport and its worker threads."""
+    """One downstream endpoint: its cursor on the write-ahead log, its transport and its worker threads.
 
-    def __init__(self, config: ForwardEndpointConfig, queue_dir: Path, meter: metrics.Meter) -> None:
+    Workers take records in log order and deliver them concurrently; the cursor is committed up to the
+    oldest record still in flight, so a kill at any moment replays (resends) only what was not
+    confirmed delivered. Records this endpoint does not take (`kinds`) are passed over.
+    """
+
+    def __init__(self, config: ForwardEndpointConfig, wal: WriteAheadLog, kinds: frozenset[RecordKind],
+                 meter: metrics.Meter) -> None:  # fmt: skip
         self.config = config
         self.name = config.url
         digest = hashlib.sha256(config.url.encode()).hexdigest()[:12]
-        self.queue = SpillQueue(queue_dir / digest, config.max_memory_queue, config.max_disk_queue)
+        self.cursor = wal.cursor(f"forward-{digest}")
+        self._kinds = kinds
+        self._lock = threading.Lock()
+        self._in_flight: deque[int] = deque()  # record numbers handed to workers, in log order
+        self._done: set[int] = set()  # in flight and finished (delivered or dropped)
         self._transport: Transport = GrpcTransport(config) if config.protocol == "grpc" else HttpTransport(config)
         self._stop = threading.Event()
         self._draining = threading.Event()
@@ -166,119 +177,139 @@ class EndpointSender:
         self._retries = meter.create_counter(
             "tracejudge.forwarder.retries", description="Send attempts that failed and will be retried"
         )
+        self._replayed = meter.create_counter(
+            "tracejudge.forwarder.replayed_items",
+            description="Items sent again after a restart (acknowledged before it, perhaps delivered: duplicates)",
+        )
         self._last_drop_log = 0.0
 
+    @property
+    def depth(self) -> int:
+        """Records not yet confirmed delivered."""
+        return self.cursor.behind
+
     def start(self) -> None:
+        if self.cursor.behind:
+            log.info("forwarder %s: resending %d records kept from the last run", self.name, self.cursor.behind)
         for worker in self._workers:
             worker.start()
 
-    def submit(self, item: QueueItem) -> None:
-        if not self.queue.put(item):
-            self._drop(item, "queue_full", "the disk queue is at its cap")
-
     def stop(self, deadline: float) -> None:
-        """Keep sending until the queue is empty or `deadline`; persist what is left to disk."""
+        """Keep sending until everything is delivered or `deadline`; what is left stays in the log."""
         self._draining.set()
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
         self._stop.set()
-        self.queue.close()
         for worker in self._workers:
             worker.join(5.0)
-        self.queue.persist()
         self._transport.close()
-        if self.queue.depth:
-            log.info("forwarder %s: %d items kept on disk for the next start", self.name, self.queue.depth)
+        if self.cursor.behind:
+            log.info("forwarder %s: %d records kept on disk for the next start", self.name, self.cursor.behind)
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            item = self.queue.get(timeout=0.2)
-            if item is None:
+            with self._lock:  # take and register under one lock, so _in_flight stays in log order
+                record = self.cursor.next(timeout=0)
+                if record is not None:
+                    if record.kind not in self._kinds:
+                        self._commit_locked()
+                        continue
+                    self._in_flight.append(record.number)
+            if record is None:
                 if self._draining.is_set():
                     return
+                with self._lock:
+                    self._commit_locked()
+                self.cursor.wait(timeout=0.2)  # without the lock, so other workers can finish theirs
                 continue
-            self._deliver(item)
+            if record.number < self.cursor.replay_until:
+                self._replayed.add(record.items, {"endpoint": self.name})
+            if self._deliver(record):
+                with self._lock:
+                    self._done.add(record.number)
+                    self._commit_locked()
 
-    def _deliver(self, item: QueueItem) -> None:
+    def _commit_locked(self) -> None:
+        while self._in_flight and self._in_flight[0] in self._done:
+            self._done.discard(self._in_flight.popleft())
+        self.cursor.commit(self._in_flight[0] if self._in_flight else self.cursor.position)
+
+    def _deliver(self, record: Record) -> bool:
+        """True once delivered or dropped; False when stopped first (the record stays in the log)."""
         attempt = 0
         while True:
-            result = self._transport.send(item.signal, item.payload)
+            result = self._transport.send(record.signal, record.payload)
             if result.ok:
-                self._forwarded.add(item.items, {"endpoint": self.name, "signal": item.signal.value})
-                return
+                self._forwarded.add(record.items, {"endpoint": self.name, "signal": record.signal.value})
+                return True
             if not result.retryable:
-                self._drop(item, "rejected", result.error)
-                return
+                self._drop(record, "rejected", result.error)
+                return True
             self._retries.add(1, {"endpoint": self.name})
             delay = self._backoff(attempt, result.retry_after)
             attempt += 1
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("forwarder %s: %s; retrying in %.1fs (attempt %d)", self.name, result.error, delay, attempt)
             if self._stop.wait(delay):
-                self.queue.put(item)
-                return
+                return False
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         retry = self.config.retry
         delay = min(retry.max_interval, retry.initial_interval * 2**attempt) * random.uniform(0.5, 1.0)
         return float(max(delay, retry_after or 0.0))
 
-    def _drop(self, item: QueueItem, reason: str, detail: str) -> None:
-        self._dropped.add(item.items, {"endpoint": self.name, "reason": reason, "signal": item.signal.value})
+    def _drop(self, record: Record, reason: str, detail: str) -> None:
+        self._dropped.add(record.items, {"endpoint": self.name, "reason": reason, "signal": record.signal.value})
         now = time.monotonic()
         if now - self._last_drop_log >= 10.0:
             self._last_drop_log = now
             log.error(
                 "forwarder %s: dropped %d %s (%s: %s); see tracejudge_forwarder_dropped_items_total",
                 self.name,
-                item.items,
-                item.signal.value,
+                record.items,
+                record.signal.value,
                 reason,
                 detail,
             )
 
 
 class Forwarder:
-    """`endpoints` get every accepted request; `private` endpoints only what `submit_to` sends them
-    (tracejudge's own verdicts, when they go somewhere the app's data does not)."""
+    """`endpoints` get every accepted request (INGEST records); `private` endpoints only tracejudge's
+    own verdicts (VERDICTS records), when they go somewhere the app's data does not. `verdicts_to`
+    names the endpoint that also takes VERDICTS records."""
 
     def __init__(
         self,
         endpoints: Iterable[ForwardEndpointConfig],
-        queue_dir: Path,
+        wal: WriteAheadLog,
         meter: metrics.Meter,
         private: Iterable[ForwardEndpointConfig] = (),
+        verdicts_to: str | None = None,
     ) -> None:
-        self.forward_senders = [EndpointSender(config, queue_dir, meter) for config in endpoints]
-        self.senders = [*self.forward_senders, *(EndpointSender(config, queue_dir, meter) for config in private)]
+        def kinds(url: str, ingest: bool) -> frozenset[RecordKind]:
+            verdicts = {RecordKind.VERDICTS} if verdicts_to and url == verdicts_to.rstrip("/") else set()
+            return frozenset(({RecordKind.INGEST} if ingest else set()) | verdicts)
+
+        self.senders = [EndpointSender(c, wal, kinds(c.url, True), meter) for c in endpoints]
+        self.senders += [EndpointSender(c, wal, kinds(c.url, False), meter) for c in private]
         meter.create_observable_gauge(
             "tracejudge.forwarder.queue_items",
             [self._observe_depth],
-            description="Items waiting to be sent, by endpoint",
+            description="Records in the write-ahead log not yet delivered, by endpoint",
         )
         meter.create_observable_gauge(
             "tracejudge.forwarder.queue_disk_bytes",
             [self._observe_disk],
             unit="By",
-            description="Bytes spilled to disk, by endpoint",
+            description="Bytes of the write-ahead log not yet delivered, by endpoint",
         )
 
     def start(self) -> None:
         for sender in self.senders:
             sender.start()
 
-    def submit(self, signal: Signal, payload: bytes, items: int) -> None:
-        item = QueueItem(signal, payload, items)
-        for sender in self.forward_senders:
-            sender.submit(item)
-
-    def submit_to(self, url: str, signal: Signal, payload: bytes, items: int) -> None:
-        """Queue for one endpoint only; `url` must be one of the forwarder's endpoints."""
-        sender = next(sender for sender in self.senders if sender.name == url.rstrip("/"))
-        sender.submit(QueueItem(signal, payload, items))
-
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Send what is queued until `timeout_s`; what is left stays on disk for the next start."""
+        """Send what is logged until `timeout_s`; what is left stays in the log for the next start."""
         deadline = time.monotonic() + timeout_s
         threads = [threading.Thread(target=s.stop, args=(deadline,)) for s in self.senders]
         for thread in threads:
@@ -287,7 +318,7 @@ class Forwarder:
             thread.join()
 
     def _observe_depth(self, _options: CallbackOptions) -> list[Observation]:
-        return [Observation(s.queue.depth, {"endpoint": s.name}) for s in self.senders]
+        return [Observation(s.depth, {"endpoint": s.name}) for s in self.senders]
 
     def _observe_disk(self, _options: CallbackOptions) -> list[Observation]:
-        return [Observation(s.queue.disk_bytes, {"endpoint": s.name}) for s in self.senders]
+        return [Observation(s.cursor.behind_bytes, {"endpoint": s.name}) for s in self.senders]

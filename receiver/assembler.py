@@ -39,6 +39,7 @@ class _Pending:
     logs: list[BufferedLog] = field(default_factory=list)
     root_seen: bool = False
     size: int = 0
+    first_record: int = -1  # the write-ahead log record its first span came in (-1: not logged)
 
 
 class TraceAssembler:
@@ -84,7 +85,14 @@ class TraceAssembler:
     def buffered_bytes(self) -> int:
         return self._buffered_bytes
 
-    def add_spans(self, request: ExportTraceServiceRequest) -> None:
+    def oldest_record(self) -> int | None:
+        """The oldest write-ahead log record holding a span of a trace not yet decided (None: none);
+        the sidecar commits the assembler's cursor up to it, so a restart rebuilds those traces."""
+        with self._lock:
+            return min((p.first_record for p in self._pending.values() if p.first_record >= 0), default=None)
+
+    def add_spans(self, request: ExportTraceServiceRequest, record: int = -1) -> None:
+        """`record`: the write-ahead log record the request is (see oldest_record)."""
         now = self._clock()
         late = 0
         rooted: set[bytes] = set()
@@ -110,7 +118,7 @@ class TraceAssembler:
                             resource,
                             scope,
                         )
-                        pending = self._touch(trace_id, now, len(buffered.span_bytes))
+                        pending = self._touch(trace_id, now, len(buffered.span_bytes), record)
                         pending.spans.append(buffered)
                         if buffered.is_local_root:
                             pending.root_seen = True
@@ -123,7 +131,7 @@ class TraceAssembler:
             self._late.add(late)
         self._deliver(evicted)
 
-    def add_logs(self, request: ExportLogsServiceRequest) -> None:
+    def add_logs(self, request: ExportLogsServiceRequest, number: int = -1) -> None:
         """Keep GenAI log events (legacy prompt/completion events) with their trace."""
         now = self._clock()
         with self._lock:
@@ -136,7 +144,7 @@ class TraceAssembler:
                         if record.trace_id in self._decided:
                             continue
                         data = record.SerializeToString()
-                        pending = self._touch(record.trace_id, now, len(data))
+                        pending = self._touch(record.trace_id, now, len(data), number)
                         pending.logs.append(BufferedLog(record.span_id, data, resource))
             evicted = self._enforce_memory_cap()
         self._deliver(evicted)
@@ -198,10 +206,10 @@ class TraceAssembler:
             except Exception:
                 log.exception("trace assembler tick failed; continuing")
 
-    def _touch(self, trace_id: bytes, now: float, size: int) -> _Pending:
+    def _touch(self, trace_id: bytes, now: float, size: int, record: int) -> _Pending:
         pending = self._pending.get(trace_id)
         if pending is None:
-            pending = self._pending[trace_id] = _Pending(first_seen=now, last_seen=now)
+            pending = self._pending[trace_id] = _Pending(first_seen=now, last_seen=now, first_record=record)
         pending.last_seen = now
         pending.size += size + SPAN_OVERHEAD_BYTES
         self._buffered_bytes += size + SPAN_OVERHEAD_BYTES

@@ -20,10 +20,11 @@ from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
 from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.exporter.forwarder import Forwarder
 from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
-from tracejudge.model import Assessment, AssessmentSource
+from tracejudge.model import Assessment, AssessmentSource, Signal
 from tracejudge.otlp import any_value, attributes_dict
 from tracejudge.otlp_exporters import span_and_log_exporters
 from tracejudge.testing import wait_until
+from tracejudge.wal import WalConfig, WriteAheadLog
 
 from archive_reader import query
 from otlp_peers import GrpcSink, HttpSink
@@ -243,10 +244,11 @@ def _spans_request(trace_id: str, span_id: str) -> bytes:
 
 def test_archive_rows_join_spans_in_duckdb(tmp_path: Path, meter_provider: MeterProvider) -> None:
     meter = meter_provider.get_meter("tracejudge")
-    archive = ParquetArchive(ArchiveConfig(), tmp_path, meter)
+    wal = WriteAheadLog(tmp_path / "wal", WalConfig())
+    archive = ParquetArchive(ArchiveConfig(), tmp_path, meter, wal.cursor("archive"))
     archive.start()
     try:
-        archive.write_spans(_spans_request(TRACE_ID, ROOT_SPAN_ID), 1)
+        wal.append(Signal.TRACES, _spans_request(TRACE_ID, ROOT_SPAN_ID), 1)
         emitter = AssessmentEmitter(None, meter, archive)
         emitter.emit(sample_assessments())
         emitter.shutdown()  # hands the batched rows to the archive
@@ -347,16 +349,17 @@ def test_without_an_endpoint_verdicts_go_where_the_apps_otel_settings_point(
 def test_the_sidecars_own_parts_carry_a_human_verdict(
     tmp_path: Path, grpc_sink: GrpcSink, meter_provider: MeterProvider
 ) -> None:
-    """The emitter built from what the sidecar process holds (its forwarder's queue and its archive),
+    """The emitter built from what the sidecar process holds (its write-ahead log, forwarder and archive),
     as human feedback will use it: the verdict reaches the backend through the forwarder, like app data,
     and the archive's assessments table."""
     meter = meter_provider.get_meter("tracejudge")
-    forwarder = Forwarder([ForwardEndpointConfig(url=grpc_sink.url)], tmp_path / "queue", meter)
-    archive = ParquetArchive(ArchiveConfig(), tmp_path / "archive", meter)
+    wal = WriteAheadLog(tmp_path / "wal", WalConfig())
+    forwarder = Forwarder([ForwardEndpointConfig(url=grpc_sink.url)], wal, meter)
+    archive = ParquetArchive(ArchiveConfig(), tmp_path / "archive", meter, None)
     archive.start()
     forwarder.start()
     try:
-        exporters = (QueuedSpanExporter(forwarder.submit), QueuedLogExporter(forwarder.submit))
+        exporters = (QueuedSpanExporter(wal.append), QueuedLogExporter(wal.append))
         emitter = AssessmentEmitter(exporters, meter, archive)
         human = Assessment(name="thumbs", trace_id=TRACE_ID, span_id=ROOT_SPAN_ID, value=False,
                            source=AssessmentSource.HUMAN, source_id="user-42", rationale="Wrong refund window.",

@@ -96,7 +96,7 @@ def test_still_serving_after_every_refusal(sidecar, grpc_sink: GrpcSink):
 
 
 def test_overload_is_503_with_retry_after_and_grpc_unavailable_with_retry_info(sidecar_factory, grpc_sink):
-    sidecar = sidecar_factory([grpc_sink.url], {"archive": {"max_queue": 1}})
+    sidecar = sidecar_factory([grpc_sink.url], {"wal": {"max_size": 1}})  # a log that is always full
     payload = genai_request(2).SerializeToString()
     status, body = post(f"{sidecar.http_url}/v1/traces", payload)
     assert status == 503 and "overloaded" in status_of(body).message

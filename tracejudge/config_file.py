@@ -19,6 +19,7 @@ from tracejudge.receiver.config import AssemblerConfig, ReceiverConfig
 from tracejudge.scoring.config import JudgeEndpointConfig, ScoringConfig
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.telemetry import TelemetryConfig
+from tracejudge.wal import WalConfig
 
 
 class ControlConfig(StrictConfig):
@@ -28,6 +29,7 @@ class ControlConfig(StrictConfig):
 class Config(StrictConfig):
     data_dir: Path = Path("./data")
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    wal: WalConfig = Field(default_factory=WalConfig)
     forward: list[ForwardEndpointConfig] = Field(default_factory=list)
     assembler: AssemblerConfig = Field(default_factory=AssemblerConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
@@ -56,8 +58,8 @@ class Config(StrictConfig):
         return self.archive.directory or self.data_dir / "archive"
 
     @property
-    def queue_dir(self) -> Path:
-        return self.data_dir / "queue"
+    def wal_dir(self) -> Path:
+        return self.data_dir / "wal"
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

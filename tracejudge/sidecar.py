@@ -1,8 +1,9 @@
 """The sidecar: `tracejudge serve`, the one place where its parts are wired together.
 
-    receivers ──► IngestRouter ──► archive (may push back), forwarder, assembler
+    receivers ──► IngestRouter ──► write-ahead log (durable before OK; full: push back), assembler
+    write-ahead log ──cursors──► forwarder (one per endpoint), archive; assembler (replayed at start)
     assembler ──Trace──► trace summaries (archive), scoring engine ──► scoring worker process
-    scoring worker ──encoded verdicts──► forwarder queue; ──assessment rows──► archive
+    scoring worker ──encoded verdicts──► write-ahead log (VERDICTS records); ──assessment rows──► archive
     control plane (scorers) on the receivers' listeners; self-telemetry on the admin listener
 
 Every component has the same lifecycle, start() and shutdown(timeout_s). Start order brings
@@ -13,7 +14,6 @@ A start that fails shuts down what had started.
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import signal
@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tracejudge.config_file import Config
 from tracejudge.control import ControlPlane, ScorerService, grpc_handlers, http_routes
-from tracejudge.exporter.archive import ArchiveFull, ParquetArchive
+from tracejudge.exporter.archive import ParquetArchive
 from tracejudge.exporter.config import ForwardEndpointConfig
 from tracejudge.exporter.forwarder import Forwarder
 from tracejudge.exporter.trace_summary import TraceSummaryRecorder
@@ -48,6 +48,7 @@ from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.scoring.worker import ScoringWorker, WorkerProcess
 from tracejudge.scoring.worker_protocol import WorkerSettings
 from tracejudge.telemetry import SelfTelemetry
+from tracejudge.wal import Cursor, LogFull, RecordKind, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -107,32 +108,86 @@ class FanOut:
 
 
 class IngestRouter:
-    """The receivers' ExportConsumer: refuse over the memory limit, archive (may push back), forward, assemble."""
+    """The receivers' ExportConsumer: refuse over the memory limit, append to the write-ahead log (a full log
+    pushes back: the client keeps the data and retries), then hand the request to the assembler. The
+    forwarder and the archive read the log through their cursors."""
 
-    def __init__(
-        self, forwarder: Forwarder, archive: ParquetArchive | None, assembler: TraceAssembler, limiter: MemoryLimiter
-    ) -> None:
-        self._forwarder = forwarder
-        self._archive = archive
+    def __init__(self, wal: WriteAheadLog, assembler: TraceAssembler, limiter: MemoryLimiter) -> None:
+        self._wal = wal
         self._assembler = assembler
         self._limiter = limiter
+        self._lock = threading.Lock()
+        self._unassembled: set[int] = set()  # logged, not yet handed to the assembler
 
     def consume(self, signal: Signal, request: Message, payload: bytes, items: int) -> None:
         if self._limiter.refusing:
             raise Overloaded("tracejudge is over its memory limit; retry later", retry_after=1.0)
-        if self._archive is not None:
+        with self._lock:
             try:
-                if signal is Signal.TRACES:
-                    self._archive.write_spans(payload, items)
-                elif signal is Signal.LOGS:
-                    self._archive.write_logs(payload, items)
-            except ArchiveFull as exc:
+                number = self._wal.append(signal, payload, items)
+            except LogFull as exc:
                 raise Overloaded(f"tracejudge is overloaded: {exc}", retry_after=1.0) from exc
-        self._forwarder.submit(signal, payload, items)
-        if isinstance(request, ExportTraceServiceRequest):
-            self._assembler.add_spans(request)
-        elif isinstance(request, ExportLogsServiceRequest):
-            self._assembler.add_logs(request)
+            self._unassembled.add(number)
+        try:
+            assemble(self._assembler, request, number)
+        finally:
+            with self._lock:
+                self._unassembled.discard(number)
+
+    def assembled_until(self) -> int:
+        """Every record before this has been assembled and its traces decided."""
+        with self._lock:
+            low = min(self._unassembled, default=self._wal.end_number)
+        oldest = self._assembler.oldest_record()
+        return low if oldest is None else min(low, oldest)
+
+
+def assemble(assembler: TraceAssembler, request: Message, number: int) -> None:
+    if isinstance(request, ExportTraceServiceRequest):
+        assembler.add_spans(request, number)
+    elif isinstance(request, ExportLogsServiceRequest):
+        assembler.add_logs(request, number)
+
+
+class AssemblerCursor:
+    """The assembler's cursor on the write-ahead log. Started before the assembler: it replays the
+    records holding traces that were acknowledged but not decided when the last run ended (killed),
+    so they are rebuilt and decided; then, twice a second, it commits up to the oldest record still
+    holding an undecided trace. Stopped after the assembler, when every trace is decided."""
+
+    def __init__(self, cursor: Cursor, router: IngestRouter, assembler: TraceAssembler) -> None:
+        self._cursor = cursor
+        self._router = router
+        self._assembler = assembler
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="assembler-cursor", daemon=True)
+        self.replayed = 0
+
+    def start(self) -> None:
+        while self._cursor.position < self._cursor.replay_until:
+            record = self._cursor.next(timeout=0)
+            if record is None:
+                break
+            if record.kind is RecordKind.INGEST and record.signal in (Signal.TRACES, Signal.LOGS):
+                request_type = ExportTraceServiceRequest if record.signal is Signal.TRACES else ExportLogsServiceRequest
+                try:
+                    assemble(self._assembler, request_type.FromString(record.payload), record.number)
+                except Exception:
+                    log.exception("could not replay write-ahead log record %d into the assembler", record.number)
+                self.replayed += 1
+        if self.replayed:
+            log.info("rebuilt undecided traces from %d write-ahead log records", self.replayed)
+        self._thread.start()
+
+    def shutdown(self, timeout_s: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._cursor.commit(self._router.assembled_until())
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            # Replayed records are not in the router's bookkeeping: never commit past them until decided.
+            self._cursor.commit(self._router.assembled_until())
 
 
 def tune_garbage_collector() -> None:
@@ -162,13 +217,20 @@ class Sidecar:
         self.telemetry = SelfTelemetry(config.telemetry)
         meter = self.telemetry.meter
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.archive = ParquetArchive(config.archive, config.archive_dir, meter) if config.archive.enabled else None
+        self.wal = WriteAheadLog(config.wal_dir, config.wal, meter)
+        self.archive = (
+            ParquetArchive(
+                config.archive, config.archive_dir, meter, self.wal.cursor("archive"), config.wal.max_size // 4
+            )
+            if config.archive.enabled
+            else None
+        )
         verdicts_to = config.assessments_endpoint
         forwarded = {endpoint.url for endpoint in config.forward}
         private = (
             [ForwardEndpointConfig(url=verdicts_to)] if verdicts_to and verdicts_to.rstrip("/") not in forwarded else []
         )
-        self.forwarder = Forwarder(config.forward, config.queue_dir, meter, private=private)
+        self.forwarder = Forwarder(config.forward, self.wal, meter, private=private, verdicts_to=verdicts_to)
         self.registry = ScorerRegistry(config.data_dir / "scorers.json", scoring.max_active_scorers,
                                        validate=self._validate)  # fmt: skip
         self.engine = ScoringEngine(self.registry, self._record_skipped, meter, scoring.max_backlog,
@@ -176,7 +238,7 @@ class Sidecar:
         self.scoring_process = WorkerProcess(self._worker_settings(), config.data_dir, scoring.worker_nice)
         self.scoring_worker = ScoringWorker(
             self.scoring_process, on_progress=self.engine.on_progress, on_lost=self.engine.on_worker_lost,
-            on_forward=functools.partial(self.forwarder.submit_to, verdicts_to) if verdicts_to else None,
+            on_forward=self._log_verdicts if verdicts_to else None,
             on_archive=self.archive.write_rows_frame if self.archive else None,
         )  # fmt: skip
         self.engine.attach(self.scoring_worker)
@@ -185,7 +247,8 @@ class Sidecar:
         fan_out = FanOut([*summaries, self.engine, *trace_consumers], meter, self._consumer_failed)
         self.assembler = TraceAssembler(config.assembler, fan_out, meter)
         self.memory_limiter = MemoryLimiter(config.memory_limiter, meter, self.assembler.shed)
-        router = IngestRouter(self.forwarder, self.archive, self.assembler, self.memory_limiter)
+        router = IngestRouter(self.wal, self.assembler, self.memory_limiter)
+        self.assembler_cursor = AssemblerCursor(self.wal.cursor("assembler"), router, self.assembler)
         receiver = config.receiver
         listen = [receiver.grpc_endpoint, receiver.http_endpoint]
         control = ControlPlane({SCORER_SERVICE: ScorerService(self.registry)}, config.control.token, listen)
@@ -200,11 +263,13 @@ class Sidecar:
         scoring = self.config.scoring
         try:
             self._start(self.telemetry, 5.0)
+            self._start(self.wal, 5.0)
             if self.archive is not None:
                 self._start(self.archive, 30.0)
             self._start(self.forwarder, 10.0)
             self._start(self.engine, scoring.drain_timeout)
             self.registry.apply_config(self.config.scorers)
+            self._start(self.assembler_cursor, 2.0)
             self._start(self.assembler, 5.0)
             self._start(self.memory_limiter, 5.0)
             for receiver in (self.grpc, self.http):
@@ -290,6 +355,12 @@ class Sidecar:
         (archive summaries, an embedder's consumer) leaves scoring alone, so it is only counted and logged."""
         if consumer is self.engine:
             self.engine.record_error([trace])
+
+    def _log_verdicts(self, signal: Signal, payload: bytes, items: int) -> None:
+        """Verdicts are logged before they are forwarded, like app data, but only to the verdicts endpoint
+        and never into the archive's spans (their rows are the assessments table). Never refused: the
+        traces they judge were accepted."""
+        self.wal.append(signal, payload, items, RecordKind.VERDICTS, force=True)
 
     def _record_skipped(self, rows: list[dict[str, Any]]) -> None:
         if self.archive is not None:
