@@ -13,7 +13,7 @@ memory every `check_interval`:
 - below the soft limit again, it accepts.
 
 Only the sidecar process is measured: the archive writer and the scoring worker are children with
-their own bounds (`archive.max_queue_bytes`, `scoring.max_backlog`).
+their own bounds (`archive.max_queue`, `scoring.max_backlog`; the write-ahead log is on disk).
 
 `limit: auto` (the default) takes 80 % of the container's memory limit (cgroup v2 `memory.max`, or v1
 `memory.limit_in_bytes`) when there is one, and turns the limiter off when there is none; `spike` defaults
