@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from tracejudge.config import ByteSize, Duration, StrictConfig
+from tracejudge.config import ByteSize, Duration, StrictConfig, TlsClientConfig
 
 
 class RetryConfig(StrictConfig):
@@ -23,18 +23,35 @@ class ForwardEndpointConfig(StrictConfig):
     timeout: Duration = 10.0
     workers: int = Field(default=4, ge=1, le=64)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    tls: TlsClientConfig | None = None  # for grpcs:// and https://: CA, client certificate
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("grpc", "http", "https") or not parts.hostname:
-            raise ValueError(f"expected grpc://host:port, http://host:port or https://host:port, got {value!r}")
+        if parts.scheme not in ("grpc", "grpcs", "http", "https") or not parts.hostname:
+            raise ValueError(
+                f"expected grpc://host:port, grpcs://host:port, http://host:port or https://host:port, got {value!r}"
+            )
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_needs_a_tls_scheme(self) -> ForwardEndpointConfig:
+        """A `tls:` block on a plaintext URL would silently send in the clear: the scheme says TLS or not."""
+        if self.tls is not None and not self.secure:
+            raise ValueError(f"tls is set but {self.url} is plaintext: use grpcs:// or https:// for TLS")
+        if self.tls is not None and self.tls.insecure_skip_verify and self.protocol == "grpc":
+            raise ValueError("tls.insecure_skip_verify is only available for https:// (grpcio cannot skip it)")
+        return self
 
     @property
     def protocol(self) -> Literal["grpc", "http"]:
-        return "grpc" if self.url.startswith("grpc://") else "http"
+        return "grpc" if self.url.startswith(("grpc://", "grpcs://")) else "http"
+
+    @property
+    def secure(self) -> bool:
+        """TLS to this endpoint: grpcs:// or https://."""
+        return self.url.startswith(("grpcs://", "https://"))
 
 
 class ArchiveConfig(StrictConfig):

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 import urllib3
@@ -30,6 +30,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from tracejudge.exporter.config import ForwardEndpointConfig
 from tracejudge.model import Signal
 from tracejudge.otlp import GRPC_EXPORT_METHODS
+from tracejudge.tls import client_ssl_context, grpc_channel_credentials
 from tracejudge.wal import Record, RecordKind, WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,12 @@ class Transport(Protocol):
 
 class GrpcTransport:
     def __init__(self, config: ForwardEndpointConfig) -> None:
-        target = config.url.removeprefix("grpc://")
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)])
+        target = config.url.partition("://")[2]
+        options = [("grpc.max_send_message_length", -1)]
+        if config.secure:
+            self._channel = grpc.secure_channel(target, grpc_channel_credentials(config.tls), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._calls = {
             signal: self._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
             for signal, method in GRPC_EXPORT_METHODS.items()
@@ -111,8 +116,13 @@ class HttpTransport:
         self._headers = {**config.headers, "Content-Type": "application/x-protobuf"}
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
+        tls: dict[str, Any] = {}
+        if config.secure:
+            tls["ssl_context"] = client_ssl_context(config.tls)
+            if config.tls is not None and config.tls.insecure_skip_verify:
+                tls |= {"cert_reqs": "CERT_NONE", "assert_hostname": False}
         self._pool = urllib3.PoolManager(
-            maxsize=config.workers, retries=False, timeout=urllib3.Timeout(total=config.timeout)
+            maxsize=config.workers, retries=False, timeout=urllib3.Timeout(total=config.timeout), **tls
         )
 
     def send(self, signal: Signal, payload: bytes) -> SendResult:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from tracejudge.config import ByteSize, Duration, StrictConfig, parse_host_port
+from tracejudge.config import ByteSize, Duration, StrictConfig, TlsServerConfig, parse_host_port
 
 
 class ReceiverConfig(StrictConfig):
@@ -12,6 +12,16 @@ class ReceiverConfig(StrictConfig):
     http_endpoint: str | None = "127.0.0.1:4318"
     max_request_body_size: ByteSize = 20 * 2**20
     grpc_max_workers: int = Field(default=8, ge=1)
+    tls: TlsServerConfig | None = None  # both listeners; null: plaintext
+
+    @model_validator(mode="after")
+    def _grpc_tls_version(self) -> ReceiverConfig:
+        if self.tls is not None and self.tls.min_version != "1.2" and self.grpc_endpoint is not None:
+            raise ValueError(
+                "tls.min_version 1.3 cannot be enforced on the OTLP/gRPC listener (grpcio has no such setting; "
+                "gRPC itself never goes below 1.2): keep 1.2, or set grpc_endpoint to null"
+            )
+        return self
 
     @field_validator("grpc_endpoint", "http_endpoint")
     @classmethod

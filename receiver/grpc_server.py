@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import metrics
 
-from tracejudge.config import parse_host_port
+from tracejudge.config import TlsServerConfig, parse_host_port
 from tracejudge.model import Signal
 from tracejudge.otlp import GRPC_SERVICES
 from tracejudge.receiver.config import ReceiverConfig
@@ -33,6 +33,7 @@ from tracejudge.receiver.export import (
     partial_success,
 )
 from tracejudge.receiver.screen import screen
+from tracejudge.tls import grpc_server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class GrpcReceiver:
         """`handlers`: further services on the same port (tracejudge's control plane)."""
         assert config.grpc_endpoint is not None
         self._endpoint = config.grpc_endpoint
+        self._tls = config.tls
         self._consumer = consumer
         self.port: int | None = None  # bound by start()
         self._metrics = ReceiverMetrics(meter, "grpc")
@@ -67,12 +69,16 @@ class GrpcReceiver:
     def start(self) -> None:
         """Bind and serve; raises OSError if the address cannot be bound."""
         host, port = parse_host_port(self._endpoint)
-        bound = self._server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+        address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        if self._tls is None:
+            bound = self._server.add_insecure_port(address)
+        else:
+            bound = self._server.add_secure_port(address, grpc_server_credentials(self._tls))
         if bound == 0:
             raise OSError(f"cannot bind the OTLP/gRPC receiver to {self._endpoint}")
         self._server.start()
         self.port = int(bound)
-        log.info("OTLP/gRPC receiver listening on %s:%d", host, bound)
+        log.info("OTLP/gRPC receiver listening on %s:%d (%s)", host, bound, _describe_tls(self._tls))
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Refuse new calls, let running ones finish within `timeout_s`."""
@@ -101,6 +107,13 @@ class GrpcReceiver:
             return answer
 
         return export
+
+
+def _describe_tls(tls: TlsServerConfig | None) -> str:
+    """How the listener is secured, for its start-up line."""
+    if tls is None:
+        return "plaintext"
+    return "TLS, client certificates required" if tls.client_ca_file is not None else "TLS"
 
 
 def _status_for(error: RequestError) -> status_pb2.Status:

@@ -36,6 +36,7 @@ from tracejudge.receiver.export import (
     partial_success,
 )
 from tracejudge.receiver.screen import screen
+from tracejudge.tls import server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,19 @@ class HttpReceiver:
             app.router.add_route("*", f"/v1/{signal.value}", self._route(signal))
         app.add_routes(routes)
         host, port = parse_host_port(self._endpoint)
-        self._server = AiohttpServerThread(app, host, port, "otlp-http", auto_decompress=False)
+        self._tls = config.tls
+        ssl_context = server_ssl_context(config.tls) if config.tls is not None else None
+        self._server = AiohttpServerThread(app, host, port, "otlp-http", ssl_context=ssl_context, auto_decompress=False)
         self._empty_protobuf: dict[Signal, bytes] = {s: t().SerializeToString() for s, t in RESPONSE_TYPES.items()}
 
     def start(self) -> None:
         """Bind and serve; raises OSError if the address cannot be bound."""
         self.port = self._server.start()
-        log.info("OTLP/HTTP receiver listening on %s", self._endpoint.rsplit(":", 1)[0] + f":{self.port}")
+        scheme = "http" if self._tls is None else "https"
+        mtls = ", client certificates required" if self._tls is not None and self._tls.client_ca_file else ""
+        log.info(
+            "OTLP/HTTP receiver listening on %s://%s:%d%s", scheme, self._endpoint.rsplit(":", 1)[0], self.port, mtls
+        )
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Refuse new requests, let running ones finish within `timeout_s`."""

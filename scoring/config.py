@@ -8,11 +8,12 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from tracejudge.config import Duration, StrictConfig
+from tracejudge.config import Duration, StrictConfig, TlsClientConfig
 
 
 class ScoringConfig(StrictConfig):
     otlp_endpoint: str | None = None  # where assessments are emitted; default: the first forward endpoint
+    otlp_tls: TlsClientConfig | None = None  # for a grpcs:// or https:// otlp_endpoint (not a forward endpoint's)
     max_active_scorers: int = Field(default=20, ge=1)
     max_backlog: int = Field(default=10_000, ge=1)  # sampled (trace, scorer) pairs waiting; beyond: skipped
     max_concurrency: int = Field(default=256, ge=1)  # traces being scored at once (judges also have their own cap)
@@ -28,8 +29,8 @@ class ScoringConfig(StrictConfig):
     @field_validator("otlp_endpoint")
     @classmethod
     def _otlp_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("grpc", "http", "https"):
-            raise ValueError(f"expected grpc://host:port or http://host:port, got {value!r}")
+        if value is not None and urlsplit(value).scheme not in ("grpc", "grpcs", "http", "https"):
+            raise ValueError(f"expected grpc://, grpcs://, http:// or https://host:port, got {value!r}")
         return value
 
 

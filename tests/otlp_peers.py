@@ -9,12 +9,14 @@ and can be told to fail (outage) or be stopped and restarted on the same port.
 from __future__ import annotations
 
 import gzip
+import ssl
 import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -58,10 +60,12 @@ class Received:
 
 
 class GrpcSink:
-    """A downstream OTLP/gRPC server; `failing` makes it answer UNAVAILABLE."""
+    """A downstream OTLP/gRPC server; `failing` makes it answer UNAVAILABLE. With `tls` (certificate, key)
+    it serves grpcs:// only."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.port = port or free_port()
+        self.tls = tls
         self.received = Received()
         self.failing = False
         self._server: grpc.Server | None = None
@@ -71,7 +75,13 @@ class GrpcSink:
         for name, service in SERVICES.items():
             handler = grpc.unary_unary_rpc_method_handler(self._export(name))
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
-        server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.tls is None:
+            server.add_insecure_port(f"127.0.0.1:{self.port}")
+        else:
+            cert, key = self.tls
+            server.add_secure_port(
+                f"127.0.0.1:{self.port}", grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+            )
         server.start()
         self._server = server
         return self
@@ -83,7 +93,7 @@ class GrpcSink:
 
     @property
     def url(self) -> str:
-        return f"grpc://127.0.0.1:{self.port}"
+        return f"{'grpc' if self.tls is None else 'grpcs'}://127.0.0.1:{self.port}"
 
     def _export(self, name: str) -> Any:
         def export(payload: bytes, context: grpc.ServicerContext) -> bytes:
@@ -96,9 +106,11 @@ class GrpcSink:
 
 
 class HttpSink:
-    """A downstream OTLP/HTTP server recording decoded (gunzipped) request bodies."""
+    """A downstream OTLP/HTTP server recording decoded (gunzipped) request bodies; HTTPS with `tls`
+    (certificate, key)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        self.tls = tls
         self.port = free_port()
         self.received = Received()
         self.encodings: list[str] = []
@@ -123,11 +135,15 @@ class HttpSink:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'http' if self.tls is None else 'https'}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self._server.shutdown()

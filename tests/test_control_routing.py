@@ -282,7 +282,7 @@ def test_the_client_transports_call_a_new_service_from_its_descriptor() -> None:
     poke = service.method("PokeWidget")
     request = poke.request(widget={"id": "w/1", "size": 2}, shelf="s", times=3, loud=True, tags=["a", "b"])
     with serving(ControlPlane({service: Widgets()})) as served:
-        over_grpc = GrpcTransport(served.grpc_target, False, None, 10).call(poke, request)
+        over_grpc = GrpcTransport(served.grpc_target, None, None, 10).call(poke, request)
         over_http = HttpTransport(served.http_url, None, 10).call(poke, request)
         by_get = HttpTransport(served.http_url, None, 10).call(dataclasses.replace(poke, http=poke.http[1:]), request)
     widget = {"id": "w/1", "size": 5, "label": "s:True:a+b"}

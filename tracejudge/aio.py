@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import ssl
 import threading
 from collections.abc import Coroutine
 from typing import Any
@@ -21,8 +22,18 @@ log = logging.getLogger(__name__)
 
 
 class AiohttpServerThread:
-    def __init__(self, app: web.Application, host: str, port: int, name: str, **runner_options: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        name: str,
+        ssl_context: ssl.SSLContext | None = None,
+        **runner_options: Any,
+    ) -> None:
+        """`ssl_context`: serve HTTPS (the OTLP/HTTP listener's `tls:`); `runner_options` go to aiohttp's AppRunner."""
         self._app = app
+        self._ssl_context = ssl_context
         self._host = host
         self._port = port
         self._runner_options = runner_options
@@ -38,7 +49,9 @@ class AiohttpServerThread:
     async def _start(self) -> int:
         self._runner = web.AppRunner(self._app, access_log=None, **self._runner_options)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(
+            self._runner, self._host, self._port, reuse_address=True, backlog=1024, ssl_context=self._ssl_context
+        )
         await site.start()
         return int(self._runner.addresses[0][1])
 

@@ -1,7 +1,8 @@
 """`tracejudge scorers ...`: manage a running sidecar's scorers through its control plane.
 
 The same calls as tracejudge.scorers (MLflow's register/start/update/stop/delete/list/get), at
-TRACEJUDGE_ENDPOINT (default 127.0.0.1:4317) with TRACEJUDGE_TOKEN when the sidecar needs one.
+TRACEJUDGE_ENDPOINT (default 127.0.0.1:4317) with TRACEJUDGE_TOKEN when the sidecar needs one, and
+TRACEJUDGE_CA_FILE / TRACEJUDGE_CERT_FILE / TRACEJUDGE_KEY_FILE for a grpcs:// or https:// sidecar.
 """
 
 from __future__ import annotations
@@ -47,20 +48,47 @@ def _reported(command: F) -> F:
     "--endpoint",
     envvar="TRACEJUDGE_ENDPOINT",
     metavar="HOST:PORT|URL",
-    help="The sidecar: host:port or grpc://host:port (gRPC), http://host:port (HTTP/JSON) "
-    "[127.0.0.1:4317]. Env: TRACEJUDGE_ENDPOINT",
+    help="The sidecar: host:port or grpc://host:port (gRPC), http://host:port (HTTP/JSON); grpcs:// and "
+    "https:// for TLS [127.0.0.1:4317]. Env: TRACEJUDGE_ENDPOINT",
 )
 @click.option(
     "--token",
     envvar="TRACEJUDGE_TOKEN",
     help="Bearer token, when the sidecar's control plane has one. Env: TRACEJUDGE_TOKEN",
 )
+@click.option(
+    "--ca-file",
+    envvar="TRACEJUDGE_CA_FILE",
+    metavar="FILE",
+    help="CA certificate (PEM) that verifies a grpcs:// or https:// sidecar [the system's roots]. "
+    "Env: TRACEJUDGE_CA_FILE",
+)
+@click.option(
+    "--cert-file",
+    envvar="TRACEJUDGE_CERT_FILE",
+    metavar="FILE",
+    help="Client certificate (PEM), when the sidecar requires mutual TLS; with --key-file. Env: TRACEJUDGE_CERT_FILE",
+)
+@click.option(
+    "--key-file",
+    envvar="TRACEJUDGE_KEY_FILE",
+    metavar="FILE",
+    help="The client certificate's private key (PEM). Env: TRACEJUDGE_KEY_FILE",
+)
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per call.")
 @click.pass_context
-def scorers(ctx: click.Context, endpoint: str | None, token: str | None, timeout: float) -> None:
+def scorers(
+    ctx: click.Context,
+    endpoint: str | None,
+    token: str | None,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    timeout: float,
+) -> None:
     """List, register, start, update, stop and delete the scorers of a running tracejudge."""
     try:
-        ctx.obj = ScorerClient(endpoint, token, timeout)
+        ctx.obj = ScorerClient(endpoint, token, timeout, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--endpoint") from None
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -96,3 +96,50 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
             child = node[key] = {}
         node = child
     node[leaf] = value
+
+
+# ------------------------------------------------------------------------------------------- TLS
+# The OpenTelemetry Collector's configtls key names, so a Collector user's `tls:` block reads the same here.
+
+TlsVersion = Literal["1.2", "1.3"]
+
+
+def _readable(path: Path | None, key: str) -> None:
+    """A missing or unreadable file stops start-up naming the key, not the first handshake that needs it."""
+    if path is not None and not path.is_file():
+        raise ValueError(f"{key}: no such file: {path}")
+
+
+class TlsServerConfig(StrictConfig):
+    """A listener's TLS (Collector configtls server settings): its certificate and key, and with
+    `client_ca_file` mutual TLS (a client without a certificate signed by that CA is refused at the handshake)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    min_version: TlsVersion = "1.2"
+
+    @model_validator(mode="after")
+    def _files(self) -> TlsServerConfig:
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            _readable(getattr(self, key), key)
+        return self
+
+
+class TlsClientConfig(StrictConfig):
+    """An outgoing connection's TLS (Collector configtls client settings): `ca_file` to verify the server
+    (default: the system's roots), `cert_file` + `key_file` to present a client certificate (mTLS),
+    `insecure_skip_verify` to encrypt without verifying (HTTP only: grpcio has no such switch)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _files(self) -> TlsClientConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
+        for key in ("ca_file", "cert_file", "key_file"):
+            _readable(getattr(self, key), key)
+        return self

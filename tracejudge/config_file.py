@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tracejudge.config import ConfigError, StrictConfig, format_errors, read_config_file
 from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
@@ -24,6 +24,8 @@ from tracejudge.wal import WalConfig
 
 class ControlConfig(StrictConfig):
     token: str | None = None  # bearer token for the scorer API; env TRACEJUDGE_TOKEN. Required beyond loopback.
+    # mTLS for the scorer API: calls need a verified client certificate with one of these common / DNS names.
+    client_cert_names: list[str] = Field(default_factory=list)
 
 
 class Config(StrictConfig):
@@ -48,6 +50,15 @@ class Config(StrictConfig):
         if duplicates:
             raise ValueError(f"scorer names must be unique; repeated: {duplicates}")
         return value
+
+    @model_validator(mode="after")
+    def _cert_names_need_mtls(self) -> Config:
+        """Names can only be checked on certificates the listeners verified: that takes a client CA."""
+        if self.control.client_cert_names and (self.receiver.tls is None or self.receiver.tls.client_ca_file is None):
+            raise ValueError(
+                "control.client_cert_names needs receiver.tls.client_ca_file (mutual TLS on the listeners)"
+            )
+        return self
 
     @property
     def assessments_endpoint(self) -> str | None:

@@ -25,11 +25,11 @@ def exporter_protocol(url: str | None, signal: Signal) -> Protocol:
     """grpc or http for a tracejudge URL; for None, the app's OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL or
     OTEL_EXPORTER_OTLP_PROTOCOL, grpc when neither is set (the Python SDK's default)."""
     if url is not None:
-        if url.startswith("grpc://"):
+        if url.startswith(("grpc://", "grpcs://")):
             return "grpc"
         if url.startswith(("http://", "https://")):
             return "http"
-        raise ValueError(f"expected grpc://host:port, http://host:port or https://host:port, got {url!r}")
+        raise ValueError(f"expected grpc://, grpcs://, http:// or https://host:port, got {url!r}")
     name = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.name}_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
     protocol = (name or "grpc").strip()
     if protocol not in ("grpc", "http/protobuf"):
@@ -48,7 +48,8 @@ def span_and_log_exporters(
 
         options: dict[str, Any] = {"timeout": timeout_s}
         if url is not None:
-            options |= {"endpoint": url.removeprefix("grpc://").rstrip("/"), "insecure": True}
+            # grpcs:// verifies against the SDK's OTEL_EXPORTER_OTLP_CERTIFICATE, else the system roots.
+            options |= {"endpoint": url.partition("://")[2].rstrip("/"), "insecure": not url.startswith("grpcs://")}
         if headers:
             options["headers"] = {k.lower(): v for k, v in headers.items()}  # gRPC metadata keys are lowercase
         if gzip or url is not None:  # an explicit endpoint is not configured by the environment
@@ -76,7 +77,7 @@ def metric_exporter(url: str | None) -> MetricExporter:
 
         if url is None:
             return GrpcExporter()
-        return GrpcExporter(endpoint=url.removeprefix("grpc://").rstrip("/"), insecure=True)
+        return GrpcExporter(endpoint=url.partition("://")[2].rstrip("/"), insecure=not url.startswith("grpcs://"))
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
 
     return HttpExporter() if url is None else HttpExporter(endpoint=url.rstrip("/") + "/v1/metrics")

@@ -13,7 +13,9 @@ Every lifecycle call returns a NEW handle carrying the sidecar's state (``.name`
 
 The sidecar is reached at ``TRACEJUDGE_ENDPOINT``: ``host:port`` or ``grpc://host:port`` (default
 127.0.0.1:4317, the OTLP/gRPC listener), ``grpcs://host:port`` over TLS, or ``http(s)://host:port`` for
-the HTTP/JSON API on the OTLP/HTTP listener. ``TRACEJUDGE_TOKEN`` is sent as a bearer token when set.
+the HTTP/JSON API on the OTLP/HTTP listener. ``TRACEJUDGE_TOKEN`` is sent as a bearer token when set;
+``TRACEJUDGE_CA_FILE`` verifies a TLS sidecar, ``TRACEJUDGE_CERT_FILE`` + ``TRACEJUDGE_KEY_FILE`` are the client
+certificate when it requires mutual TLS (or ``ScorerClient(ca_file=, cert_file=, key_file=)``).
 
 Code scorers (``@scorer`` functions) are never sent over the network: name them in the config file's
 ``scorers:`` as ``code: "module:function"``; once loaded they can be started and stopped from here.

@@ -228,7 +228,9 @@ class Sidecar:
         verdicts_to = config.assessments_endpoint
         forwarded = {endpoint.url for endpoint in config.forward}
         private = (
-            [ForwardEndpointConfig(url=verdicts_to)] if verdicts_to and verdicts_to.rstrip("/") not in forwarded else []
+            [ForwardEndpointConfig(url=verdicts_to, tls=scoring.otlp_tls)]
+            if verdicts_to and verdicts_to.rstrip("/") not in forwarded
+            else []
         )
         self.forwarder = Forwarder(config.forward, self.wal, meter, private=private, verdicts_to=verdicts_to)
         self.registry = ScorerRegistry(config.data_dir / "scorers.json", scoring.max_active_scorers,
@@ -251,7 +253,12 @@ class Sidecar:
         self.assembler_cursor = AssemblerCursor(self.wal.cursor("assembler"), router, self.assembler)
         receiver = config.receiver
         listen = [receiver.grpc_endpoint, receiver.http_endpoint]
-        control = ControlPlane({SCORER_SERVICE: ScorerService(self.registry)}, config.control.token, listen)
+        control = ControlPlane(
+            {SCORER_SERVICE: ScorerService(self.registry)},
+            config.control.token,
+            listen,
+            config.control.client_cert_names,
+        )
         self.grpc = GrpcReceiver(receiver, router, meter, grpc_handlers(control)) if receiver.grpc_endpoint else None
         self.http = HttpReceiver(receiver, router, meter, http_routes(control)) if receiver.http_endpoint else None
         self._started: list[tuple[Component, float]] = []

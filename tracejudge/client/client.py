@@ -19,30 +19,43 @@ from tracejudge.schema import SCORER_SERVICE, code_over_network, plain_struct
 from .errors import InvalidScorerError, PermissionDeniedError
 from .grpc_transport import GrpcTransport
 from .http_transport import HttpTransport
-from .transport import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ENDPOINT_ENV, TOKEN_ENV, Transport
+from .transport import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ENDPOINT_ENV, TOKEN_ENV, ClientTls, Transport
 from .types import ScorerSamplingConfig, ScorerStatus, value_type
 
 
-def transport_for(endpoint: str | None, token: str | None, timeout: float) -> Transport:
-    """host:port or grpc(s)://host:port: gRPC; http(s)://host:port: HTTP/JSON. Defaults from the environment."""
+def transport_for(endpoint: str | None, token: str | None, timeout: float, tls: ClientTls | None = None) -> Transport:
+    """host:port or grpc(s)://host:port: gRPC; http(s)://host:port: HTTP/JSON. Defaults from the environment;
+    `tls` (CA, client certificate) applies to grpcs:// and https://."""
     text = (endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).strip()
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    tls = tls or ClientTls.resolve(None, None, None)
     scheme, separator, rest = text.partition("://")
     if not separator:
-        return GrpcTransport(text, False, token, timeout)
+        return GrpcTransport(text, None, token, timeout)
     scheme = scheme.lower()
     if scheme in ("grpc", "grpcs"):
-        return GrpcTransport(rest.rstrip("/"), scheme == "grpcs", token, timeout)
+        return GrpcTransport(rest.rstrip("/"), tls if scheme == "grpcs" else None, token, timeout)
     if scheme in ("http", "https"):
-        return HttpTransport(text, token, timeout)
+        return HttpTransport(text, token, timeout, tls if scheme == "https" else None)
     raise ValueError(f"{ENDPOINT_ENV}={text!r}: use host:port, grpc://host:port, grpcs://, http:// or https://")
 
 
 class ScorerClient:
     """One sidecar's control plane. The module-level functions and scorer methods use one made from the env."""
 
-    def __init__(self, endpoint: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self._transport = transport_for(endpoint, token, timeout)
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> None:
+        """`ca_file`, `cert_file`, `key_file` (else TRACEJUDGE_CA_FILE, _CERT_FILE, _KEY_FILE): TLS for a
+        grpcs:// or https:// endpoint, the client certificate for a control plane requiring mutual TLS."""
+        self._transport = transport_for(endpoint, token, timeout, ClientTls.resolve(ca_file, cert_file, key_file))
 
     @property
     def endpoint(self) -> str:

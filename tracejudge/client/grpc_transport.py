@@ -8,19 +8,20 @@ from google.protobuf.message import Message
 from tracejudge.schema import Method
 
 from .errors import ControlPlaneError, error_for
-from .transport import not_served, unreachable
+from .transport import ClientTls, not_served, unreachable
 
 
 class GrpcTransport:
-    def __init__(self, target: str, secure: bool, token: str | None, timeout: float) -> None:
+    def __init__(self, target: str, tls: ClientTls | None, token: str | None, timeout: float) -> None:
+        """`tls`: None for plaintext (grpc://, host:port); a ClientTls for grpcs://."""
         self.endpoint = target
-        self._secure = secure
+        self._tls = tls
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
 
     def call(self, method: Method, request: Message) -> Message:
         # A channel per call: the client is used for a handful of calls, and leaves no threads behind.
-        credentials = grpc.ssl_channel_credentials() if self._secure else None
+        credentials = grpc.ssl_channel_credentials(*self._tls.read()) if self._tls is not None else None
         channel = (
             grpc.secure_channel(self.endpoint, credentials) if credentials else grpc.insecure_channel(self.endpoint)
         )

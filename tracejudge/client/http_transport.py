@@ -19,19 +19,23 @@ from google.protobuf.message import Message
 from tracejudge.schema import STATUS_OF_HTTP, HttpRule, Method, status_name
 
 from .errors import ControlPlaneError, InvalidScorerError, error_for
-from .transport import not_served, unreachable
+from .transport import ClientTls, not_served, unreachable
 
 _NO_BODY_VERBS = ("GET", "DELETE", "HEAD")
 
 
 class HttpTransport:
-    def __init__(self, base_url: str, token: str | None, timeout: float) -> None:
+    def __init__(self, base_url: str, token: str | None, timeout: float, tls: ClientTls | None = None) -> None:
+        """`tls`: the CA and client certificate for an https:// sidecar (None: the system's roots)."""
         self.endpoint = base_url.rstrip("/")
         self._headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # loopback: never a proxy
+        if tls is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=tls.ssl_context()))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def call(self, method: Method, request: Message) -> Message:
         if not method.http:

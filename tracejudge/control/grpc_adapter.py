@@ -40,10 +40,18 @@ def _serialize(message: Message) -> bytes:
 def _handler(plane: ControlPlane, binding: Binding) -> Callable[[Message, grpc.ServicerContext], Message]:
     def handle(request: Message, context: grpc.ServicerContext) -> Message:
         metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
-        answer = plane.call(binding, request, metadata.get("authorization"))
+        answer = plane.call(binding, request, metadata.get("authorization"), peer_names(context))
         if isinstance(answer, ControlError):
             context.abort(grpc.StatusCode[answer.code], answer.message)
             raise AssertionError("unreachable: abort raises")
         return answer
 
     return handle
+
+
+def peer_names(context: grpc.ServicerContext) -> frozenset[str]:
+    """The common name and subject alternative names of the caller's client certificate. gRPC puts them in
+    the auth context only when the listener verified that certificate (receiver.tls.client_ca_file)."""
+    auth = context.auth_context()
+    values = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
+    return frozenset(value.decode(errors="replace") for value in values)

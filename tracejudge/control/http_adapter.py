@@ -86,7 +86,8 @@ class _HttpApi:
         # Admitted before the body is read, so an unauthenticated caller costs no read and learns nothing of
         # the API from a parse error; `call` checks again, so no path into a service skips it.
         authorization = request.headers.get("Authorization")
-        refused = self._plane.admit(authorization)
+        names = peer_names(request)
+        refused = self._plane.admit(authorization, names)
         if refused is not None:
             return _error(refused)
         body = await self._body(route.rule, request)
@@ -97,7 +98,7 @@ class _HttpApi:
             return _error(message)
         # Services write state files and build scorers: off the event loop that serves OTLP.
         loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(None, self._plane.call, route.binding, message, authorization)
+        answer = await loop.run_in_executor(None, self._plane.call, route.binding, message, authorization, names)
         if isinstance(answer, ControlError):
             return _error(answer)
         return web.Response(text=json.dumps(response_json(answer, route.rule)), content_type=JSON)
@@ -222,3 +223,14 @@ def _error(error: ControlError) -> web.Response:
 def _status_json(code: StatusName, message: str) -> str:
     """A google.rpc.Status in proto3 JSON, as the OTLP/HTTP and gRPC-gateway conventions answer errors."""
     return json.dumps({"code": status_code(code), "message": message})
+
+
+def peer_names(request: web.Request) -> frozenset[str]:
+    """The common name and DNS names of the caller's client certificate. Python's ssl reports a peer
+    certificate only once it was verified (the listener's client_ca_file with CERT_REQUIRED)."""
+    certificate = request.transport.get_extra_info("peercert") if request.transport is not None else None
+    if not certificate:
+        return frozenset()
+    names = {value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names |= {value for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS"}
+    return frozenset(names)

@@ -33,13 +33,18 @@ class Binding:
 class ControlPlane:
     """Service objects by proto service name, and the calls into them.
 
-    `token` and `listen` decide who may call at all (service.Access): the same rule for every service.
+    `token`, `listen` and `cert_names` decide who may call at all (service.Access): the same rule for every
+    service.
     """
 
     def __init__(
-        self, services: Mapping[Service, object], token: str | None = None, listen: Iterable[str | None] = ()
+        self,
+        services: Mapping[Service, object],
+        token: str | None = None,
+        listen: Iterable[str | None] = (),
+        cert_names: Iterable[str] = (),
     ) -> None:
-        self._access = Access(token, listen)
+        self._access = Access(token, listen, cert_names)
         self.services: dict[str, tuple[Binding, ...]] = {
             service.name: bind(service, implementation) for service, implementation in services.items()
         }
@@ -48,13 +53,20 @@ class ControlPlane:
     def bindings(self) -> list[Binding]:
         return [binding for bindings in self.services.values() for binding in bindings]
 
-    def admit(self, authorization: str | None) -> ControlError | None:
-        """None when a caller sending this `authorization` header may call; else the refusal."""
-        return self._access.check(authorization)
+    def admit(self, authorization: str | None, peer_names: frozenset[str] = frozenset()) -> ControlError | None:
+        """None when a caller sending this `authorization` header, with a verified client certificate of
+        these `peer_names` (if any), may call; else the refusal."""
+        return self._access.check(authorization, peer_names)
 
-    def call(self, binding: Binding, request: Message, authorization: str | None) -> Message | ControlError:
+    def call(
+        self,
+        binding: Binding,
+        request: Message,
+        authorization: str | None,
+        peer_names: frozenset[str] = frozenset(),
+    ) -> Message | ControlError:
         """The response, or the refusal to answer with: not admitted, refused by the service, or INTERNAL."""
-        refused = self.admit(authorization)
+        refused = self.admit(authorization, peer_names)
         if refused is not None:
             return refused
         try:

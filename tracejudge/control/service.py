@@ -10,8 +10,9 @@ schema's descriptors, so a request means the same and fails with the same status
     FAILED_PRECONDITION (412)       too many scorers active
     INVALID_ARGUMENT (400)          a spec, sampling config or filter that cannot be used
     PERMISSION_DENIED (403)         a code scorer sent over the network; a control plane exposed beyond
-                                    loopback with no token configured
-    UNAUTHENTICATED (401)           a missing or wrong `authorization: Bearer <token>`
+                                    loopback with neither a token nor client certificate names configured
+    UNAUTHENTICATED (401)           a missing or wrong `authorization: Bearer <token>`, or (control.client_cert_names)
+                                    no verified client certificate of one of those names
 
 Code scorers are only ever loaded from the config file: a `code` scorer in RegisterScorer is refused, while
 the config's code scorers can be started, updated, stopped and deleted like any other.
@@ -69,17 +70,19 @@ def exposed_endpoints(endpoints: Iterable[str | None]) -> list[str]:
     return [e for e in endpoints if e is not None and not is_loopback(e.rpartition(":")[0] or e)]
 
 
-def check_exposure(endpoints: Iterable[str | None], token: str | None) -> None:
-    """Raise ValueError when a listener is not on loopback and no token protects the control plane."""
+def check_exposure(endpoints: Iterable[str | None], token: str | None, cert_names: Iterable[str] = ()) -> None:
+    """Raise ValueError when a listener is not on loopback and neither a token nor client certificate names
+    protect the control plane."""
     exposed = exposed_endpoints(endpoints)
-    if exposed and not token:
+    if exposed and not token and not tuple(cert_names):
         raise ValueError(_exposure_message(exposed))
 
 
 def _exposure_message(exposed: Sequence[str]) -> str:
     return (
         f"the scorer control plane is off: tracejudge listens on {', '.join(exposed)}, beyond loopback, and no "
-        "token is set; set control.token (or TRACEJUDGE_TOKEN) to use it from the network"
+        "token is set; set control.token (or TRACEJUDGE_TOKEN), or control.client_cert_names with "
+        "receiver.tls.client_ca_file, to use it from the network"
     )
 
 
@@ -87,21 +90,35 @@ class Access:
     """Who may call the control plane, whatever the service and the transport.
 
     `token`: when set, every call must carry `authorization: Bearer <token>` (compared in constant time).
-    `listen`: the sidecar's listen addresses; if any is beyond loopback and no token is set, every call is
+    `cert_names`: when set, every call must come over mutual TLS with a verified client certificate whose
+    common name or a DNS name is one of them: the apps' certificates (same CA) then send OTLP but cannot
+    manage scorers. With both set, a call needs both.
+    `listen`: the sidecar's listen addresses; if any is beyond loopback and neither is set, every call is
     refused (PERMISSION_DENIED) rather than leaving scorer management open to the network.
     """
 
-    def __init__(self, token: str | None = None, listen: Iterable[str | None] = ()) -> None:
+    def __init__(
+        self, token: str | None = None, listen: Iterable[str | None] = (), cert_names: Iterable[str] = ()
+    ) -> None:
         self._token = token.encode() if token else None
+        self._cert_names = frozenset(cert_names)
         exposed = exposed_endpoints(listen)
-        self._refusal = _exposure_message(exposed) if exposed and self._token is None else None
+        protected = self._token is not None or bool(self._cert_names)
+        self._refusal = _exposure_message(exposed) if exposed and not protected else None
         if self._refusal:
             log.warning("%s", self._refusal)
 
-    def check(self, authorization: str | None) -> ControlError | None:
-        """None when the call may go ahead; else the refusal to answer with."""
+    def check(self, authorization: str | None, peer_names: frozenset[str] = frozenset()) -> ControlError | None:
+        """None when the call may go ahead; else the refusal to answer with. `peer_names`: the common name and
+        DNS names of the caller's verified client certificate (empty without mutual TLS)."""
         if self._refusal is not None:
             return ControlError("PERMISSION_DENIED", self._refusal)
+        if self._cert_names and not self._cert_names & peer_names:
+            return ControlError(
+                "UNAUTHENTICATED",
+                "this control plane needs a client certificate named one of control.client_cert_names "
+                "(set TRACEJUDGE_CERT_FILE and TRACEJUDGE_KEY_FILE for the client and the CLI)",
+            )
         if self._token is None:
             return None
         if not authorization:
