@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 
-from tracejudge.config import ByteSize, Duration, StrictConfig, TlsClientConfig
+from tracejudge.config import ByteSize, Duration, OtlpUrl, StrictConfig, TlsClientConfig
 
 
 class RetryConfig(StrictConfig):
@@ -17,23 +16,14 @@ class RetryConfig(StrictConfig):
 
 
 class ForwardEndpointConfig(StrictConfig):
-    url: str
+    url: OtlpUrl
     compression: Literal["none", "gzip"] = "none"
-    headers: dict[str, str] = Field(default_factory=dict)
+    # Secret: masked in check-config and in any repr, so a token in authorization never reaches a log.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
     timeout: Duration = 10.0
     workers: int = Field(default=4, ge=1, le=64)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     tls: TlsClientConfig | None = None  # for grpcs:// and https://: CA, client certificate
-
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("grpc", "grpcs", "http", "https") or not parts.hostname:
-            raise ValueError(
-                f"expected grpc://host:port, grpcs://host:port, http://host:port or https://host:port, got {value!r}"
-            )
-        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _tls_needs_a_tls_scheme(self) -> ForwardEndpointConfig:

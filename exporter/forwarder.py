@@ -73,7 +73,7 @@ class GrpcTransport:
             signal: self._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
             for signal, method in GRPC_EXPORT_METHODS.items()
         }
-        self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
+        self._metadata = tuple((k.lower(), v.get_secret_value()) for k, v in config.headers.items())
         self._timeout = config.timeout
         self._compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
 
@@ -113,7 +113,8 @@ class HttpTransport:
     def __init__(self, config: ForwardEndpointConfig) -> None:
         self._base = config.url
         self._gzip = config.compression == "gzip"
-        self._headers = {**config.headers, "Content-Type": "application/x-protobuf"}
+        self._headers = {k: v.get_secret_value() for k, v in config.headers.items()}
+        self._headers["Content-Type"] = "application/x-protobuf"
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
         tls: dict[str, Any] = {}

@@ -8,11 +8,11 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from tracejudge.config import Duration, StrictConfig, TlsClientConfig
+from tracejudge.config import Duration, OtlpUrl, StrictConfig, TlsClientConfig, no_credentials
 
 
 class ScoringConfig(StrictConfig):
-    otlp_endpoint: str | None = None  # where assessments are emitted; default: the first forward endpoint
+    otlp_endpoint: OtlpUrl | None = None  # where assessments are emitted; default: the first forward endpoint
     otlp_tls: TlsClientConfig | None = None  # for a grpcs:// or https:// otlp_endpoint (not a forward endpoint's)
     max_active_scorers: int = Field(default=20, ge=1)
     max_backlog: int = Field(default=10_000, ge=1)  # sampled (trace, scorer) pairs waiting; beyond: skipped
@@ -25,13 +25,6 @@ class ScoringConfig(StrictConfig):
     # How long an admitted (trace, scorer) pair may stay unfinished before it is recorded as skipped
     # (`deadline`); None: derived from the judges (scoring_deadline below).
     deadline: Duration | None = None
-
-    @field_validator("otlp_endpoint")
-    @classmethod
-    def _otlp_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("grpc", "grpcs", "http", "https"):
-            raise ValueError(f"expected grpc://, grpcs://, http:// or https://host:port, got {value!r}")
-        return value
 
 
 _MODEL_URI_PREFIX = "openai:/"
@@ -96,7 +89,7 @@ class JudgeEndpointConfig(StrictConfig):
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
+        parts = urlsplit(no_credentials(value))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected http://host[:port]/path or https://..., got {value!r}")
         return value.rstrip("/")

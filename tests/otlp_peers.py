@@ -114,6 +114,7 @@ class HttpSink:
         self.port = free_port()
         self.received = Received()
         self.encodings: list[str] = []
+        self.authorizations: list[str | None] = []  # each request's authorization header, as it arrived
         self.status = 200
         sink = self
 
@@ -122,6 +123,7 @@ class HttpSink:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 encoding = self.headers.get("Content-Encoding", "")
                 sink.encodings.append(encoding)
+                sink.authorizations.append(self.headers.get("authorization"))
                 if encoding == "gzip":
                     body = gzip.decompress(body)
                 if sink.status == 200:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -97,6 +98,31 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
         node = child
     node[leaf] = value
 
+
+def no_credentials(url: str) -> str:
+    """A URL that carries no user:password. A URL is printed in logs and is the `endpoint` label of the
+    forwarder's metrics, so credentials belong in `headers` (e.g. authorization: Basic ...), which are not."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{parts.scheme}://<credentials>@{parts.hostname}: credentials in a URL end up in logs and metric "
+            "labels; send them in headers (e.g. authorization: Basic ...) instead"
+        )
+    return url
+
+
+def _otlp_url(value: str) -> str:
+    no_credentials(value)
+    parts = urlsplit(value)
+    if parts.scheme not in ("grpc", "grpcs", "http", "https") or not parts.hostname:
+        raise ValueError(
+            f"expected grpc://host:port, grpcs://host:port (TLS), http:// or https://host:port, got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+OtlpUrl = Annotated[str, AfterValidator(_otlp_url)]
+"""An OTLP destination: grpc:// or grpcs:// (gRPC), http:// or https:// (OTLP/HTTP, /v1/<signal> appended)."""
 
 # ------------------------------------------------------------------------------------------- TLS
 # The OpenTelemetry Collector's configtls key names, so a Collector user's `tls:` block reads the same here.

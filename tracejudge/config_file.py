@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from tracejudge.config import ConfigError, StrictConfig, format_errors, read_config_file
 from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
@@ -23,7 +23,7 @@ from tracejudge.wal import WalConfig
 
 
 class ControlConfig(StrictConfig):
-    token: str | None = None  # bearer token for the scorer API; env TRACEJUDGE_TOKEN. Required beyond loopback.
+    token: SecretStr | None = None  # bearer token for the scorer API; env TRACEJUDGE_TOKEN. Required beyond loopback.
     # mTLS for the scorer API: calls need a verified client certificate with one of these common / DNS names.
     client_cert_names: list[str] = Field(default_factory=list)
 

@@ -29,7 +29,9 @@ def exporter_protocol(url: str | None, signal: Signal) -> Protocol:
             return "grpc"
         if url.startswith(("http://", "https://")):
             return "http"
-        raise ValueError(f"expected grpc://, grpcs://, http:// or https://host:port, got {url!r}")
+        raise ValueError(
+            f"expected grpc://host:port, grpcs://host:port (TLS), http:// or https://host:port, got {url!r}"
+        )
     name = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.name}_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
     protocol = (name or "grpc").strip()
     if protocol not in ("grpc", "http/protobuf"):

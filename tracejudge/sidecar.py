@@ -255,7 +255,7 @@ class Sidecar:
         listen = [receiver.grpc_endpoint, receiver.http_endpoint]
         control = ControlPlane(
             {SCORER_SERVICE: ScorerService(self.registry)},
-            config.control.token,
+            config.control.token.get_secret_value() if config.control.token else None,
             listen,
             config.control.client_cert_names,
         )

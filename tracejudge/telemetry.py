@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from tracejudge import __version__
 from tracejudge.aio import AiohttpServerThread
-from tracejudge.config import Duration, StrictConfig, parse_host_port
+from tracejudge.config import Duration, OtlpUrl, StrictConfig, parse_host_port
 from tracejudge.otlp_exporters import metric_exporter
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class TelemetryConfig(StrictConfig):
     prometheus_endpoint: str | None = "127.0.0.1:9464"
-    otlp_endpoint: str | None = None
+    otlp_endpoint: OtlpUrl | None = None
     otlp_interval: Duration = 30.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
