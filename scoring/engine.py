@@ -32,6 +32,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from tracejudge.model import Trace
 
+from .ledger import InFlightLedger
 from .registry import RegistryError, ScorerRegistry
 from .sampling import randomness, threshold
 from .spec import ScorerSpec
@@ -66,9 +67,13 @@ class ScoringEngine:
         meter: metrics.Meter,
         max_backlog: int = 10_000,
         deadline_s: float = 310.0,
+        ledger: InFlightLedger | None = None,
     ) -> None:
-        """`deadline_s`: how long an admitted pair may stay unfinished (scoring/config.py scoring_deadline)."""
+        """`deadline_s`: how long an admitted pair may stay unfinished (scoring/config.py scoring_deadline).
+        `ledger`: where admitted pairs are remembered across a kill (the sidecar's data directory); at start,
+        the pairs a killed run left open are recorded as skipped (`restart`)."""
         self._registry = registry
+        self._ledger = ledger
         self._record_skipped = record_skipped
         self._max_backlog = max_backlog
         self._worker: ScoringBackend | None = None
@@ -78,6 +83,8 @@ class ScoringEngine:
         self._quarantined: frozenset[str] = frozenset()  # those with QUARANTINE_AFTER strikes (_count_strikes)
         # trace id -> (root span id, scorer names, monotonic admission time); in admission order
         self._in_flight: dict[bytes, tuple[bytes, list[str], float]] = {}
+        # trace id -> (root span id, scorer names): open in the ledger when the last run was killed
+        self._recovered: dict[bytes, tuple[bytes, list[str]]] = {}
         self._deadline_s = deadline_s
         self._sweeper = threading.Thread(target=self._sweep, name="scoring-deadline", daemon=True)
         self._stopping = threading.Event()
@@ -110,6 +117,10 @@ class ScoringEngine:
     def start(self) -> None:
         if self._worker is None:
             raise RuntimeError("attach a ScoringBackend before starting the engine")
+        if self._ledger is not None:
+            left = self._ledger.recover()
+            self._ledger.admitted(left)  # still open: a second kill before end_recovery() keeps them
+            self._recovered = {trace_id: (span_id, names) for trace_id, span_id, names in left}
         self._worker.start()
         self._sweeper.start()
 
@@ -157,6 +168,8 @@ class ScoringEngine:
                     names = [name for name, bar in active if chance >= bar]
                     if not names:
                         continue
+                    if self._recovered:  # replayed after a kill: this decision accounts for it now
+                        self._recovered.pop(trace.trace_id, None)
                     root = trace.root or (trace.spans[0] if trace.spans else None)
                     span_id = root.span_id if root else b""
                 except Exception:  # this trace alone: the rest of the batch is sampled as usual
@@ -176,9 +189,27 @@ class ScoringEngine:
                 else:
                     skipped.append((trace.trace_id, span_id, names, reason))
             if admitted:
+                if self._ledger is not None:  # before the worker can report them finished
+                    self._ledger.admitted((t.trace_id, self._in_flight[t.trace_id][0], n) for t, n in admitted)
                 skipped.extend(self._submit(admitted))
         if skipped:
             self._skip(skipped)
+        self._compact_ledger()
+
+    def end_recovery(self) -> int:
+        """The traces the write-ahead log rebuilt at start are decided: pairs the last run left open and no
+        replayed trace brought back are recorded as skipped (`restart`); returns how many traces. (A trace
+        decided shortly before the kill is replayed when the assembler's cursor had not committed past it:
+        it is sampled again, and scored instead.)"""
+        with self._lock:
+            left = [(trace_id, span_id, names, "restart") for trace_id, (span_id, names) in self._recovered.items()]
+            self._recovered = {}
+            self._ended(trace_id for trace_id, _, _, _ in left)
+        if left:
+            log.warning("%d traces were being scored when tracejudge last stopped without draining; recorded as "
+                        "skipped (restart)", len(left))  # fmt: skip
+            self._skip(left)
+        return len(left)
 
     def record_error(self, traces: Sequence[Trace]) -> None:
         """Record `traces` as skipped (`error`) for every active scorer: something failed on them before they
@@ -206,6 +237,7 @@ class ScoringEngine:
                 span_id, names, _ = self._in_flight.pop(trace.trace_id, (b"", names, 0.0))
                 self._backlog -= len(names)
                 failed.append((trace.trace_id, span_id, names, "error"))
+        self._ended(trace_id for trace_id, _, _, _ in failed)
         if not self._backlog:
             self._idle.notify_all()
         return failed
@@ -224,6 +256,7 @@ class ScoringEngine:
                 self._backlog -= len(names)
             if not self._backlog:
                 self._idle.notify_all()
+            self._ended(progress.finished)
 
     def on_worker_lost(self, reason: str) -> None:
         """The worker ended (crashed, or restarted to free stuck code-scorer threads): what it held is
@@ -254,11 +287,15 @@ class ScoringEngine:
         left = self._abandon("shutdown")
         if left:
             log.warning("stopped with %d traces unscored (recorded as skipped: shutdown)", left)
+        self.end_recovery()  # stopped before the replayed traces were all decided: account for the rest now
+        if self._ledger is not None:
+            self._ledger.close(clean=True)  # every pair ended: scored, or recorded as skipped just now
 
     def _abandon(self, reason: str) -> int:
         with self._lock:
             left = [(trace_id, span_id, names, reason) for trace_id, (span_id, names, _) in self._in_flight.items()]
             self._in_flight.clear()
+            self._ended(trace_id for trace_id, _, _, _ in left)
             self._backlog = 0
             self._idle.notify_all()
             if self._worker is not None:
@@ -290,6 +327,7 @@ class ScoringEngine:
                 expired.append((trace_id, span_id, names, "deadline"))
             if expired and not self._backlog:
                 self._idle.notify_all()
+            self._ended(trace_id for trace_id, _, _, _ in expired)
         for trace_id, _, names, _ in expired:
             log.warning("trace %s not scored by %s within the scoring deadline (%gs); recorded as skipped (deadline)",
                         _hex(trace_id), ", ".join(names), self._deadline_s)  # fmt: skip
@@ -312,6 +350,16 @@ class ScoringEngine:
     def _count_strikes(self) -> None:
         """The quarantined scorers, as a frozen set that consume() reads without the lock (lock held)."""
         self._quarantined = frozenset(name for name, count in self._strikes.items() if count >= QUARANTINE_AFTER)
+
+    def _ended(self, trace_ids: Iterable[bytes]) -> None:
+        """These traces' pairs are over (scored or recorded as skipped): the ledger forgets them."""
+        if self._ledger is not None:
+            self._ledger.finished(trace_ids)
+
+    def _compact_ledger(self) -> None:
+        if self._ledger is not None and self._ledger.needs_compaction:
+            with self._lock:
+                self._ledger.compact((t, span_id, names) for t, (span_id, names, _) in self._in_flight.items())
 
     def _admit(self, trace: Trace, names: list[str]) -> str | None:
         """Reserve backlog room for the pairs (lock held); else the reason they cannot be scored."""

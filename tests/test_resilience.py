@@ -327,3 +327,47 @@ def test_sigkill_under_load_loses_nothing_acknowledged(sidecar_factory, downstre
     archived = {row[0] for row in query(second.data_dir / "archive", "spans", "SELECT DISTINCT span_id FROM t")}
     assert span_ids - archived == set()
     assert len(list((second.data_dir / "wal").glob("*.wal"))) <= 1  # every cursor passed the rest
+
+
+def test_traces_being_scored_at_a_sigkill_are_recorded_as_skipped_restart(sidecar_factory, grpc_sink):
+    """Decided traces handed to a judge that has not answered are past the assembler's cursor; a SIGKILL
+    must not make them vanish: the next start records each as skipped (`restart`), counted and archived,
+    and scores what arrives after it as usual."""
+    from mock_openai import MockOpenAI, faults
+
+    with MockOpenAI() as judge:
+        judge.always(faults.hang(60.0))  # no verdict before the kill
+        config = {
+            "assembler": {"trace_idle": "200ms"},
+            "judges": {"default": {"base_url": judge.base_url, "api_key_env": "TJ_TEST_NO_KEY", "timeout": "60s"}},
+            "scorers": [{"name": "safety", "builtin": "Safety", "sample_rate": 1.0}],
+        }
+        first = sidecar_factory([grpc_sink.url], config, name="scoring-killed")
+        request = genai_request(4)
+        trace_ids = {s.trace_id.hex() for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans}
+        assert post(f"{first.http_url}/v1/traces", request.SerializeToString())[0] == 200
+        assert wait_until(lambda: first.metric("tracejudge_scoring_backlog") == 4)
+        assert wait_until(lambda: len(judge.chat_requests()) >= 4)  # the judge holds every call
+        # Decided, and the assembler's cursor on disk past their record: a restart does not rebuild them
+        # (if it did, they would be sampled and scored again: ScoringEngine.end_recovery).
+        position = first.data_dir / "wal" / "cursors" / "assembler"
+        assert wait_until(lambda: position.exists() and int(position.read_text() or 0) >= 1)
+        first.kill()
+
+        judge.always(None)
+        second = sidecar_factory([grpc_sink.url], config, name="scoring-killed")
+        assert wait_until(lambda: second.metric("tracejudge_scoring_skipped_total", reason="restart") == 4)
+        assert "4 traces were being scored when tracejudge last stopped" in second.log()
+        later = genai_request(1)
+        assert post(f"{second.http_url}/v1/traces", later.SerializeToString())[0] == 200
+        assert wait_until(lambda: second.metric("tracejudge_scoring_scored_total", scorer="safety") == 1), (
+            second.metric("tracejudge_scoring_scored_total", scorer="safety"),
+            second.log_tail(),
+        )
+        assert second.stop() == 0
+
+    rows = query(first.data_dir / "archive", "skipped", "SELECT trace_id, scorers, reason FROM t")
+    assert {row[0] for row in rows if row[2] == "restart"} == trace_ids
+    assert all(list(row[1]) == ["safety"] for row in rows if row[2] == "restart")
+    third = sidecar_factory([grpc_sink.url], config, name="scoring-killed")  # a clean stop leaves nothing open
+    assert third.metric("tracejudge_scoring_skipped_total", reason="restart") == 0

@@ -295,3 +295,23 @@ def test_a_code_scorer_that_never_returns_is_freed_by_worker_restarts_then_quara
     assert [kind for kind, _ in errors] == ["timeout"]
     assert {reason for reason, _ in skipped} <= {"worker_restarted", "quarantined", "shutdown"}
     assert errors[0][1] + sum(count for _, count in skipped) == traces
+
+
+def test_the_in_flight_ledger_survives_a_torn_line_and_compaction(tmp_path):
+    from tracejudge.scoring.ledger import InFlightLedger
+
+    path = tmp_path / "in_flight.log"
+    ledger = InFlightLedger(path, compact_bytes=200)
+    assert ledger.recover() == []
+    ledger.admitted([(b"\x01" * 16, b"\x02" * 8, ["a", "b"]), (b"\x03" * 16, b"", ["a"])])
+    ledger.finished([b"\x03" * 16])
+    with open(path, "a") as file:
+        file.write("A 0404")  # the kill came mid-line
+    again = InFlightLedger(path, compact_bytes=200)
+    assert again.recover() == [(b"\x01" * 16, b"\x02" * 8, ["a", "b"])]
+    again.admitted([(bytes([n]) * 16, b"", ["a"]) for n in range(10)])
+    assert again.needs_compaction
+    again.compact([(b"\x05" * 16, b"", ["a"])])
+    assert path.stat().st_size < 100 and not again.needs_compaction
+    again.close(clean=False)
+    assert InFlightLedger(path).recover() == [(b"\x05" * 16, b"", ["a"])]

@@ -43,6 +43,7 @@ from tracejudge.receiver.http_server import HttpReceiver
 from tracejudge.schema import SCORER_SERVICE
 from tracejudge.scoring.config import scoring_deadline
 from tracejudge.scoring.engine import ScoringEngine
+from tracejudge.scoring.ledger import InFlightLedger
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.scoring.worker import ScoringWorker, WorkerProcess
@@ -155,7 +156,11 @@ class AssemblerCursor:
     so they are rebuilt and decided; then, twice a second, it commits up to the oldest record still
     holding an undecided trace. Stopped after the assembler, when every trace is decided."""
 
-    def __init__(self, cursor: Cursor, router: IngestRouter, assembler: TraceAssembler) -> None:
+    def __init__(
+        self, cursor: Cursor, router: IngestRouter, assembler: TraceAssembler, on_replayed: Callable[[], object]
+    ) -> None:
+        """`on_replayed`: called once every replayed trace is decided and consumed."""
+        self._on_replayed = on_replayed
         self._cursor = cursor
         self._router = router
         self._assembler = assembler
@@ -185,9 +190,21 @@ class AssemblerCursor:
         self._cursor.commit(self._router.assembled_until())
 
     def _run(self) -> None:
+        replay_until, settled = self._cursor.replay_until, 0
         while not self._stop.wait(0.5):
             # Replayed records are not in the router's bookkeeping: never commit past them until decided.
-            self._cursor.commit(self._router.assembled_until())
+            assembled = self._router.assembled_until()
+            self._cursor.commit(assembled)
+            if settled < 2 and assembled >= replay_until:
+                settled += 1  # one more round first: a trace leaves the assembler just before it is consumed
+                if settled == 2:
+                    self._report_replayed()
+
+    def _report_replayed(self) -> None:
+        try:
+            self._on_replayed()
+        except Exception:
+            log.exception("could not account for the scoring that the last run left open")
 
 
 def tune_garbage_collector() -> None:
@@ -236,7 +253,8 @@ class Sidecar:
         self.registry = ScorerRegistry(config.data_dir / "scorers.json", scoring.max_active_scorers,
                                        validate=self._validate)  # fmt: skip
         self.engine = ScoringEngine(self.registry, self._record_skipped, meter, scoring.max_backlog,
-                                    scoring_deadline(scoring, config.judges))  # fmt: skip
+                                    scoring_deadline(scoring, config.judges),
+                                    InFlightLedger(config.data_dir / "scoring" / "in_flight.log"))  # fmt: skip
         self.scoring_process = WorkerProcess(self._worker_settings(), config.data_dir, scoring.worker_nice)
         self.scoring_worker = ScoringWorker(
             self.scoring_process, on_progress=self.engine.on_progress, on_lost=self.engine.on_worker_lost,
@@ -250,7 +268,9 @@ class Sidecar:
         self.assembler = TraceAssembler(config.assembler, fan_out, meter)
         self.memory_limiter = MemoryLimiter(config.memory_limiter, meter, self.assembler.shed)
         router = IngestRouter(self.wal, self.assembler, self.memory_limiter)
-        self.assembler_cursor = AssemblerCursor(self.wal.cursor("assembler"), router, self.assembler)
+        self.assembler_cursor = AssemblerCursor(
+            self.wal.cursor("assembler"), router, self.assembler, self.engine.end_recovery
+        )
         receiver = config.receiver
         listen = [receiver.grpc_endpoint, receiver.http_endpoint]
         control = ControlPlane(
