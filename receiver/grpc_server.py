@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import metrics
 
-from tracejudge.config import TlsServerConfig, parse_host_port
+from tracejudge.config import parse_host_port
 from tracejudge.model import Signal
 from tracejudge.otlp import GRPC_SERVICES
 from tracejudge.receiver.config import ReceiverConfig
@@ -33,7 +33,7 @@ from tracejudge.receiver.export import (
     partial_success,
 )
 from tracejudge.receiver.screen import screen
-from tracejudge.tls import grpc_server_credentials
+from tracejudge.tls import describe, grpc_server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class GrpcReceiver:
             raise OSError(f"cannot bind the OTLP/gRPC receiver to {self._endpoint}")
         self._server.start()
         self.port = int(bound)
-        log.info("OTLP/gRPC receiver listening on %s:%d (%s)", host, bound, _describe_tls(self._tls))
+        log.info("OTLP/gRPC receiver listening on %s:%d (%s)", host, bound, describe(self._tls))
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Refuse new calls, let running ones finish within `timeout_s`."""
@@ -107,13 +107,6 @@ class GrpcReceiver:
             return answer
 
         return export
-
-
-def _describe_tls(tls: TlsServerConfig | None) -> str:
-    """How the listener is secured, for its start-up line."""
-    if tls is None:
-        return "plaintext"
-    return "TLS, client certificates required" if tls.client_ca_file is not None else "TLS"
 
 
 def _status_for(error: RequestError) -> status_pb2.Status:

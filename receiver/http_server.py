@@ -36,7 +36,7 @@ from tracejudge.receiver.export import (
     partial_success,
 )
 from tracejudge.receiver.screen import screen
-from tracejudge.tls import server_ssl_context
+from tracejudge.tls import describe, server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,8 @@ class HttpReceiver:
         """Bind and serve; raises OSError if the address cannot be bound."""
         self.port = self._server.start()
         scheme = "http" if self._tls is None else "https"
-        mtls = ", client certificates required" if self._tls is not None and self._tls.client_ca_file else ""
-        log.info(
-            "OTLP/HTTP receiver listening on %s://%s:%d%s", scheme, self._endpoint.rsplit(":", 1)[0], self.port, mtls
-        )
+        host = self._endpoint.rsplit(":", 1)[0]
+        log.info("OTLP/HTTP receiver listening on %s://%s:%d (%s)", scheme, host, self.port, describe(self._tls))
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Refuse new requests, let running ones finish within `timeout_s`."""

@@ -42,10 +42,10 @@ class InFlightLedger:
         return [(trace_id, span_id, names) for trace_id, (span_id, names) in left.items()]
 
     def admitted(self, pairs: Iterable[Pair]) -> None:
-        self._write("".join(f"A {t.hex() or '-'} {s.hex() or '-'} {','.join(n)}\n" for t, s, n in pairs))
+        self._write("".join(map(_admitted_line, pairs)))
 
     def finished(self, trace_ids: Iterable[bytes]) -> None:
-        self._write("".join(f"F {t.hex() or '-'}\n" for t in trace_ids))
+        self._write("".join(f"F {_hex(t)}\n" for t in trace_ids))
 
     def compact(self, open_pairs: Iterable[Pair]) -> None:
         """Rewrite the file to just `open_pairs` (the caller's in-flight set) once it has grown past the bound."""
@@ -54,7 +54,7 @@ class InFlightLedger:
                 return
             temporary = self._path.with_suffix(".compact")
             with open(temporary, "w", encoding="ascii") as out:
-                out.writelines(f"A {t.hex() or '-'} {s.hex() or '-'} {','.join(n)}\n" for t, s, n in open_pairs)
+                out.writelines(map(_admitted_line, open_pairs))
             os.replace(temporary, self._path)
             self._file.close()
             self._file = open(self._path, "a", encoding="ascii")  # noqa: SIM115
@@ -105,6 +105,16 @@ def _read(path: Path) -> dict[bytes, tuple[bytes, list[str]]]:
         except ValueError:
             continue
     return left
+
+
+def _admitted_line(pair: Pair) -> str:
+    trace_id, span_id, names = pair
+    return f"A {_hex(trace_id)} {_hex(span_id)} {','.join(names)}\n"
+
+
+def _hex(value: bytes) -> str:
+    """An id as the ledger writes it: hex, or `-` for an empty one (so every line splits into its fields)."""
+    return value.hex() or "-"
 
 
 def _id(text: str) -> bytes:

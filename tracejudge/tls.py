@@ -16,6 +16,13 @@ from tracejudge.config import TlsClientConfig, TlsServerConfig, TlsVersion
 _VERSIONS: dict[TlsVersion, ssl.TLSVersion] = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
+def describe(config: TlsServerConfig | None) -> str:
+    """How a listener is secured, for its start-up line."""
+    if config is None:
+        return "plaintext"
+    return "TLS, client certificates required" if config.client_ca_file is not None else "TLS"
+
+
 def server_ssl_context(config: TlsServerConfig) -> ssl.SSLContext:
     """The HTTP listener's context: its certificate, `min_version`, and with `client_ca_file` a required,
     verified client certificate (the handshake fails without one)."""
