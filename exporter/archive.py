@@ -29,7 +29,7 @@ from tracejudge.child_process import ChildProcess
 from tracejudge.exporter import archive_protocol as protocol
 from tracejudge.exporter.config import ArchiveConfig
 from tracejudge.model import Signal
-from tracejudge.wal import Cursor, RecordKind
+from tracejudge.wal import Cursor, LogFull, RecordKind, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,12 @@ _FRAMES = {Signal.TRACES: protocol.SPANS, Signal.LOGS: protocol.LOGS}
 
 class ParquetArchive:
     def __init__(self, config: ArchiveConfig, directory: Path, meter: metrics.Meter, cursor: Cursor | None,
-                 flush_behind_bytes: int = 2**62) -> None:  # fmt: skip
+                 flush_behind_bytes: int = 2**62, wal: WriteAheadLog | None = None) -> None:  # fmt: skip
         """`cursor`: where spans and log records come from (None: only rows written with write_rows).
         `flush_behind_bytes`: also close the files early once the cursor holds this much of the log
-        uncommitted, so the archive never fills the log (at 40k spans/s, 60 s of spans is ~2 GB)."""
+        uncommitted, so the archive never fills the log (at 40k spans/s, 60 s of spans is ~2 GB).
+        `wal`: the log `cursor` reads; rows given to write_rows are appended to it (RecordKind.ROWS) and
+        come back through the cursor, so a kill loses them no more than it loses spans."""
         directory = directory.resolve()  # also the writer's working directory (child_process.py says why)
         args = ["--directory", str(directory), "--roll-size", str(config.roll_size),
                 "--roll-interval", str(config.roll_interval)]  # fmt: skip
@@ -51,6 +53,7 @@ class ParquetArchive:
         self._max_queue = config.max_queue
         self._roll_interval = config.roll_interval
         self._cursor = cursor
+        self._wal = wal if cursor is not None else None
         self._flush_behind_bytes = flush_behind_bytes
         self._feeder = threading.Thread(target=self._feed, name="archive-feeder", daemon=True)
         self._draining = threading.Event()
@@ -84,7 +87,14 @@ class ParquetArchive:
     def write_rows_frame(self, frame: bytes, items: int) -> None:
         """Rows already framed where they were built (archive_protocol.rows_frame). They are never refused:
         the spans they describe were already accepted."""
-        self._enqueue(frame, items, protocol.table_of(frame))
+        if self._wal is None:
+            self._enqueue(frame, items, protocol.table_of(frame))
+            return
+        try:
+            self._wal.append(Signal.TRACES, frame, items, RecordKind.ROWS, force=True)
+        except LogFull:  # only once the log is closed, at the very end of a shutdown
+            log.error("archive: %d %s rows came after the write-ahead log closed; not archived", items,
+                      protocol.table_of(frame))  # fmt: skip
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Close the open files so that everything accepted so far is readable; True when done."""
@@ -123,7 +133,7 @@ class ParquetArchive:
                     next_commit = 0.0
             if self._rewind.is_set():
                 self._rewind.clear()
-                self._writer.discard(lambda frame: frame[:1] in (protocol.SPANS, protocol.LOGS))
+                self._writer.discard(lambda frame: frame[:1] in self._logged_frames)
                 cursor.rewind()
             if time.monotonic() >= next_commit:
                 sent_until, deaths = cursor.position, self._deaths
@@ -139,9 +149,17 @@ class ParquetArchive:
                     return
                 continue
             frame_kind = _FRAMES.get(record.signal)
-            if frame_kind is not None and record.kind is RecordKind.INGEST:  # verdicts have their own rows
+            if record.kind is RecordKind.ROWS:
+                self._enqueue(record.payload, record.items, protocol.table_of(record.payload))
+            elif frame_kind is not None and record.kind is RecordKind.INGEST:  # verdicts have their own rows
                 table = "spans" if record.signal is Signal.TRACES else "logs"
                 self._enqueue(frame_kind + record.payload, record.items, table)
+
+    @property
+    def _logged_frames(self) -> frozenset[bytes]:
+        """Frames a rewind sends again from the log, so those a dead writer held are dropped from its queue."""
+        logged = frozenset({protocol.SPANS, protocol.LOGS})
+        return logged | protocol.ROW_KINDS if self._wal is not None else logged
 
     def _acknowledged(self, frame: bytes) -> None:
         if frame == protocol.ACK:

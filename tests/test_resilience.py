@@ -371,3 +371,33 @@ def test_traces_being_scored_at_a_sigkill_are_recorded_as_skipped_restart(sideca
     assert all(list(row[1]) == ["safety"] for row in rows if row[2] == "restart")
     third = sidecar_factory([grpc_sink.url], config, name="scoring-killed")  # a clean stop leaves nothing open
     assert third.metric("tracejudge_scoring_skipped_total", reason="restart") == 0
+
+
+def test_rows_tracejudge_writes_itself_survive_a_sigkill(sidecar_factory, grpc_sink):
+    """Trace summaries and assessments are archive rows tracejudge builds, not spans an app sent; they go
+    through the write-ahead log too, so a SIGKILL before their Parquet files closed loses none of them."""
+    config = {
+        "assembler": {"trace_idle": "200ms"},
+        "scorers": [{"name": "no_error", "builtin": "NoError", "sample_rate": 1.0}],
+        "archive": {"roll_interval": "10m"},  # nothing closes before the kill
+    }
+    first = sidecar_factory([grpc_sink.url], config, name="rows-killed")
+    request = genai_request(5)
+    trace_ids = {s.trace_id.hex() for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans}
+    assert post(f"{first.http_url}/v1/traces", request.SerializeToString())[0] == 200
+    verdicts = lambda: [s for s in grpc_sink.received.spans() if s.name == "evaluation no_error"]  # noqa: E731
+    assert wait_until(lambda: len(verdicts()) == 5)
+    assert wait_until(lambda: first.metric("tracejudge_archive_enqueued_items_total", table="assessments") == 5)
+    # An OOM kill of the whole container: the archive writer (its own process group) dies with the rest.
+    [writer] = child_processes(first.process.pid, "tracejudge.exporter.archive_worker")
+    os.kill(writer, signal.SIGKILL)
+    first.kill()
+    assert not list((first.data_dir / "archive").glob("**/*.parquet"))  # the kill took the open files
+
+    second = sidecar_factory([grpc_sink.url], config, name="rows-killed")
+    assert second.stop() == 0
+    archive = first.data_dir / "archive"
+    assessed = query(archive, "assessments", "SELECT trace_id, name FROM t")
+    assert {row[0] for row in assessed} == trace_ids and {row[1] for row in assessed} == {"no_error"}
+    assert {row[0] for row in query(archive, "traces", "SELECT trace_id FROM t")} == trace_ids
+    assert len({row[0] for row in query(archive, "spans", "SELECT span_id FROM t")}) == 25

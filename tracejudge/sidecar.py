@@ -237,7 +237,12 @@ class Sidecar:
         self.wal = WriteAheadLog(config.wal_dir, config.wal, meter)
         self.archive = (
             ParquetArchive(
-                config.archive, config.archive_dir, meter, self.wal.cursor("archive"), config.wal.max_size // 4
+                config.archive,
+                config.archive_dir,
+                meter,
+                self.wal.cursor("archive"),
+                config.wal.max_size // 4,
+                self.wal,
             )
             if config.archive.enabled
             else None

@@ -76,6 +76,10 @@ class WalConfig(StrictConfig):
 class RecordKind(enum.IntEnum):
     INGEST = 0  # an app's export request: every forward endpoint, the archive, the assembler
     VERDICTS = 1  # tracejudge's own verdicts: only the verdicts endpoint (never the archive's spans)
+    ROWS = 2  # archive rows tracejudge built (traces, assessments, skipped): only the archive
+
+
+_KINDS = frozenset(kind.value for kind in RecordKind)
 
 
 class Record(NamedTuple):
@@ -468,20 +472,25 @@ def _scan(fd: int, path: Path) -> tuple[list[int], int]:
     size = os.fstat(fd).st_size
     end = 0
     while end < size:
-        raw = os.pread(fd, RECORD_HEADER_BYTES, end)
-        if len(raw) < RECORD_HEADER_BYTES:
-            log.warning("torn or corrupt record at byte %d of %s; the rest is ignored", end, path)
-            break
-        code, kind, _items, length, crc = _HEADER.unpack(raw)
-        if code not in _SIGNALS or kind not in (0, 1) or end + RECORD_HEADER_BYTES + length > size:
-            log.warning("torn or corrupt record at byte %d of %s; the rest is ignored", end, path)
-            break
-        if zlib.crc32(os.pread(fd, length, end + RECORD_HEADER_BYTES)) != crc:
+        length = _intact_length(fd, end, size)
+        if length is None:
             log.warning("torn or corrupt record at byte %d of %s; the rest is ignored", end, path)
             break
         offsets.append(end)
         end += RECORD_HEADER_BYTES + length
     return offsets, end
+
+
+def _intact_length(fd: int, offset: int, size: int) -> int | None:
+    """The payload length of the whole record at `offset` (a known signal and kind, inside the file, the
+    CRC right); None for a torn or corrupt one."""
+    raw = os.pread(fd, RECORD_HEADER_BYTES, offset)
+    if len(raw) < RECORD_HEADER_BYTES:
+        return None
+    code, kind, _items, length, crc = _HEADER.unpack(raw)
+    if code not in _SIGNALS or kind not in _KINDS or offset + RECORD_HEADER_BYTES + length > size:
+        return None
+    return length if zlib.crc32(os.pread(fd, length, offset + RECORD_HEADER_BYTES)) == crc else None
 
 
 def _fsync_dir(directory: Path) -> None:
