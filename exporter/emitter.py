@@ -100,11 +100,14 @@ class AssessmentMetrics:
 
     def record(self, assessment: Assessment) -> None:
         name = assessment.name
-        if assessment.score is not None:
-            self._score.record(assessment.score, {EVALUATION_NAME: name})
-        labels = {"name": name, "label": assessment.label or NONE, "source": assessment.source.value,
-                  "error_type": _error_type(assessment) or NONE}  # fmt: skip
-        self._assessments.add(1, labels)
+        # A verdict that supersedes another (a session re-scored as it grew) is not counted again: the metrics
+        # count each session once, by its first verdict. What judging it again cost is counted.
+        if assessment.overrides is None:
+            if assessment.score is not None:
+                self._score.record(assessment.score, {EVALUATION_NAME: name})
+            labels = {"name": name, "label": assessment.label or NONE, "source": assessment.source.value,
+                      "error_type": _error_type(assessment) or NONE}  # fmt: skip
+            self._assessments.add(1, labels)
         if assessment.latency_ms is not None:
             self._latency.record(assessment.latency_ms, {"name": name})
         for direction, tokens in (("input", assessment.judge_input_tokens), ("output", assessment.judge_output_tokens)):
@@ -308,6 +311,12 @@ def tracejudge_attributes(assessment: Assessment) -> dict[str, AttributeValue]:
         attributes["tracejudge.assessment.metadata"] = _json(assessment.metadata)
     if assessment.session_id:
         attributes["session.id"] = assessment.session_id
+    if assessment.trace_ids:
+        attributes["tracejudge.assessment.trace_ids"] = list(assessment.trace_ids)
+    if assessment.assessment_id:
+        attributes["tracejudge.assessment.id"] = assessment.assessment_id
+    if assessment.overrides:
+        attributes["tracejudge.assessment.overrides"] = assessment.overrides
     return attributes
 
 
@@ -336,6 +345,9 @@ def assessment_row(assessment: Assessment, emitted_at: int | None = None) -> dic
         "latency_ms": assessment.latency_ms,
         "timestamp": assessment.timestamp_ns or emitted_at,
         "emitted_at": emitted_at,
+        "trace_ids": list(assessment.trace_ids) or None,
+        "assessment_id": assessment.assessment_id or None,
+        "overrides": assessment.overrides,
     }
 
 

@@ -110,6 +110,11 @@ ASSESSMENTS_SCHEMA = pa.schema(
         ("latency_ms", pa.float64()),
         ("timestamp", TIMESTAMP),
         ("emitted_at", TIMESTAMP),
+        # A session verdict: every trace judged, in order (trace_id, span_id: the first trace's root). Older
+        # files lack the last three columns; the archive reader reads them as null.
+        ("trace_ids", pa.list_(pa.string())),
+        ("assessment_id", pa.string()),
+        ("overrides", pa.string()),  # the assessment_id this row supersedes: that one is no longer current
     ]
 )
 
@@ -221,6 +226,7 @@ SKIPPED_SCHEMA = pa.schema(
         ("scorers", pa.list_(pa.string())),
         ("reason", pa.string()),
         ("timestamp", TIMESTAMP),
+        ("session_id", pa.string()),  # a session pair's (older files: null)
     ]
 )
 

@@ -18,8 +18,20 @@ SCORER_STATUS_UNSPECIFIED: ScorerStatus
 SCORER_STATUS_STOPPED: ScorerStatus
 SCORER_STATUS_STARTED: ScorerStatus
 
+class EndSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class EndSessionResponse(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
 class Scorer(_message.Message):
-    __slots__ = ("name", "builtin", "guidelines", "instructions", "code", "feedback_value_type", "feedback_categories", "model", "params", "sample_rate", "filter_string", "version", "status")
+    __slots__ = ("name", "builtin", "guidelines", "instructions", "code", "feedback_value_type", "feedback_categories", "model", "params", "sample_rate", "filter_string", "version", "status", "target")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BUILTIN_FIELD_NUMBER: _ClassVar[int]
     GUIDELINES_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +45,7 @@ class Scorer(_message.Message):
     FILTER_STRING_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
     name: str
     builtin: str
     guidelines: Guidelines
@@ -46,7 +59,22 @@ class Scorer(_message.Message):
     filter_string: str
     version: int
     status: ScorerStatus
-    def __init__(self, name: _Optional[str] = ..., builtin: _Optional[str] = ..., guidelines: _Optional[_Union[Guidelines, _Mapping]] = ..., instructions: _Optional[str] = ..., code: _Optional[str] = ..., feedback_value_type: _Optional[str] = ..., feedback_categories: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sample_rate: _Optional[float] = ..., filter_string: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[ScorerStatus, str]] = ...) -> None: ...
+    target: ScorerTarget
+    def __init__(self, name: _Optional[str] = ..., builtin: _Optional[str] = ..., guidelines: _Optional[_Union[Guidelines, _Mapping]] = ..., instructions: _Optional[str] = ..., code: _Optional[str] = ..., feedback_value_type: _Optional[str] = ..., feedback_categories: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sample_rate: _Optional[float] = ..., filter_string: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[ScorerStatus, str]] = ..., target: _Optional[_Union[ScorerTarget, _Mapping]] = ...) -> None: ...
+
+class ScorerTarget(_message.Message):
+    __slots__ = ("kind", "span_type", "name", "filter_string", "max_spans_per_trace")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SPAN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FILTER_STRING_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPANS_PER_TRACE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    span_type: str
+    name: str
+    filter_string: str
+    max_spans_per_trace: int
+    def __init__(self, kind: _Optional[str] = ..., span_type: _Optional[str] = ..., name: _Optional[str] = ..., filter_string: _Optional[str] = ..., max_spans_per_trace: _Optional[int] = ...) -> None: ...
 
 class Guidelines(_message.Message):
     __slots__ = ("guidelines",)

@@ -1,7 +1,9 @@
 """Code scorers: plain Python functions that judge a trace, as MLflow's `@scorer` does.
 
 A function declares what it needs by parameter name — `inputs`, `outputs`, `expectations`,
-`trace` — and returns a bool, a number, a string, a Feedback or a list of Feedbacks. tracejudge
+`trace`; or, judging a whole conversation (`target: session`), `session` / `traces` (its turns, in
+order: scoring/view.py Turn) and `conversation` (the turns as chat messages) — and returns a bool,
+a number, a string, a Feedback or a list of Feedbacks. tracejudge
 only loads them from an importable `module:function` named in the config file, never from the
 network. They run in threads with a timeout (CodeRunner); an exception or a timeout becomes an
 assessment with `error` set (scoring/assessments.py), so a broken scorer shows up in the results
@@ -19,16 +21,18 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .view import TraceView
+from .view import SessionView, TraceView
 
 BINDABLE = ("inputs", "outputs", "expectations", "trace")
+SESSION_BINDABLE = ("session", "traces", "conversation")
 
 
 class CodeScorerError(Exception):
     """A `module:function` that cannot be loaded or does not take scorer arguments."""
 
 
-def load_function(reference: str) -> Callable[..., Any]:
+def load_function(reference: str, session: bool = False) -> Callable[..., Any]:
+    """The function `reference` names, checked to take only what its target offers (`session`: a conversation)."""
     module_name, _, attribute = reference.partition(":")
     try:
         function: Callable[..., Any] = getattr(importlib.import_module(module_name), attribute)
@@ -36,15 +40,25 @@ def load_function(reference: str) -> Callable[..., Any]:
         raise CodeScorerError(f"cannot load code scorer {reference!r}: {exc}") from exc
     if not callable(function):
         raise CodeScorerError(f"code scorer {reference!r} is not callable")
-    unknown = [p for p in inspect.signature(function).parameters if p not in BINDABLE]
+    parameters = list(inspect.signature(function).parameters)
+    allowed = SESSION_BINDABLE if session else BINDABLE
+    unknown = [p for p in parameters if p not in allowed]
+    if unknown and not session and all(p in SESSION_BINDABLE for p in unknown):
+        raise CodeScorerError(f"code scorer {reference!r} takes {unknown}: it judges conversations, so give it "
+                              "`target: session`")  # fmt: skip
     if unknown:
-        raise CodeScorerError(f"code scorer {reference!r} takes {unknown}; parameters must be among {BINDABLE}")
+        raise CodeScorerError(f"code scorer {reference!r} takes {unknown}; parameters must be among {allowed}")
     return function
 
 
-def bind_arguments(function: Callable[..., Any], view: TraceView) -> dict[str, Any]:
-    available = {"inputs": view.request, "outputs": view.response, "expectations": dict(view.expectations),
-                 "trace": view}  # fmt: skip
+def bind_arguments(function: Callable[..., Any], view: TraceView | SessionView) -> dict[str, Any]:
+    available: dict[str, Any]
+    if isinstance(view, SessionView):
+        turns = list(view.turns)
+        available = {"session": turns, "traces": turns, "conversation": view.messages()}
+    else:
+        available = {"inputs": view.request, "outputs": view.response, "expectations": dict(view.expectations),
+                     "trace": view}  # fmt: skip
     return {name: available[name] for name in inspect.signature(function).parameters}
 
 

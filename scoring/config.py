@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from tracejudge.config import Duration, OtlpUrl, StrictConfig, TlsClientConfig, no_credentials
+from tracejudge.config import ByteSize, Duration, OtlpUrl, StrictConfig, TlsClientConfig, no_credentials
+
+# MLflow's name for the idle time after which a conversation is judged; honoured when `sessions.idle` is not set.
+MLFLOW_IDLE_ENV = "MLFLOW_ONLINE_SCORING_DEFAULT_SESSION_COMPLETION_BUFFER_SECONDS"
+
+
+def _default_idle() -> float:
+    value = os.environ.get(MLFLOW_IDLE_ENV, "").strip()
+    try:
+        return float(value) if value and float(value) > 0 else 300.0
+    except ValueError:
+        raise ValueError(f"{MLFLOW_IDLE_ENV}={value!r}: expected a number of seconds") from None
+
+
+class SessionsConfig(StrictConfig):
+    """The `sessions:` keys: when a conversation is over, for multi-turn scorers (scoring/sessions.py)."""
+
+    idle: Duration = Field(default_factory=_default_idle)  # no new trace this long: judged (MLflow: 300 s)
+    max_turns: int = Field(default=200, ge=1)  # judged and closed at this many turns
+    max_age: Duration = 24 * 3600.0  # judged and closed this long after its first trace
+    max_bytes: ByteSize = 256 * 2**20  # all buffered turns together; beyond: the oldest is judged early
 
 
 class ScoringConfig(StrictConfig):

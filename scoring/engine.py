@@ -36,7 +36,7 @@ from .ledger import InFlightLedger
 from .registry import RegistryError, ScorerRegistry
 from .sampling import randomness, threshold
 from .spec import ScorerSpec
-from .worker_protocol import Progress
+from .worker_protocol import Progress, SkippedRow
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class ScoringBackend(Protocol):
     def submit(self, batch: list[tuple[Trace, list[str]]]) -> None: ...
     def discard_queued(self) -> None: ...
     def validate(self, spec: ScorerSpec) -> str | None: ...
+    def end_session(self, session_id: str) -> bool | None: ...
     def flush(self, timeout_s: float) -> bool: ...
     def drain(self, timeout_s: float) -> bool: ...
 
@@ -133,6 +134,13 @@ class ScoringEngine:
         if error is not None:
             raise ScorerCannotRun(error)
 
+    def end_session(self, session_id: str) -> bool | None:
+        """The conversation `session_id` is over (an app or an operator says so): its session scorers judge it
+        now instead of after `sessions.idle`. True if it was open; False if not; None if the worker did not say."""
+        if self._worker is None:
+            raise ScorerCannotRun("scoring is not running")
+        return self._worker.end_session(session_id)
+
     def reload(self) -> None:
         specs = self._registry.active()
         if self._worker is not None:
@@ -144,7 +152,10 @@ class ScoringEngine:
                 del self._strikes[name]
             self._registrations = registrations
             self._count_strikes()
-            self._active = [(spec.name, threshold(spec.sample_rate)) for spec in specs]
+            # A span-target scorer samples (trace, span) pairs and a session scorer conversations, both in the
+            # worker, where spans are read: the engine cannot sample for them, so they get every trace.
+            self._active = [(spec.name, threshold(spec.sample_rate) if spec.target_kind == "trace" else 0)
+                            for spec in specs]  # fmt: skip
 
     def samples(self, trace_id: bytes) -> bool:
         """Whether any active scorer samples this trace: a source may leave the rest of a trace unassembled."""
@@ -250,6 +261,8 @@ class ScoringEngine:
             self._scored.add(count, {"scorer": name})
         for (name, reason), count in progress.skipped.items():
             self._skipped.add(count, {"scorer": name, "reason": reason})
+        if progress.skipped_rows:  # counted just above, with the rest of the worker's skips
+            self._record_skipped(_skipped_rows(progress.skipped_rows))
         with self._lock:
             for trace_id in progress.finished:
                 _, names, _ = self._in_flight.pop(trace_id, (b"", [], 0.0))
@@ -373,19 +386,25 @@ class ScoringEngine:
     def _skip(self, skipped: Iterable[tuple[bytes, bytes, list[str], str]]) -> None:
         """One `skipped` archive row per trace (with its scorers), and the counts, per batch: under
         overload most sampled traces end here, so this must stay cheap."""
-        now = time.time_ns()
         rows = []
         counts: Counter[tuple[str, str]] = Counter()
         for trace_id, span_id, names, reason in skipped:
-            rows.append({"trace_id": trace_id.hex(), "span_id": span_id.hex(), "scorers": names, "reason": reason,
-                         "timestamp": now})  # fmt: skip
+            rows.append((trace_id, span_id, names, reason, None))
             counts.update((name, reason) for name in names)
-        self._record_skipped(rows)
+        self._record_skipped(_skipped_rows(rows))
         for (name, reason), count in counts.items():
             self._skipped.add(count, {"scorer": name, "reason": reason})
 
     def _observe_backlog(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self.backlog)]
+
+
+def _skipped_rows(skipped: Iterable[SkippedRow]) -> list[dict[str, Any]]:
+    """Rows of the archive's `skipped` table (exporter/rows.py SKIPPED_SCHEMA)."""
+    now = time.time_ns()
+    return [{"trace_id": trace_id.hex(), "span_id": span_id.hex(), "scorers": names, "reason": reason,
+             "timestamp": now, "session_id": session_id}
+            for trace_id, span_id, names, reason, session_id in skipped]  # fmt: skip
 
 
 def _hex(trace_id: bytes) -> str:

@@ -21,8 +21,11 @@ from .code import CodeRunner, CodeTimeout, bind_arguments, load_function
 from .judge_client import JudgeClient, JudgeError
 from .judges import (
     BUILTIN_JUDGES,
+    CONVERSATION_JUDGES,
+    JUDGE_NAMES,
     SYSTEM_PROMPT,
     JudgeDefinition,
+    conversational_guidelines_definition,
     guidelines_definition,
     missing_inputs,
     prompt_definition,
@@ -30,16 +33,18 @@ from .judges import (
     result_schema,
 )
 from .spec import ScorerSpec
-from .view import TraceView
+from .view import Judged, TraceView
 
 JudgeLookup = Callable[[str | None], JudgeClient]
 log = logging.getLogger(__name__)
 
 
 class Evaluator(Protocol):
+    """`evaluate` takes what the spec's target is: a TraceView (a trace, or one span of it) or a SessionView."""
+
     spec: ScorerSpec
 
-    async def evaluate(self, view: TraceView) -> list[Assessment]: ...
+    async def evaluate(self, view: Judged) -> list[Assessment]: ...
 
 
 class UnknownScorer(ValueError):
@@ -73,8 +78,10 @@ class CheckEvaluator:
         self._check = check
         self._verdicts = Verdicts(spec.name, spec.version, AssessmentSource.CODE, f"builtin:{spec.builtin}")
 
-    async def evaluate(self, view: TraceView) -> list[Assessment]:
+    async def evaluate(self, view: Judged) -> list[Assessment]:
         started = time.perf_counter()
+        if not isinstance(view, TraceView):  # the spec refuses a session target for a check
+            return [self._verdicts.error(view, "bad_target", "a check judges traces, not sessions")]
         try:
             feedback = self._check(view, self.spec.params)
         except Exception as exc:
@@ -90,7 +97,7 @@ class CodeEvaluator:
         self._verdicts = Verdicts(spec.name, spec.version, AssessmentSource.CODE, str(spec.code))
         self._failures = FailureLog(spec.name)
 
-    async def evaluate(self, view: TraceView) -> list[Assessment]:
+    async def evaluate(self, view: Judged) -> list[Assessment]:
         arguments = bind_arguments(self._function, view)
         started = time.perf_counter()
         try:
@@ -112,7 +119,7 @@ class JudgeEvaluator:
         self._verdicts = Verdicts(spec.name, spec.version, AssessmentSource.LLM_JUDGE, client.config.model)
         self._failures = FailureLog(spec.name)
 
-    async def evaluate(self, view: TraceView) -> list[Assessment]:
+    async def evaluate(self, view: Judged) -> list[Assessment]:
         missing = missing_inputs(view, self._definition)
         if missing:
             return [self._verdicts.not_applicable(view, missing)]
@@ -139,7 +146,7 @@ def build_evaluator(spec: ScorerSpec, judge_for: JudgeLookup, code: CodeRunner) 
         return JudgeEvaluator(spec, definition, judge_for(spec.model))
     assert spec.code is not None
     try:
-        return CodeEvaluator(spec, load_function(spec.code), code)
+        return CodeEvaluator(spec, load_function(spec.code, session=spec.target_kind == "session"), code)
     except Exception as exc:
         raise UnknownScorer(str(exc)) from exc
 
@@ -153,8 +160,14 @@ def _builtin(spec: ScorerSpec, judge_for: JudgeLookup) -> Evaluator:
         return CheckEvaluator(spec, CHECKS[name])
     if name in BUILTIN_JUDGES:
         return JudgeEvaluator(spec, BUILTIN_JUDGES[name], judge_for(spec.model))
+    if name in CONVERSATION_JUDGES:
+        return JudgeEvaluator(spec, CONVERSATION_JUDGES[name], judge_for(spec.model))
+    if name == "ConversationalGuidelines":
+        rules = spec.params.get("guidelines", [])
+        definition = conversational_guidelines_definition([rules] if isinstance(rules, str) else list(rules))
+        return JudgeEvaluator(spec, definition, judge_for(spec.model))
     if name == "Guidelines":
         definition = guidelines_definition(list(spec.params.get("guidelines", [])))
         return JudgeEvaluator(spec, definition, judge_for(spec.model))
-    known = sorted([*CHECKS, *BUILTIN_JUDGES])
+    known = sorted([*CHECKS, *JUDGE_NAMES])
     raise UnknownScorer(f"unknown builtin {name!r}; known: {', '.join(known)}")

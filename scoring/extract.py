@@ -59,7 +59,7 @@ from tracejudge.scoring.values import (
 )
 from tracejudge.scoring.view import Document, LlmCall, Message, SpanView, ToolCall, TraceView
 
-__all__ = ["extract"]
+__all__ = ["extract", "extract_with_spans", "nested_in_own_kind", "span_view"]
 
 EXPECTATIONS_KEY = "tracejudge.expectations"
 
@@ -68,6 +68,12 @@ _START = attrgetter("start")
 
 def extract(trace: Trace) -> TraceView:
     """The normalized view of `trace`; never raises on malformed attribute values."""
+    return extract_with_spans(trace)[0]
+
+
+def extract_with_spans(trace: Trace) -> tuple[TraceView, dict[str, SpanRecord]]:
+    """The view and each span's record by span id (what span-target scorers judge, scoring/span_targets.py),
+    from one parse of the spans."""
     results: dict[str, str] = {}  # tool results by call id, from tool messages anywhere in the trace
     records = sorted((_read_span(s, results) for s in trace.spans), key=_START)
     by_id = {r.span_id: r for r in records}
@@ -78,7 +84,7 @@ def extract(trace: Trace) -> TraceView:
     request, response = _request_response(root, records, calls)
     resource = _resource(root_span.resource_bytes) if root_span else {}
     start = min((s.start_time_unix_nano for s in trace.spans), default=0)
-    return TraceView(
+    view = TraceView(
         trace_id=trace.trace_id.hex(),
         root_span_id=root.span_id if root else "",
         service_name=str(resource.get("service.name", "")),
@@ -92,7 +98,7 @@ def extract(trace: Trace) -> TraceView:
         llm_calls=tuple(call for _, call in calls),
         retrieved_documents=_retrieved_documents(records, by_id),
         tool_calls=_tool_calls(calls, records, results),
-        spans=tuple(_span_view(r) for r in records),
+        spans=tuple(span_view(r) for r in records),
         tags=_tags(root, resource),
         session_id=_identity(root, records, SESSION_KEYS),
         user_id=_identity(root, records, USER_KEYS),
@@ -104,6 +110,7 @@ def extract(trace: Trace) -> TraceView:
         has_genai=log_genai or any(r.genai for r in records),
         complete=trace.complete,
     )
+    return view, by_id
 
 
 # --- one span -------------------------------------------------------------------------------------
@@ -205,6 +212,15 @@ def _outermost(r: SpanRecord, by_id: dict[str, SpanRecord], kinds: frozenset[str
             found = parent
         parent, steps = by_id.get(parent.parent_id), steps + 1
     return found if found is not r else None
+
+
+def nested_in_own_kind(r: SpanRecord, by_id: dict[str, SpanRecord]) -> bool:
+    """An LLM or retriever span inside another of its kind: the same operation seen by a lower layer (a
+    LangChain LLM span around the provider SDK's), folded into the outer one."""
+    for kinds in (LLM_KINDS, RETRIEVER_KINDS):
+        if r.kind in kinds:
+            return _outermost(r, by_id, kinds) is not None
+    return False
 
 
 def _fold_nested(records: list[SpanRecord], by_id: dict[str, SpanRecord], kinds: frozenset[str]) -> list[SpanRecord]:
@@ -329,7 +345,7 @@ def _status(records: list[SpanRecord]) -> str:
     return "OK"  # MLflow's trace status: OK means nothing failed (OTel's UNSET included)
 
 
-def _span_view(r: SpanRecord) -> SpanView:
+def span_view(r: SpanRecord) -> SpanView:
     status = "ERROR" if r.error else "OK" if r.span.status.code == Status.STATUS_CODE_OK else "UNSET"
     return SpanView(
         span_id=r.span_id,

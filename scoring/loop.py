@@ -22,25 +22,32 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 from tracejudge.model import Assessment, Trace
 
 from .code import CodeRunner
 from .evaluators import Evaluator, build_evaluator
-from .extract import extract
+from .extract import extract_with_spans
 from .filters import TraceFilter, parse_filter
 from .judge_client import JudgePool
+from .sampling import session_randomness, threshold
+from .sessions import DueSession, SessionStore
+from .span_targets import span_target_views
 from .spec import ScorerSpec
+from .view import TraceView, Turn
 from .worker_protocol import (
     DRAIN,
     DRAINED,
+    END_SESSION,
     FLUSH,
     FLUSHED,
     PROGRESS,
     SCORE,
+    SESSION_ENDED,
     SPECS,
     VALIDATE,
     VALIDATED,
@@ -55,6 +62,7 @@ _EOF = "eof"  # the reader thread's own marker: the engine's side is gone
 _RESTART = "restart"  # the loop's own marker: stuck code scorers hold every code-scorer thread
 RESTART_DRAIN_S = 5.0  # running traces get this long to finish before the worker restarts
 REPORT_DELAY_S = 0.005  # results are batched this long: one message per burst, not per assessment
+SESSION_END_KEY = "tracejudge.session.end"  # a root span attribute: this trace ends its conversation
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,11 @@ class ScoringLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._report = Progress()
         self._report_scheduled = False
+        journal = Path(settings.sessions_journal) if settings.sessions_journal else None
+        self._sessions = SessionStore(settings.sessions, journal)
+        # Due sessions are looked for this often: a verdict comes at most this much after `sessions.idle`. A
+        # look costs ~0.1 ms per due session plus 1 ms per 10,000 open ones once a second (bench/sessions.py).
+        self._session_tick_s = min(0.1, settings.sessions.idle / 4)
 
     async def run(self) -> bool:
         """Serve until DRAIN or the other side's end (False), or until the worker must restart (True)."""
@@ -100,12 +113,23 @@ class ScoringLoop:
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         threading.Thread(target=self._read, args=(loop,), name="scoring-reader", daemon=True).start()
+        ticker = asyncio.create_task(self._tick_sessions())
+        try:
+            return await self._serve()
+        finally:
+            ticker.cancel()
+            self._sessions.close()
+
+    async def _serve(self) -> bool:
         while True:
             kind, *body = await self._inbox.get()
             if kind == SPECS:
                 self._load(body[0])
             elif kind == SCORE:
                 self._spawn(body[0])
+            elif kind == END_SESSION:
+                request_id, session_id = body
+                self._channel.send((SESSION_ENDED, request_id, self._sessions.end(session_id)))
             elif kind == VALIDATE:
                 self._validate(*body)
             elif kind == FLUSH:
@@ -187,14 +211,102 @@ class ScoringLoop:
         skipped: Counter[tuple[str, str]] = Counter((name, "scorer_unavailable") for name in names
                                                     if name not in self._scorers)  # fmt: skip
         chosen = [self._scorers[name] for name in names if name in self._scorers]
-        view = extract(trace)
+        view, records = extract_with_spans(trace)
         if not view.has_genai:
             skipped.update((s.spec.name, "no_genai_data") for s in chosen)
             return [], [], skipped
+        conversation = [s for s in chosen if s.spec.target_kind == "session"]
+        if conversation:
+            self._add_turn(view, conversation, skipped)
+        chosen = [s for s in chosen if s.spec.target_kind != "session"]
         selected = [s for s in chosen if s.filter.matches(view)]
         skipped.update((s.spec.name, "filtered") for s in chosen if s not in selected)
-        results = await asyncio.gather(*(s.evaluator.evaluate(view) for s in selected))
+        evaluations = []
+        for scorer in selected:
+            target = scorer.spec.span_target
+            if target is None:
+                evaluations.append(scorer.evaluator.evaluate(view))
+                continue
+            spans, cut = span_target_views(view, records, target, scorer.spec.sample_rate)
+            evaluations.extend(scorer.evaluator.evaluate(span) for span in spans)
+            if cut:
+                skipped[(scorer.spec.name, "max_spans")] += len(cut)
+                self._report.skipped_rows.extend((trace.trace_id, bytes.fromhex(span_id), [scorer.spec.name],
+                                                  "max_spans", view.session_id) for span_id in cut)  # fmt: skip
+        results = await asyncio.gather(*evaluations)
         return [a for result in results for a in result], [s.spec.name for s in selected], skipped
+
+    # --- conversations ------------------------------------------------------------------------------
+
+    def _add_turn(self, view: TraceView, scorers: list[LoadedScorer], skipped: Counter[tuple[str, str]]) -> None:
+        """Buffer the trace as a turn of its conversation for the session scorers sampling that conversation
+        (by its session id: consistent across its traces); the verdicts come once it is over (_tick_sessions)."""
+        if not view.session_id:
+            skipped.update((s.spec.name, "no_session") for s in scorers)
+            return
+        chance = session_randomness(view.session_id)
+        sampling = [s for s in scorers if chance >= threshold(s.spec.sample_rate)]
+        if not sampling:
+            return
+        passed = frozenset(s.spec.name for s in sampling if s.filter.matches(view))
+        ends = str(view.tags.get(SESSION_END_KEY, "")).lower() == "true"
+        self._sessions.add(view.session_id, turn_of(view), (s.spec.name for s in sampling), passed, ends)
+
+    async def _tick_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(self._session_tick_s)
+            try:
+                self._spawn_due_sessions()
+            except Exception:
+                log.exception("looking for conversations to judge failed; trying again")
+
+    def _spawn_due_sessions(self) -> None:
+        for due in self._sessions.due():
+            task = asyncio.create_task(self._judge_session(due))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _judge_session(self, due: DueSession) -> None:
+        """One verdict per session scorer on the whole conversation, attached to its first trace; a verdict on a
+        session judged before supersedes the last one (`overrides`)."""
+        chosen = [self._scorers[name] for name in sorted(due.scorers) if name in self._scorers]
+        skipped: Counter[tuple[str, str]] = Counter((name, "scorer_unavailable") for name in due.scorers
+                                                    if name not in self._scorers)  # fmt: skip
+        selected = [s for s in chosen if s.spec.name in due.passed]
+        skipped.update((s.spec.name, "filtered") for s in chosen if s not in selected)
+        try:
+            async with self._semaphore:
+                results = await asyncio.gather(*(s.evaluator.evaluate(due.view) for s in selected))
+        except asyncio.CancelledError:
+            self._sessions.released(due)  # kept in the journal, if there is one: judged at the next start
+            if not self._sessions.durable:  # else lost with this process: never a silent gap
+                self._report_session_skips(due, Counter((name, "shutdown") for name in due.scorers))
+            raise
+        except Exception:  # evaluators return errors as assessments; this is a bug, and must not wedge the session
+            log.exception("judging conversation %s failed; recorded as skipped (error)", due.view.session_id)
+            self._sessions.judged(due, {})
+            self._report_session_skips(due, Counter((s.spec.name, "error") for s in selected))
+            self._schedule_report()
+            return
+        metadata = {"session_turns": str(len(due.view.turns)), "completed_by": due.reason}
+        assessments = [replace(a, overrides=due.superseded.get(a.name), metadata={**a.metadata, **metadata})
+                       for result in results for a in result]  # fmt: skip
+        self._sessions.judged(due, {a.name: a.assessment_id for a in assessments})
+        if assessments:
+            self._emitter.emit(assessments)
+        self._report_session_skips(due, skipped)
+        self._report.scored.update(s.spec.name for s in selected)
+        self._schedule_report()
+
+    def _report_session_skips(self, due: DueSession, skipped: Counter[tuple[str, str]]) -> None:
+        """Counted, and a `skipped` row per reason on the conversation's first trace, with its session id."""
+        self._report.skipped.update(skipped)
+        by_reason: dict[str, list[str]] = {}
+        for (name, reason), _ in skipped.items():
+            by_reason.setdefault(reason, []).append(name)
+        first = bytes.fromhex(due.view.trace_id), bytes.fromhex(due.view.root_span_id)
+        self._report.skipped_rows.extend((*first, names, reason, due.view.session_id)
+                                         for reason, names in by_reason.items())  # fmt: skip
 
     def _add_report(
         self, trace_id: bytes, assessments: list[Assessment], scored: list[str], skipped: Counter[tuple[str, str]]
@@ -205,6 +317,9 @@ class ScoringLoop:
         report.finished.append(trace_id)
         report.scored.update(scored)
         report.skipped.update(skipped)
+        self._schedule_report()
+
+    def _schedule_report(self) -> None:
         if not self._report_scheduled:
             self._report_scheduled = True
             asyncio.get_running_loop().call_later(REPORT_DELAY_S, self._send_report)
@@ -231,6 +346,8 @@ class ScoringLoop:
         """Finish running traces within `timeout_s`, cancel the rest, export; then send the last report
         as `last` (none when the other side is gone), naming the `stuck` code scorers if the worker restarts.
         The emitter is shut down unless a new loop will use it (`final` False: a worker thread restarting)."""
+        if final and not self._sessions.durable and self._sessions.end_all("shutdown"):
+            self._spawn_due_sessions()  # nothing would keep them: judged now, within the drain time
         pending = set(self._tasks)
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout_s)
@@ -248,3 +365,11 @@ class ScoringLoop:
             self._send(last, report)
         self._code.shutdown()
         await self._judges.aclose()
+
+
+def turn_of(view: TraceView) -> Turn:
+    """What a multi-turn judge reads of a trace: its request and answer, its tool calls, its system prompt."""
+    first_call = view.llm_calls[0] if view.llm_calls else None
+    system = next((m.content for m in first_call.input_messages if m.role == "system"), "") if first_call else ""
+    return Turn(view.trace_id, view.root_span_id, view.timestamp_ms, view.request_text, view.response_text,
+                view.tool_calls, system)  # fmt: skip

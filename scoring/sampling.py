@@ -30,7 +30,7 @@ import hashlib
 import math
 import re
 
-__all__ = ["RANDOMNESS_BITS", "ConsistentSampler", "randomness", "sampled", "threshold"]
+__all__ = ["RANDOMNESS_BITS", "ConsistentSampler", "randomness", "sampled", "session_randomness", "threshold"]
 
 RANDOMNESS_BITS = 56
 _SPACE = 1 << RANDOMNESS_BITS  # 2**56
@@ -58,6 +58,13 @@ def randomness(trace_id: bytes | str, tracestate: str = "") -> int:
     if len(set(raw[9:])) < 3 or low < _DEGENERATE_BELOW:
         return int.from_bytes(hashlib.blake2b(raw, digest_size=7, key=_SALT).digest(), "big")
     return low
+
+
+def session_randomness(session_id: str) -> int:
+    """The 56-bit randomness of a conversation: a keyed BLAKE2b hash of its session id (session ids are any
+    text, often sequential). Multi-turn scorers sample a session when it is >= their threshold: consistent across
+    the session's traces and replicas, and nested across scorers, like traces."""
+    return int.from_bytes(hashlib.blake2b(session_id.encode(), digest_size=7, key=_SALT).digest(), "big")
 
 
 def sampled(trace_id: bytes | str, rate: float, tracestate: str = "") -> bool:

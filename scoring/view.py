@@ -91,7 +91,67 @@ class TraceView:
     complete: bool = True
 
     @property
+    def trace_ids(self) -> tuple[str, ...]:
+        """The traces one verdict on this view judged: only this one (a SessionView has several)."""
+        return ()
+
+    @property
     def total_tokens(self) -> int | None:
         if self.input_tokens is None and self.output_tokens is None:
             return None
         return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One trace of a conversation, kept compact while its session is open: what a multi-turn judge reads of
+    it (the request, the answer, the tool calls), never its spans."""
+
+    trace_id: str
+    root_span_id: str
+    timestamp_ms: int  # the trace's start: turns are ordered by it
+    request: str
+    response: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    system: str = ""  # the system prompt its first LLM call was given (role adherence reads it)
+
+    @property
+    def size(self) -> int:
+        """Bytes it holds, about: the byte cap of open sessions counts these."""
+        tools = sum(len(c.name) + len(c.arguments) + len(c.result or "") + 64 for c in self.tool_calls)
+        return 240 + len(self.request) + len(self.response) + len(self.system) + tools
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """A conversation as multi-turn scorers see it: its turns in order. Its verdicts attach to the first
+    trace's root span (MLflow's rule), and name every trace judged."""
+
+    session_id: str
+    turns: tuple[Turn, ...]
+
+    @property
+    def trace_id(self) -> str:
+        return self.turns[0].trace_id
+
+    @property
+    def root_span_id(self) -> str:
+        return self.turns[0].root_span_id
+
+    @property
+    def trace_ids(self) -> tuple[str, ...]:
+        return tuple(turn.trace_id for turn in self.turns)
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as chat messages (a code scorer's `conversation`): system, then user/assistant."""
+        system = next((turn.system for turn in self.turns if turn.system), "")
+        messages = [{"role": "system", "content": system}] if system else []
+        for turn in self.turns:
+            if turn.request:
+                messages.append({"role": "user", "content": turn.request})
+            if turn.response:
+                messages.append({"role": "assistant", "content": turn.response})
+        return messages
+
+
+Judged = TraceView | SessionView  # what one verdict judges: a trace (or one span of it, as a view) or a session

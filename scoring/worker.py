@@ -28,6 +28,7 @@ from .worker_protocol import (
     ARCHIVE,
     DRAIN,
     DRAINED,
+    END_SESSION,
     FLUSH,
     FLUSHED,
     FORWARD,
@@ -37,6 +38,7 @@ from .worker_protocol import (
     PROGRESS,
     RESTART_EXIT_CODE,
     SCORE,
+    SESSION_ENDED,
     SPECS,
     VALIDATE,
     VALIDATED,
@@ -51,8 +53,8 @@ from .worker_protocol import (
 log = logging.getLogger(__name__)
 
 VALIDATE_TIMEOUT_S = 30.0  # a code scorer's module is imported to validate it: imports can be slow
-_ANSWERS = (VALIDATED, METRICS_TEXT, FLUSHED)
-_REQUESTS = frozenset({VALIDATE, METRICS, FLUSH})
+_ANSWERS = (VALIDATED, METRICS_TEXT, FLUSHED, SESSION_ENDED)
+_REQUESTS = frozenset({VALIDATE, METRICS, FLUSH, END_SESSION})
 
 
 class Carrier(Protocol):
@@ -133,6 +135,14 @@ class ScoringWorker:
         answer = self._ask(METRICS)
         answered = answer.ready.wait(timeout_s)
         return answer.value if answered and isinstance(answer.value, bytes) else b""
+
+    def end_session(self, session_id: str, timeout_s: float = 5.0) -> bool | None:
+        """The conversation `session_id` is over: judged now. True if it was open, False if the worker holds no
+        open conversation of that id, None when the worker did not answer within `timeout_s`."""
+        answer = self._ask(END_SESSION, session_id)
+        if not answer.ready.wait(timeout_s) or not isinstance(answer.value, bool):
+            return None
+        return answer.value
 
     def flush(self, timeout_s: float) -> bool:
         """Export what the worker's emitter holds; True when it did within `timeout_s`."""

@@ -11,10 +11,12 @@ is the engine's side of either. Messages are tuples `(kind, *body)`; across proc
                      (VALIDATE, id, ScorerSpec)        can this spec run here? (code imports, judge settings)
                      (METRICS, id)                     the worker's metrics exposition (the worker process only)
                      (FLUSH, id, timeout_s)            export what the emitter holds
+                     (END_SESSION, id, session_id)     that conversation is over: judge it now
                      (DRAIN, timeout_s)                finish or cancel running work, report, exit
     loop -> engine   (PROGRESS, Progress)              what finished, batched every few milliseconds
                      (VALIDATED, id, error | None)     the answer to one VALIDATE
                      (FLUSHED, id, done)               the answer to one FLUSH
+                     (SESSION_ENDED, id, found)        the answer to one END_SESSION: was it open?
                      (DRAINED, Progress)               the last report; traces never finished were cancelled
     worker -> sidecar, relayed to exporters (the worker process only):
                      (FORWARD, Signal, bytes, n)       encoded OTLP verdicts for the forwarder's queue
@@ -33,14 +35,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import JudgeEndpointConfig
+from .config import JudgeEndpointConfig, SessionsConfig
 
 INIT, SPECS, SCORE, VALIDATE, METRICS, FLUSH, DRAIN = "init", "specs", "score", "validate", "metrics", "flush", "drain"
+END_SESSION, SESSION_ENDED = "end_session", "session_ended"
 PROGRESS, VALIDATED, FLUSHED, DRAINED = "progress", "validated", "flushed", "drained"
 FORWARD, ARCHIVE, METRICS_TEXT = "forward", "archive", "metrics_text"
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: the worker asks to be replaced
 
 Message = tuple[Any, ...]
+SkippedRow = tuple[bytes, bytes, list[str], str, str | None]
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class WorkerSettings:
     push_metrics: bool = False  # also push the worker's own metrics by OTLP, to metrics_endpoint (None: env)
     metrics_endpoint: str | None = None
     metrics_interval_s: float = 30.0
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    sessions_journal: str | None = None  # where open conversations are kept across a kill; None: in memory only
 
 
 @dataclass
@@ -71,9 +77,12 @@ class Progress:
     scored: Counter[str] = field(default_factory=Counter)
     skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
     stuck: list[str] = field(default_factory=list)
+    # Skips the archive's `skipped` table gets a row for (they are counted in `skipped` too): spans cut by a
+    # span target's cap, conversations not judged. (trace id, span id, scorers, reason, session id)
+    skipped_rows: list[SkippedRow] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.finished or self.stuck)
+        return bool(self.finished or self.stuck or self.scored or self.skipped)
 
 
 def encode(message: Message) -> bytes:

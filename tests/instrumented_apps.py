@@ -7,6 +7,7 @@ or a test sink). The OpenAI apps ask the model at `model_url` "What is the refun
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -146,3 +147,69 @@ def run_app(directory: Path, source: str, target: str, model_url: str = "", env:
 def run_instrumented_app(directory: Path, app: InstrumentedApp, target: str, model_url: str) -> None:
     env = {**app.env, **(mlflow_env(target, directory) if app.mlflow else {})}
     run_app(directory, app.source, target, "" if app.mlflow else model_url, env)
+
+
+# Conversations: argv = sidecar target, model base URL, convention, JSON {session id: [user message, ...]}. Each
+# user message is one turn: one trace, a root span "chat turn" around the instrumented call, the history resent
+# as a chat app does. The session id is where each convention puts it: OTel GenAI's gen_ai.conversation.id and
+# OpenLLMetry's association property on the root span (the app sets them, as those conventions say), OpenInference's
+# using_session() context on the instrumented spans. A message ending in "[end]" marks its root span
+# tracejudge.session.end = true.
+CONVERSATION_APP = """
+import json
+import sys
+from contextlib import nullcontext
+
+import openai
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+target, model_url, convention, conversations = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=target, insecure=True)))
+if convention == "openinference":
+    from openinference.instrumentation import using_session
+    from openinference.instrumentation.openai import OpenAIInstrumentor
+elif convention == "openllmetry":
+    from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+else:
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+OpenAIInstrumentor().instrument(tracer_provider=provider)
+tracer = provider.get_tracer("conversation-app")
+client = openai.OpenAI(base_url=model_url, api_key="app-key")
+SESSION_KEYS = {"otel-genai": "gen_ai.conversation.id",
+                "openllmetry": "traceloop.association.properties.session_id"}
+for session_id, turns in conversations.items():
+    history = [{"role": "system", "content": "You are the shop's refund assistant."}]
+    for text in turns:
+        ends = text.endswith("[end]")
+        history.append({"role": "user", "content": text.removesuffix("[end]").strip()})
+        attributes = {SESSION_KEYS[convention]: session_id} if convention in SESSION_KEYS else {}
+        if ends:
+            attributes["tracejudge.session.end"] = True
+        context = using_session(session_id) if convention == "openinference" else nullcontext()
+        with context, tracer.start_as_current_span("chat turn", attributes=attributes):
+            reply = client.chat.completions.create(model="gpt-4.1-mini", messages=history)
+        history.append({"role": "assistant", "content": reply.choices[0].message.content})
+provider.shutdown()
+"""
+
+CONVERSATION_ENV = {
+    "otel-genai": {"OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental",
+                   "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "SPAN_ONLY"},
+    "openinference": {},
+    "openllmetry": {},
+}  # fmt: skip
+
+
+def run_conversations(directory: Path, convention: str, conversations: dict[str, list[str]], target: str,
+                      model_url: str) -> None:  # fmt: skip
+    """Run CONVERSATION_APP for `convention` (a key of CONVERSATION_ENV): every conversation, turn by turn."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "app.py").write_text(textwrap.dedent(CONVERSATION_APP))
+    args = [target, model_url, convention, json.dumps(conversations)]
+    app = subprocess.run([sys.executable, str(directory / "app.py"), *args],
+                         env={**os.environ, **CONVERSATION_ENV[convention]}, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert app.returncode == 0, app.stderr

@@ -26,6 +26,7 @@ from tracejudge.control.service import check_exposure
 from tracejudge.proto import scorers_pb2 as pb
 from tracejudge.schema import SCORER_SERVICE
 from tracejudge.scorers import (
+    ConversationalGuidelines,
     Guidelines,
     LatencyUnder,
     RegexMatch,
@@ -42,7 +43,7 @@ from tracejudge.scoring.code import CodeRunner
 from tracejudge.scoring.evaluators import build_evaluator
 from tracejudge.scoring.filters import FilterSyntaxError, parse_filter
 from tracejudge.scoring.judge_client import JudgePool
-from tracejudge.scoring.judges import BUILTIN_JUDGES
+from tracejudge.scoring.judges import JUDGE_NAMES
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.testing import free_port
@@ -204,9 +205,10 @@ def test_restored_registry_serves_the_same_state(
 
 def test_every_builtin_has_a_client_class(plane: ControlPlane) -> None:
     classes = BUILTIN_CLASSES
-    assert set(classes) == set(CHECKS) | set(BUILTIN_JUDGES)
+    assert set(classes) == set(CHECKS) | JUDGE_NAMES
+    required = {RegexMatch: {"pattern": "x"}, ConversationalGuidelines: {"guidelines": ["Be kind"]}}
     for builtin, cls in classes.items():
-        made = cls(pattern="x") if cls is RegexMatch else cls()
+        made = cls(**required.get(cls, {}))
         handle = made.register()
         assert (handle.builtin, type(handle)) == (builtin, cls)
     assert len(list_scorers()) == len(classes)
@@ -426,6 +428,13 @@ def test_cli_manages_scorers(plane: ControlPlane) -> None:
         "register", "tone", "--instructions", "Is {{ outputs }} formal?", "--feedback-value-type", "formal,casual"
     )
     assert result.exit_code == 0 and plane.registry.get("tone").feedback_value_type == ["formal", "casual"]
+    result = run("register", "docs", "--builtin", "RetrievalRelevance", "--target", "{span_type: RETRIEVER}")
+    assert result.exit_code == 0 and plane.registry.get("docs").target_kind == "span"
+    assert plane.registry.get("docs").span_target.span_type == "RETRIEVER"  # type: ignore[union-attr]
+    result = run("register", "mood", "--builtin", "UserFrustration")  # a multi-turn judge: a session target
+    assert result.exit_code == 0 and plane.registry.get("mood").target_kind == "session"
+    result = runner.invoke(scorers_cli, ["register", "bad", "--builtin", "Safety", "--target", "session"])
+    assert result.exit_code == 1 and "judges one trace, not a conversation" in result.output
 
     result = run("start", "safety", "--sample-rate", "1", "--filter", "attributes.status = 'OK'")
     assert result.exit_code == 0 and "started safety: started, sample_rate 1" in result.output
@@ -439,6 +448,7 @@ def test_cli_manages_scorers(plane: ControlPlane) -> None:
     assert rows["safety"] == ["safety", "builtin:Safety", "STARTED", "1", "attributes.status", "=", "'OK'"]
     assert rows["english"][:4] == ["english", "guidelines", "STARTED", "0.8"]
     assert rows["tone"][:4] == ["tone", "prompt", "STOPPED", "0"]
+    assert rows["docs"][:3] == ["docs", "builtin:RetrievalRelevance", "STOPPED"]
 
     got = json.loads(run("get", "english", "-o", "json").output)
     assert got == {
@@ -449,6 +459,7 @@ def test_cli_manages_scorers(plane: ControlPlane) -> None:
         "status": "STARTED",
     }
     assert "builtin: Safety" in run("get", "safety").output
+    assert "span_type: RETRIEVER" in run("get", "docs").output
 
     result = run("stop", "english")
     assert result.exit_code == 0 and "stopped english: stopped, sample_rate 0" in result.output

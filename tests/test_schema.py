@@ -17,7 +17,7 @@ from tracejudge import schema
 from tracejudge.client.builtin_scorers import BUILTIN_CLASSES
 from tracejudge.scorers import LatencyUnder, NoError, NoPii, RegexMatch, Safety
 from tracejudge.scoring.checks import CHECKS, REQUIRED_PARAMS
-from tracejudge.scoring.judges import BUILTIN_JUDGES
+from tracejudge.scoring.judges import CONVERSATION_JUDGES, JUDGE_NAMES
 from tracejudge.scoring.spec import ScorerSpec
 
 
@@ -72,16 +72,18 @@ def test_status_names_are_google_rpc_codes() -> None:
 def test_the_catalogue_names_what_scoring_implements() -> None:
     judges = {name for name, builtin in schema.BUILTINS.items() if builtin.family == "judge"}
     checks = {name for name, builtin in schema.BUILTINS.items() if builtin.family == "check"}
-    assert judges == set(BUILTIN_JUDGES)
+    assert judges == JUDGE_NAMES
     assert checks == set(CHECKS)
     required = {b.name: tuple(p.name for p in b.params if p.required) for b in schema.BUILTINS.values()}
-    assert {name: params for name, params in required.items() if params} == REQUIRED_PARAMS
+    assert {name: params for name, params in required.items() if params and name in CHECKS} == REQUIRED_PARAMS
     assert schema.BUILTINS["NoPii"].default_name == "no_pii"
-    assert schema.builtin_names() == sorted([*CHECKS, *BUILTIN_JUDGES, "Guidelines"])
+    assert schema.builtin_names() == sorted([*CHECKS, *JUDGE_NAMES, "Guidelines"])
+    sessions = {name for name, builtin in schema.BUILTINS.items() if builtin.target == "session"}
+    assert sessions == set(CONVERSATION_JUDGES) | {"ConversationalGuidelines"}
 
 
 def test_specs_are_checked_against_the_catalogue() -> None:
-    with pytest.raises(ValidationError, match="unknown builtin 'Nope'; known: Completeness, Correctness"):
+    with pytest.raises(ValidationError, match="unknown builtin 'Nope'; known: Completeness, ConversationCompleteness"):
         ScorerSpec(name="x", builtin="Nope")
     with pytest.raises(ValidationError, match=r"builtin RegexMatch needs params \['pattern'\]"):
         ScorerSpec(name="x", builtin="RegexMatch", params={"must_match": False})
@@ -113,7 +115,7 @@ def test_the_schema_imports_no_transport_and_no_part_of_tracejudge() -> None:
 def test_the_client_classes_name_the_catalogue_builtins_and_take_their_params() -> None:
     """The client's classes, the schema's catalogue and scoring's implementations name the same builtins, and
     each class takes exactly its entry's params (required ones positionally, without a default)."""
-    assert set(BUILTIN_CLASSES) == set(schema.BUILTINS) == set(CHECKS) | set(BUILTIN_JUDGES)
+    assert set(BUILTIN_CLASSES) == set(schema.BUILTINS) == set(CHECKS) | JUDGE_NAMES
     for name, cls in BUILTIN_CLASSES.items():
         entry = schema.BUILTINS[name]
         assert (cls.__name__, cls.builtin_name, cls.default_name) == (name, name, entry.default_name)
@@ -121,7 +123,7 @@ def test_the_client_classes_name_the_catalogue_builtins_and_take_their_params() 
         parameters = dict(inspect.signature(cls).parameters)
         assert parameters.pop("name").default is None
         if entry.family == "judge":
-            assert list(parameters) == ["model"]
+            assert list(parameters) == [*(param.name for param in entry.params), "model"], name
             continue
         assert list(parameters) == [param.name for param in entry.params], name
         for param in entry.params:

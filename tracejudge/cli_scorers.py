@@ -132,6 +132,12 @@ def get_command(name: str, output: str) -> None:
 )
 @click.option("--model", help="A judge endpoint name from the config's `judges:`, or a model URI.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A builtin option; repeatable.")
+@click.option(
+    "--target",
+    metavar="TARGET",
+    help="What one verdict judges: trace, session, or spans as YAML, e.g. '{span_type: RETRIEVER}' "
+    "(keys span_type, name, filter_string, max_spans_per_trace). Unset: follows from the scorer.",
+)
 @_reported
 def register_command(
     name: str,
@@ -141,6 +147,7 @@ def register_command(
     feedback_value_type: str | None,
     model: str | None,
     params: tuple[str, ...],
+    target: str | None,
 ) -> None:
     """Register NAME, stopped (sample rate 0); `start` runs it. Code scorers come from the config file only."""
     kinds = [
@@ -158,12 +165,23 @@ def register_command(
         feedback_value_type=_parse_value_type(feedback_value_type),
         model=model,
         params=_parse_params(params),
+        target=_parse_target(target),
     )
     registered = _client().register(definition)
     click.echo(
         f"registered {registered.name} ({_kind(registered)}), {registered.status.value.lower()}; "
         f"run it with: tracejudge scorers start {registered.name} --sample-rate RATE"
     )
+
+
+def _parse_target(text: str | None) -> str | dict[str, Any] | None:
+    if text is None:
+        return None
+    value = yaml.safe_load(text)
+    if not isinstance(value, (str, dict)):
+        raise click.BadParameter("expected trace, session or a mapping such as '{span_type: RETRIEVER}'",
+                                 param_hint="--target")  # fmt: skip
+    return value
 
 
 @scorers.command("start")
@@ -203,6 +221,15 @@ def delete_command(name: str) -> None:
     """Unregister NAME (a scorer from the config file comes back at the next start)."""
     _client().delete(name)
     click.echo(f"deleted {name}")
+
+
+@scorers.command("end-session")
+@click.argument("session_id")
+@_reported
+def end_session_command(session_id: str) -> None:
+    """The conversation SESSION_ID is over: its multi-turn scorers judge it now, not after sessions.idle."""
+    _client().end_session(session_id)
+    click.echo(f"ended {session_id}: its session scorers judge it now")
 
 
 def _echo_state(verb: str, scorer: Scorer) -> None:

@@ -16,7 +16,7 @@ from tracejudge.config import ConfigError, StrictConfig, format_errors, read_con
 from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
 from tracejudge.memory_limiter import MemoryLimiterConfig
 from tracejudge.receiver.config import AssemblerConfig, ReceiverConfig
-from tracejudge.scoring.config import JudgeEndpointConfig, ScoringConfig
+from tracejudge.scoring.config import JudgeEndpointConfig, ScoringConfig, SessionsConfig
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.telemetry import TelemetryConfig
 from tracejudge.wal import WalConfig
@@ -39,6 +39,7 @@ class Config(StrictConfig):
     judges: dict[str, JudgeEndpointConfig] = Field(default_factory=dict)  # "default" serves scorers without model
     scorers: list[ScorerSpec] = Field(default_factory=list)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     memory_limiter: MemoryLimiterConfig = Field(default_factory=MemoryLimiterConfig)
 

@@ -98,7 +98,7 @@ class ScoringSpanProcessor(SpanProcessor):
             judges=dict(self._config.judges), max_concurrency=scoring.max_concurrency,
             code_workers=scoring.code_workers, code_timeout_s=scoring.code_timeout, sys_path=list(sys.path),
             emit_interval_s=scoring.emit_interval, verdicts="direct", otlp_endpoint=endpoint,
-            push_metrics=True, metrics_endpoint=endpoint,
+            push_metrics=True, metrics_endpoint=endpoint, sessions=self._config.sessions,
         )  # fmt: skip
         carrier: Carrier
         if scoring_process:

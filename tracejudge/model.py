@@ -116,7 +116,7 @@ class Assessment:
 
     name: str
     trace_id: str  # hex
-    span_id: str  # hex: the evaluated span (the trace's root)
+    span_id: str  # hex: the evaluated span (the trace's root; a span target's span; a session's first root)
     value: AssessmentValue
     source: AssessmentSource
     source_id: str  # the judge's model, or the code scorer's module:function
@@ -132,6 +132,9 @@ class Assessment:
     judge_output_tokens: int | None = None
     latency_ms: float | None = None
     timestamp_ns: int = 0
+    trace_ids: tuple[str, ...] = ()  # a session verdict: every trace judged, in order (trace_id is the first)
+    assessment_id: str = ""  # unique; "" when the producer gave none
+    overrides: str | None = None  # the assessment_id this one supersedes (a session re-scored as it grew)
 
 
 @dataclass(frozen=True)

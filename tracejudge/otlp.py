@@ -43,6 +43,7 @@ SESSION_KEYS = (
     "traceloop.association.properties.session_id",
     "traceloop.association.properties.conversation_id",
     "traceloop.association.properties.chat_id",
+    "mlflow.trace.session",  # MLflow's session tag, where an exporter carries it as a span attribute
 )
 # gen_ai.user: OpenLLMetry records OpenAI's `user` request parameter (an end-user id) there.
 USER_KEYS = ("user.id", "langfuse.user.id", "traceloop.association.properties.user_id", "enduser.id", "gen_ai.user")

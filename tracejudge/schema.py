@@ -315,6 +315,7 @@ def services_of(file: FileDescriptor) -> dict[str, Service]:
 
 SERVICES: Mapping[str, Service] = services_of(scorers_pb2.DESCRIPTOR)
 SCORER_SERVICE: Service = SERVICES["tracejudge.v1.ScorerService"]
+SESSION_SERVICE: Service = SERVICES["tracejudge.v1.SessionService"]
 
 
 # --------------------------------------------------------------------------------------------- builtins
@@ -323,7 +324,7 @@ SCORER_SERVICE: Service = SERVICES["tracejudge.v1.ScorerService"]
 @dataclass(frozen=True)
 class BuiltinParam:
     name: str
-    type: Literal["boolean", "integer", "number", "string"]
+    type: Literal["boolean", "integer", "number", "string", "array"]
     description: str
     default: bool | int | float | str | None = None  # None: required
     choices: tuple[str, ...] = ()
@@ -341,6 +342,7 @@ class Builtin:
     family: Literal["judge", "check"]
     description: str
     params: tuple[BuiltinParam, ...] = ()
+    target: Literal["trace", "session"] = "trace"  # session: a multi-turn judge (a whole conversation)
 
     @property
     def default_name(self) -> str:
@@ -353,6 +355,10 @@ class Builtin:
 
 def _judge(name: str, description: str) -> Builtin:
     return Builtin(name, "judge", description)
+
+
+def _conversation_judge(name: str, description: str, *params: BuiltinParam) -> Builtin:
+    return Builtin(name, "judge", description, params, target="session")
 
 
 def _check(name: str, description: str, *params: BuiltinParam) -> Builtin:
@@ -371,6 +377,21 @@ BUILTINS: Mapping[str, Builtin] = {
         _judge("ExpectationsGuidelines", "Does the response follow the guidelines in the trace's expectations?"),
         _judge("Completeness", "Does the response address every part of the request?"),
         _judge("ToolCallCorrectness", "Were the right tools called, with sensible arguments?"),
+        _judge("ToolCallEfficiency", "Were the tools used without redundant or unnecessary calls?"),
+        _judge("Equivalence", "Does the response say the same as the expected response?"),
+        _judge("Fluency", "Is the response fluent, grammatical, natural language?"),
+        _judge("Summarization", "Is the response a faithful, complete summary of the request's text?"),
+        _conversation_judge("ConversationCompleteness", "Did the assistant address every user request by the end?"),
+        _conversation_judge(
+            "ConversationalGuidelines",
+            "Do the assistant's replies throughout the conversation follow the guidelines?",
+            BuiltinParam("guidelines", "array", "the rules every assistant reply must follow"),
+        ),
+        _conversation_judge("ConversationalRoleAdherence", "Does the assistant keep its assigned role throughout?"),
+        _conversation_judge("ConversationalSafety", "Are the assistant's replies in the conversation safe?"),
+        _conversation_judge("ConversationalToolCallEfficiency", "Was tool use across the conversation efficient?"),
+        _conversation_judge("KnowledgeRetention", "Does the assistant remember what the user said earlier?"),
+        _conversation_judge("UserFrustration", "Is the user frustrated: none, resolved or unresolved?"),
         _check("NoError", "No span failed."),
         _check(
             "LatencyUnder",

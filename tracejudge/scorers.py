@@ -27,9 +27,17 @@ from __future__ import annotations
 
 from tracejudge.client.builtin_scorers import (
     Completeness,
+    ConversationalGuidelines,
+    ConversationalRoleAdherence,
+    ConversationalSafety,
+    ConversationalToolCallEfficiency,
+    ConversationCompleteness,
     Correctness,
+    Equivalence,
     ExpectationsGuidelines,
+    Fluency,
     Guidelines,
+    KnowledgeRetention,
     LatencyUnder,
     NoError,
     NonEmptyResponse,
@@ -40,12 +48,15 @@ from tracejudge.client.builtin_scorers import (
     RetrievalRelevance,
     RetrievalSufficiency,
     Safety,
+    Summarization,
     TokenBudget,
     ToolCallCorrectness,
+    ToolCallEfficiency,
+    UserFrustration,
     ValidJson,
     make_judge,
 )
-from tracejudge.client.client import Scorer, ScorerClient, delete_scorer, get_scorer, list_scorers
+from tracejudge.client.client import Scorer, ScorerClient, delete_scorer, end_session, get_scorer, list_scorers
 from tracejudge.client.decorator import scorer
 from tracejudge.client.errors import ControlPlaneError
 from tracejudge.client.errors import InvalidScorerError as InvalidScorerError
@@ -70,10 +81,18 @@ VALUE_TYPE_NAMES = VALUE_TYPES  # the feedback value types, by the name this mod
 __all__ = [
     "Completeness",
     "ControlPlaneError",
+    "ConversationCompleteness",
+    "ConversationalGuidelines",
+    "ConversationalRoleAdherence",
+    "ConversationalSafety",
+    "ConversationalToolCallEfficiency",
     "Correctness",
+    "Equivalence",
     "ExpectationsGuidelines",
     "Feedback",
+    "Fluency",
     "Guidelines",
+    "KnowledgeRetention",
     "LatencyUnder",
     "NoError",
     "NoPii",
@@ -88,10 +107,14 @@ __all__ = [
     "ScorerClient",
     "ScorerSamplingConfig",
     "ScorerStatus",
+    "Summarization",
     "TokenBudget",
     "ToolCallCorrectness",
+    "ToolCallEfficiency",
+    "UserFrustration",
     "ValidJson",
     "delete_scorer",
+    "end_session",
     "get_scorer",
     "list_scorers",
     "make_judge",

@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.config_file import Config
-from tracejudge.control import ControlPlane, ScorerService, grpc_handlers, http_routes
+from tracejudge.control import ControlPlane, ScorerService, SessionService, grpc_handlers, http_routes
 from tracejudge.exporter.archive import ParquetArchive
 from tracejudge.exporter.config import ForwardEndpointConfig
 from tracejudge.exporter.forwarder import Forwarder
@@ -40,7 +40,7 @@ from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
-from tracejudge.schema import SCORER_SERVICE
+from tracejudge.schema import SCORER_SERVICE, SESSION_SERVICE
 from tracejudge.scoring.config import scoring_deadline
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.ledger import InFlightLedger
@@ -279,7 +279,7 @@ class Sidecar:
         receiver = config.receiver
         listen = [receiver.grpc_endpoint, receiver.http_endpoint]
         control = ControlPlane(
-            {SCORER_SERVICE: ScorerService(self.registry)},
+            {SCORER_SERVICE: ScorerService(self.registry), SESSION_SERVICE: SessionService(self.engine.end_session)},
             config.control.token.get_secret_value() if config.control.token else None,
             listen,
             config.control.client_cert_names,
@@ -376,6 +376,7 @@ class Sidecar:
             emit_interval_s=scoring.emit_interval, verdicts="relay" if self.config.assessments_endpoint else "off",
             archive=self.archive is not None, push_metrics=telemetry.otlp_endpoint is not None,
             metrics_endpoint=telemetry.otlp_endpoint, metrics_interval_s=telemetry.otlp_interval,
+            sessions=self.config.sessions, sessions_journal=str(self.config.data_dir / "scoring" / "sessions.jsonl"),
         )  # fmt: skip
 
     def _validate(self, spec: ScorerSpec) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -94,15 +95,21 @@ def _chat_attributes(input_tokens: int, output_tokens: int) -> list[KeyValue]:
 
 
 def genai_request(
-    traces: int, service: str = "support-agent", start_ns: int | None = None, spans_per_trace: int = 5
+    traces: int,
+    service: str = "support-agent",
+    start_ns: int | None = None,
+    spans_per_trace: int = 5,
+    session_ids: Sequence[str] = (),
 ) -> ExportTraceServiceRequest:
-    """One export request holding `traces` complete agent turns (at most 5 spans each)."""
+    """One export request holding `traces` complete agent turns (at most 5 spans each); the i-th in the
+    conversation `session_ids[i]` when given, else all in "session-1"."""
     start_ns = start_ns or time.time_ns()
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.attributes.append(_kv("service.name", service))
     scope_spans = resource_spans.scope_spans.add()
     scope_spans.scope.name = "tracejudge.synthetic"
-    for _ in range(traces):
-        scope_spans.spans.extend(genai_trace_spans(os.urandom(16), start_ns)[:spans_per_trace])
+    for index in range(traces):
+        session_id = session_ids[index] if index < len(session_ids) else "session-1"
+        scope_spans.spans.extend(genai_trace_spans(os.urandom(16), start_ns, session_id)[:spans_per_trace])
     return request

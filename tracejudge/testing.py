@@ -68,10 +68,10 @@ class MetricSamples:
     def names(self) -> set[str]:
         return {name for name, _, _ in self.samples}
 
-    def get(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` whose labels include `labels`."""
+    def get(self, metric: str, /, **labels: str) -> float:
+        """Sum of the samples of `metric` whose labels include `labels` (a label may be called `name`)."""
         wanted = [f'{key}="{value}"' for key, value in labels.items()]
-        return sum(v for n, lab, v in self.samples if n == name and all(w in lab for w in wanted))
+        return sum(v for n, lab, v in self.samples if n == metric and all(w in lab for w in wanted))
 
 
 # How a bind to a taken port fails: asyncio's OSError (HTTP, /metrics), grpc's server start (OTLP/gRPC).

@@ -105,6 +105,53 @@ class ToolCallCorrectness(_Judge):
     pass
 
 
+class ToolCallEfficiency(_Judge):
+    pass
+
+
+class Equivalence(_Judge):
+    pass
+
+
+class Fluency(_Judge):
+    pass
+
+
+class Summarization(_Judge):
+    pass
+
+
+class ConversationCompleteness(_Judge):
+    pass
+
+
+class ConversationalGuidelines(_Judge):
+    def __init__(self, *, guidelines: str | Sequence[str], name: str | None = None, model: str | None = None) -> None:
+        rules = [guidelines] if isinstance(guidelines, str) else list(guidelines)
+        Scorer.__init__(self, name=name or self.default_name, builtin=self.builtin_name, model=model,
+                        params={"guidelines": rules})  # fmt: skip
+
+
+class ConversationalRoleAdherence(_Judge):
+    pass
+
+
+class ConversationalSafety(_Judge):
+    pass
+
+
+class ConversationalToolCallEfficiency(_Judge):
+    pass
+
+
+class KnowledgeRetention(_Judge):
+    pass
+
+
+class UserFrustration(_Judge):
+    pass
+
+
 class NoError(_Check):
     def __init__(self, *, name: str | None = None) -> None:
         super().__init__(name=name)

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from tracejudge.proto import scorers_pb2 as pb
-from tracejudge.schema import SCORER_SERVICE, code_over_network, plain_struct
+from tracejudge.schema import SCORER_SERVICE, SESSION_SERVICE, code_over_network, plain_struct
 
 from .errors import InvalidScorerError, PermissionDeniedError
 from .grpc_transport import GrpcTransport
@@ -99,6 +99,11 @@ class ScorerClient:
     def delete(self, name: str) -> None:
         self._call("DeleteScorer", pb.DeleteScorerRequest(name=name))
 
+    def end_session(self, session_id: str) -> None:
+        """The conversation is over: the sidecar's session scorers judge it now, not after `sessions.idle`.
+        Raises ScorerNotFoundError when no open conversation has that id."""
+        self._transport.call(SESSION_SERVICE.method("EndSession"), pb.EndSessionRequest(session_id=session_id))
+
     def _scorer(self, rpc: str, request: Message) -> Scorer:
         response = self._call(rpc, request)
         assert isinstance(response, pb.Scorer)
@@ -116,6 +121,11 @@ def list_scorers() -> list[Scorer]:
 def get_scorer(name: str) -> Scorer:
     """The registered scorer `name`; raises ScorerNotFoundError."""
     return ScorerClient().get(name)
+
+
+def end_session(session_id: str) -> None:
+    """Tell the sidecar the conversation `session_id` is over, so its multi-turn scorers judge it now."""
+    ScorerClient().end_session(session_id)
 
 
 def delete_scorer(name: str) -> None:
@@ -140,7 +150,10 @@ class Scorer:
         feedback_value_type: Any = None,
         model: str | None = None,
         params: Mapping[str, Any] | None = None,
+        target: str | Mapping[str, Any] | None = None,
     ) -> None:
+        """`target`: "trace", "session", or spans as {"span_type": ..., "name": ..., "filter_string": ...,
+        "max_spans_per_trace": ...}; None: follows from the scorer (the sidecar decides)."""
         message = pb.Scorer(name=name)
         if builtin is not None:
             message.builtin = builtin
@@ -160,6 +173,12 @@ class Scorer:
             message.model = model
         if params:
             message.params.update(dict(params))
+        if isinstance(target, str):
+            message.target.kind = target
+        elif target is not None:
+            message.target.kind = "spans"
+            for key, value in target.items():
+                setattr(message.target, key, value)  # an unknown key fails here, naming it
         self._message = message
         self._client: ScorerClient | None = None
         self._registered = False
@@ -254,6 +273,20 @@ class Scorer:
         return self._message.version
 
     @property
+    def target(self) -> str | dict[str, Any] | None:
+        """ "trace", "session", the span target as a dict, or None (follows from the scorer)."""
+        if not self._message.HasField("target"):
+            return None
+        target = self._message.target
+        if target.kind not in ("", "spans"):
+            return target.kind
+        spans: dict[str, Any] = {k: getattr(target, k) for k in ("span_type", "name", "filter_string")
+                                 if target.HasField(k)}  # fmt: skip
+        if target.max_spans_per_trace:
+            spans["max_spans_per_trace"] = target.max_spans_per_trace
+        return spans
+
+    @property
     def status(self) -> ScorerStatus:
         if not self._registered:
             return ScorerStatus.UNREGISTERED
@@ -273,6 +306,7 @@ class Scorer:
             "feedback_value_type": self.feedback_value_type,
             "model": self.model,
             "params": self.params or None,
+            "target": self.target,
         }
         out.update({key: value for key, value in optional.items() if value is not None})
         if self._registered:

@@ -1,6 +1,6 @@
 """tracejudge's control plane: the services it serves beyond OTLP, on the OTLP ports.
 
-    service.py        ScorerService (transport-free), ControlError, Access (bearer token, loopback rule)
+    service.py        ScorerService, SessionService (transport-free), ControlError, Access (bearer token, loopback rule)
     convert.py        ScorerSpec <-> the Scorer message
     plane.py          ControlPlane: service objects bound to their RPCs, one access rule for all
     grpc_adapter.py   the plane over gRPC (GrpcReceiver's `handlers`)
@@ -13,6 +13,6 @@ the .proto and one method on the service object.
 from .grpc_adapter import grpc_handlers
 from .http_adapter import http_routes
 from .plane import ControlPlane
-from .service import ControlError, ScorerService
+from .service import ControlError, ScorerService, SessionService
 
-__all__ = ["ControlError", "ControlPlane", "ScorerService", "grpc_handlers", "http_routes"]
+__all__ = ["ControlError", "ControlPlane", "ScorerService", "SessionService", "grpc_handlers", "http_routes"]

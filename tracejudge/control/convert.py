@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from tracejudge.proto import scorers_pb2 as pb
 from tracejudge.schema import VALUE_TYPES, plain_struct
-from tracejudge.scoring.spec import ScorerSpec
+from tracejudge.scoring.spec import ScorerSpec, SpanTarget
 
 
 class ConversionError(ValueError):
@@ -38,6 +38,14 @@ def spec_to_proto(spec: ScorerSpec) -> pb.Scorer:
         message.params.update(spec.params)
     if spec.filter_string is not None:
         message.filter_string = spec.filter_string
+    if isinstance(spec.target, SpanTarget):
+        message.target.kind = "spans"
+        for key in ("span_type", "name", "filter_string"):
+            if getattr(spec.target, key) is not None:
+                setattr(message.target, key, getattr(spec.target, key))
+        message.target.max_spans_per_trace = spec.target.max_spans_per_trace
+    elif spec.target is not None:
+        message.target.kind = spec.target
     return message
 
 
@@ -66,7 +74,20 @@ def spec_from_proto(message: pb.Scorer) -> ScorerSpec:
         raw["params"] = plain_struct(json_format.MessageToDict(message.params))
     if message.HasField("filter_string"):
         raw["filter_string"] = message.filter_string
+    if message.HasField("target"):
+        raw["target"] = _target(message.target)
     return ScorerSpec.model_validate(raw)
+
+
+def _target(target: pb.ScorerTarget) -> str | dict[str, Any] | None:
+    spans = {key: getattr(target, key) for key in ("span_type", "name", "filter_string") if target.HasField(key)}
+    if target.max_spans_per_trace:
+        spans["max_spans_per_trace"] = target.max_spans_per_trace
+    if target.kind in ("", "spans"):
+        return spans or None
+    if spans:
+        raise ConversionError(f"target kind {target.kind!r} takes no span_type, name, filter_string or max_spans")
+    return target.kind
 
 
 def describe_validation(error: ValidationError) -> str:

@@ -24,7 +24,7 @@ import hmac
 import ipaddress
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from google.protobuf import empty_pb2
@@ -225,3 +225,25 @@ def _translated() -> Iterator[None]:
         raise ControlError("INVALID_ARGUMENT", f"invalid scorer: {describe_validation(exc)}") from exc
     except (RegistryError, ValueError) as exc:  # a spec the registry's validate refuses (unknown builtin, bad model)
         raise ControlError("INVALID_ARGUMENT", str(exc)) from exc
+
+
+# --------------------------------------------------------------------------------------------- sessions
+
+
+class SessionService:
+    """tracejudge.v1.SessionService: `end_session(session_id)` is the scoring engine's (True: it was open;
+    False: no open conversation of that id; None: the scoring worker did not answer)."""
+
+    def __init__(self, end_session: Callable[[str], bool | None]) -> None:
+        self._end_session = end_session
+
+    def end_session(self, request: pb.EndSessionRequest) -> pb.EndSessionResponse:
+        if not request.session_id:
+            raise ControlError("INVALID_ARGUMENT", "session_id is empty")
+        ended = self._end_session(request.session_id)
+        if ended is None:
+            raise ControlError("UNAVAILABLE", "the scoring worker did not answer; try again")
+        if not ended:
+            raise ControlError("NOT_FOUND", f"no open conversation with session id {request.session_id!r} (never "
+                                            "seen by a session scorer, or judged with nothing new since)")  # fmt: skip
+        return pb.EndSessionResponse(session_id=request.session_id)
