@@ -21,6 +21,7 @@ of the wrong shape are skipped, missing fields stay empty.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from functools import lru_cache
@@ -402,3 +403,49 @@ def _duration_ms(spans: list[BufferedSpan], start: int) -> int:
 def _sum(values: Iterable[int | None]) -> int | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
+
+
+def row_view(row: Mapping[str, Any]) -> TraceView:
+    """A row of an evaluation dataset as the view a scorer reads: `inputs`, `outputs` and `expectations`
+    (MLflow's evaluate columns; `request`/`response` are read as their aliases), with `trace_id`, `session_id`
+    and `tags` where the row has them (a dataset exported from production does). A row without a trace id gets
+    one from its content, so the same row keeps its id from one run to the next."""
+    inputs = row.get("inputs", row.get("request"))
+    outputs = row.get("outputs", row.get("response"))
+    expectations = row.get("expectations") or {}
+    if not isinstance(expectations, Mapping):
+        raise ValueError(f"expectations must be a mapping of names to values, got {type(expectations).__name__}")
+    trace_id = (
+        str(row.get("trace_id") or "") or hashlib.blake2b(json_text(dict(row)).encode(), digest_size=16).hexdigest()
+    )
+    tags = row.get("tags") or {}
+    return TraceView(
+        trace_id=trace_id.lower(),
+        root_span_id=str(row.get("span_id") or trace_id[:16]).lower(),
+        service_name=str(row.get("service_name") or ""),
+        status=str(row.get("status") or "OK"),
+        timestamp_ms=int(row.get("timestamp_ms") or 0),
+        execution_time_ms=int(row.get("execution_time_ms") or 0),
+        request=inputs,
+        response=outputs,
+        request_text=text_of(inputs, "user"),
+        response_text=text_of(outputs, "assistant"),
+        llm_calls=(),
+        retrieved_documents=tuple(_documents(row.get("retrieved_context"))),
+        tool_calls=(),
+        spans=(),
+        tags={str(k): _tag(v) for k, v in dict(tags).items()},
+        session_id=str(row["session_id"]) if row.get("session_id") else None,
+        expectations=MappingProxyType(dict(expectations)),
+        has_genai=inputs is not None or outputs is not None,
+    )
+
+
+def _documents(value: Any) -> Iterable[Document]:
+    """`retrieved_context`: a list of texts or of {content, doc_uri} (MLflow's shape)."""
+    for index, item in enumerate(value or []):
+        if isinstance(item, Mapping):
+            uri = str(item.get("doc_uri", ""))
+            yield Document(str(item.get("content", "")), str(item.get("id", uri or index)), uri=uri)
+        else:
+            yield Document(str(item), str(index))

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Protocol
 from tracejudge.model import Assessment, Trace
 
 from .code import CodeRunner
+from .conventions.record import SpanRecord
 from .evaluators import Evaluator, build_evaluator
 from .extract import extract_with_spans
 from .filters import TraceFilter, parse_filter
@@ -53,6 +54,7 @@ from .worker_protocol import (
     VALIDATED,
     Message,
     Progress,
+    SkippedRow,
     WorkerSettings,
 )
 
@@ -219,21 +221,8 @@ class ScoringLoop:
         if conversation:
             self._add_turn(view, conversation, skipped)
         chosen = [s for s in chosen if s.spec.target_kind != "session"]
-        selected = [s for s in chosen if s.filter.matches(view)]
-        skipped.update((s.spec.name, "filtered") for s in chosen if s not in selected)
-        evaluations = []
-        for scorer in selected:
-            target = scorer.spec.span_target
-            if target is None:
-                evaluations.append(scorer.evaluator.evaluate(view))
-                continue
-            spans, cut = span_target_views(view, records, target, scorer.spec.sample_rate)
-            evaluations.extend(scorer.evaluator.evaluate(span) for span in spans)
-            if cut:
-                skipped[(scorer.spec.name, "max_spans")] += len(cut)
-                self._report.skipped_rows.extend((trace.trace_id, bytes.fromhex(span_id), [scorer.spec.name],
-                                                  "max_spans", view.session_id) for span_id in cut)  # fmt: skip
-        results = await asyncio.gather(*evaluations)
+        pairs, selected = judged_views(view, records, chosen, skipped, self._report.skipped_rows)
+        results = await asyncio.gather(*(scorer.evaluator.evaluate(judged) for scorer, judged in pairs))
         return [a for result in results for a in result], [s.spec.name for s in selected], skipped
 
     # --- conversations ------------------------------------------------------------------------------
@@ -365,6 +354,38 @@ class ScoringLoop:
             self._send(last, report)
         self._code.shutdown()
         await self._judges.aclose()
+
+
+def judged_views(
+    view: TraceView,
+    records: dict[str, SpanRecord],
+    scorers: list[LoadedScorer],
+    skipped: Counter[tuple[str, str]],
+    skipped_rows: list[SkippedRow],
+    rate: Callable[[ScorerSpec], float] | None = None,
+) -> tuple[list[tuple[LoadedScorer, TraceView]], list[LoadedScorer]]:
+    """What a trace's trace- and span-target scorers judge of it, live or over past traces: (scorer, view) pairs,
+    and the scorers whose filter passed. A span target expands to its sampled matching spans (`rate`: the rate
+    span sampling uses, the spec's own by default); what its cap cuts is counted and gets a skipped row."""
+    selected = [s for s in scorers if s.filter.matches(view)]
+    skipped.update((s.spec.name, "filtered") for s in scorers if s not in selected)
+    pairs: list[tuple[LoadedScorer, TraceView]] = []
+    for scorer in selected:
+        target = scorer.spec.span_target
+        if target is None:
+            pairs.append((scorer, view))
+            continue
+        spans, cut = span_target_views(view, records, target, (rate or _own_rate)(scorer.spec))
+        pairs.extend((scorer, span) for span in spans)
+        if cut:
+            skipped[(scorer.spec.name, "max_spans")] += len(cut)
+            skipped_rows.extend((bytes.fromhex(view.trace_id), bytes.fromhex(span_id), [scorer.spec.name],
+                                 "max_spans", view.session_id) for span_id in cut)  # fmt: skip
+    return pairs, selected
+
+
+def _own_rate(spec: ScorerSpec) -> float:
+    return spec.sample_rate
 
 
 def turn_of(view: TraceView) -> Turn:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tracejudge import __version__
+from tracejudge.cli_past import backfill_command, evaluate_command, try_command
 from tracejudge.cli_scorers import scorers
 from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
@@ -126,7 +127,10 @@ def check_config(config_path: Path) -> None:
     click.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
+scorers.add_command(try_command)
 main.add_command(scorers)
+main.add_command(evaluate_command)
+main.add_command(backfill_command)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ into the whole tracejudge.yaml. This module imports no component, so every compo
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -29,6 +30,25 @@ def parse_duration(value: Any) -> float:
     if not match:
         raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 2s, 5m)")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_moment(text: datetime | str, now: datetime | None = None) -> datetime:
+    """A datetime, an ISO date or time ("2026-12-01", "2026-12-01T08:00", UTC unless it says), or an age before
+    `now`: "90s", "30m", "24h", "7d"."""
+    now = now or datetime.now(timezone.utc)
+    if isinstance(text, datetime):
+        return text if text.tzinfo else text.replace(tzinfo=timezone.utc)
+    value = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if value and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
+        return now - timedelta(seconds=float(value[:-1]) * units[value[-1]])
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r}: give an ISO date or time (2026-12-01, 2026-12-01T08:00Z) or an age (24h, 7d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def parse_size(value: Any) -> int:

@@ -7,6 +7,7 @@ concern it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,23 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc)) from exc
+
+
+def spec_of(scorer: Any) -> ScorerSpec:
+    """The ScorerSpec a scorer given in Python stands for (a config-file entry, in effect): a tracejudge.scorers
+    object, an `@scorer` function (module-level, so that tracejudge can load it), a mapping, or a ScorerSpec.
+    Objects and functions run on every trace (sample rate 1); a mapping says its own rate."""
+    if isinstance(scorer, Mapping):
+        return ScorerSpec.model_validate(dict(scorer))
+    if isinstance(scorer, ScorerSpec):
+        return scorer
+    if callable(getattr(scorer, "to_dict", None)):  # a tracejudge.scorers object (Safety(), make_judge(...))
+        entry = {key: value for key, value in scorer.to_dict().items() if key not in ("status", "version")}
+        return ScorerSpec.model_validate({**entry, "sample_rate": 1.0})
+    if callable(scorer):
+        name = str(getattr(scorer, "__tracejudge_scorer_name__", getattr(scorer, "__name__", "scorer")))
+        qualname = str(getattr(scorer, "__qualname__", ""))
+        if not qualname or "<" in qualname or "." in qualname:
+            raise ValueError(f"code scorer {name!r} must be a module-level function, so that tracejudge can load it")
+        return ScorerSpec(name=name, code=f"{scorer.__module__}:{qualname}", sample_rate=1.0)
+    raise TypeError(f"not a scorer: {scorer!r}; give a tracejudge.scorers object, an @scorer function or a mapping")

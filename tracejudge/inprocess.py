@@ -40,7 +40,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from tracejudge import __version__
-from tracejudge.config_file import Config, load_config
+from tracejudge.config_file import Config, load_config, spec_of
 from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.otlp_exporters import metric_exporter, span_and_log_exporters
 from tracejudge.receiver.assembler import TraceAssembler
@@ -207,22 +207,6 @@ class ScoringSpanProcessor(SpanProcessor):
         """No archive here: skipped traces are counted (tracejudge.scoring.skipped) and logged."""
         for row in rows:
             log.info("trace %s not scored by %s: %s", row["trace_id"], ", ".join(row["scorers"]), row["reason"])
-
-
-def spec_of(scorer: Scorer | Callable[..., Any] | Mapping[str, Any]) -> ScorerSpec:
-    """The ScorerSpec a scorer given to the processor stands for (a config-file entry, in effect)."""
-    if isinstance(scorer, Mapping):
-        return ScorerSpec.model_validate(dict(scorer))
-    if isinstance(scorer, Scorer):
-        entry = {key: value for key, value in scorer.to_dict().items() if key not in ("status", "version")}
-        return ScorerSpec.model_validate({**entry, "sample_rate": 1.0})
-    if callable(scorer):
-        name = str(getattr(scorer, "__tracejudge_scorer_name__", getattr(scorer, "__name__", "scorer")))
-        qualname = str(getattr(scorer, "__qualname__", ""))
-        if not qualname or "<" in qualname or "." in qualname:
-            raise ValueError(f"code scorer {name!r} must be a module-level function, so that tracejudge can load it")
-        return ScorerSpec(name=name, code=f"{scorer.__module__}:{qualname}", sample_rate=1.0)
-    raise TypeError(f"not a scorer: {scorer!r}; give a tracejudge.scorers object, an @scorer function or a mapping")
 
 
 def _left(deadline: float) -> float:

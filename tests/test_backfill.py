@@ -1,0 +1,280 @@
+"""Past traces: backfill, evaluate and `scorers try` over the archive a real sidecar wrote of a real OTel GenAI
+app's conversations (opentelemetry-instrumentation-openai-v2 against the mock OpenAI server)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pytest
+import yaml
+from click.testing import CliRunner
+from instrumented_apps import run_conversations
+from mock_openai import MockOpenAI
+from test_scoring_e2e import evaluation_spans
+
+import tracejudge
+from tracejudge.backfill import Backfill, BackfillError, BackfillScorerConfig
+from tracejudge.cli import main
+from tracejudge.otlp import any_value
+from tracejudge.scorers import NonEmptyResponse, UserFrustration
+from tracejudge.scoring.sampling import sampled, session_randomness, threshold
+from tracejudge.testing import SidecarProcess, wait_until
+
+from archive_reader import query
+from otlp_peers import GrpcSink
+
+CONVERSATIONS = {f"chat-{i:02d}": [f"[chat-{i:02d}] What is the refund window?", "And for damaged items?"]
+                 for i in range(12)}  # fmt: skip
+TRACES = sum(len(turns) for turns in CONVERSATIONS.values())
+
+
+def scorers(version: int = 1) -> list[dict[str, Any]]:
+    return [
+        {"name": "no_error", "builtin": "NoError", "sample_rate": 0.5},  # live at 0.5
+        {"name": "non_empty", "builtin": "NonEmptyResponse", "version": version},  # registered, stopped
+        {"name": "safety", "builtin": "Safety"},
+        {"name": "frustration", "builtin": "UserFrustration"},
+    ]
+
+
+def config(judge: MockOpenAI, version: int = 1, concurrency: int = 16) -> dict[str, Any]:
+    return {"judges": {"default": {"base_url": judge.base_url, "api_key_env": "TRACEJUDGE_TEST_NO_KEY",
+                                   "max_concurrency": concurrency}},
+            "scorers": scorers(version)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def judge() -> Any:
+    with MockOpenAI() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory, judge: MockOpenAI) -> Path:
+    """A data directory: 24 traces of 12 two-turn conversations, archived; `no_error` scored live at 0.5."""
+    root = tmp_path_factory.mktemp("backfill")
+    data_dir = root / "data"
+    sidecar = SidecarProcess(data_dir, [], {"assembler": {"trace_idle": "200ms"}, **config(judge)}).start()
+    try:
+        run_conversations(root / "app", "otel-genai", CONVERSATIONS, sidecar.grpc_target, judge.base_url)
+        decided = "tracejudge_assembler_completed_traces_total"
+        wait_until(lambda: sidecar.metric(decided) >= TRACES, timeout=30)
+        wait_until(lambda: sidecar.metric("tracejudge_scoring_backlog") == 0, timeout=30)
+    finally:
+        assert sidecar.stop() == 0, sidecar.log_tail()
+    assert len(trace_ids(data_dir)) == TRACES
+    return data_dir
+
+
+def trace_ids(data_dir: Path) -> set[str]:
+    return {row[0] for row in query(data_dir / "archive", "traces", "SELECT trace_id FROM t")}
+
+
+def verdict_rows(data_dir: Path, name: str) -> list[tuple[Any, ...]]:
+    sql = f"SELECT trace_id, scorer_version, value, metadata FROM t WHERE name = '{name}'"
+    if not list((data_dir / "archive" / "assessments").glob("date=*/hour=*/*.parquet")):
+        return []
+    return query(data_dir / "archive", "assessments", sql)
+
+
+def copy(data_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(data_dir, target)
+    return target
+
+
+def backfill_cli(*args: str) -> Any:
+    result = CliRunner().invoke(main, ["backfill", "--no-progress", *args], catch_exceptions=False)
+    return result
+
+
+def write_config(path: Path, judge: MockOpenAI, version: int = 1, concurrency: int = 16) -> Path:
+    path.write_text(yaml.safe_dump(config(judge, version, concurrency)))
+    return path
+
+
+def test_a_backfill_at_the_live_rate_picks_exactly_the_live_sample(archive: Path, tmp_path: Path) -> None:
+    data = copy(archive, tmp_path)
+    live = {row[0] for row in verdict_rows(data, "no_error")}
+    assert live == {t for t in trace_ids(data) if sampled(t, 0.5)} and 0 < len(live) < TRACES
+
+    again = backfill_cli("--archive", str(data), "--scorer", "no_error", "--since", "1h", "--yes")
+    assert again.exit_code == 0, again.output
+    assert f"no_error: 0 to judge ({len(live)} already scored)" in again.output
+    assert len(verdict_rows(data, "no_error")) == len(live)  # nothing added
+
+    rescored = backfill_cli("--archive", str(data), "--scorer", "no_error", "--since", "1h", "--rescore", "--yes")
+    assert rescored.exit_code == 0, rescored.output
+    backfilled = [row for row in verdict_rows(data, "no_error") if "backfill_job" in row[3]]
+    assert {row[0] for row in backfilled} == live and len(backfilled) == len(live)
+
+
+def test_a_stopped_scorer_is_backfilled_on_the_consistent_sample_once_and_again_for_a_new_version(
+    archive: Path, tmp_path: Path, judge: MockOpenAI
+) -> None:
+    data = copy(archive, tmp_path)
+    first = backfill_cli("--archive", str(data), "--scorer", "non_empty=0.5", "--since", "1h", "--yes")
+    assert first.exit_code == 0, first.output
+    expected = {t for t in trace_ids(data) if sampled(t, 0.5)}
+    rows = verdict_rows(data, "non_empty")
+    assert Counter(row[0] for row in rows) == Counter(expected)
+    assert {row[2] for row in rows} == {"true"}  # every turn has an answer
+
+    second = backfill_cli("--archive", str(data), "--scorer", "non_empty=0.5", "--since", "1h", "--yes")
+    assert second.exit_code == 0 and f"already_scored {len(expected)}" in second.output, second.output
+    assert len(verdict_rows(data, "non_empty")) == len(expected)
+
+    changed = write_config(tmp_path / "v2.yaml", judge, version=2)
+    third = backfill_cli("--archive", str(data), "--config", str(changed), "--scorer", "non_empty=0.5", "--yes")
+    assert third.exit_code == 0, third.output
+    by_version = Counter(row[1] for row in verdict_rows(data, "non_empty"))
+    assert by_version == {1: len(expected), 2: len(expected)}
+
+
+def test_backfilled_verdicts_land_in_the_original_traces_at_the_backend(
+    archive: Path, tmp_path: Path, judge: MockOpenAI
+) -> None:
+    data = copy(archive, tmp_path)
+    sink = GrpcSink().start()
+    try:
+        done = backfill_cli("--archive", str(data), "--config", str(write_config(tmp_path / "c.yaml", judge)),
+                            "--scorer", "safety=1", "--scorer", "frustration=1", "--since", "1h",
+                            "--otlp-endpoint", f"grpc://127.0.0.1:{sink.port}", "--yes")  # fmt: skip
+        assert done.exit_code == 0, done.output
+        spans = wait_until(lambda: (found := evaluation_spans(sink)) and len(found) >= TRACES + 12 and found)
+    finally:
+        sink.stop()
+    archived = trace_ids(data)
+    assert {span.trace_id.hex() for span in spans} <= archived
+    names = Counter(span.name for span in spans)
+    assert names == {"evaluation safety": TRACES, "evaluation frustration": len(CONVERSATIONS)}
+    for span in spans:
+        attributes = {a.key: any_value(a.value) for a in span.attributes}
+        assert "backfill_job" in attributes["tracejudge.assessment.metadata"]
+    # the session verdicts sit on each conversation's first trace, in the archive too
+    rows = query(data / "archive", "assessments",
+                 "SELECT trace_id, len(trace_ids) FROM t WHERE name = 'frustration'")  # fmt: skip
+    assert len(rows) == len(CONVERSATIONS) and {n for _, n in rows} == {2}
+
+
+def test_the_estimate_counts_exactly_what_is_judged_and_unknown_scorers_are_refused(
+    archive: Path, tmp_path: Path, judge: MockOpenAI
+) -> None:
+    data = copy(archive, tmp_path)
+    from tracejudge.config_file import Config
+
+    cfg = Config.model_validate(config(judge))
+    with pytest.raises(BackfillError, match=r"frustration.*stopped: give a rate"):
+        Backfill(data, [BackfillScorerConfig("safety", 0.3), "frustration"], config=cfg, start_time="1h")
+    backfill = Backfill(data, [BackfillScorerConfig("safety", 0.3), BackfillScorerConfig("frustration", 0.5)],
+                        config=cfg, start_time="1h")  # fmt: skip
+    estimate = backfill.estimate()
+    sessions = {f"chat-{i:02d}" for i in range(12)}
+    assert estimate.pairs == {
+        "safety": sum(1 for t in trace_ids(data) if sampled(t, 0.3)),
+        "frustration": sum(1 for s in sessions if session_randomness(s) >= threshold(0.5)),
+    }
+    job = backfill.run()
+    assert job.status == "succeeded" and job.assessments == {k: v for k, v in estimate.pairs.items() if v}
+    again = Backfill(data, [BackfillScorerConfig("safety", 0.3)], config=cfg, start_time="1h").estimate()
+    assert again.pairs == {"safety": 0} and again.tokens == 0  # tokens known now, from the verdicts just made
+    with pytest.raises(BackfillError, match="'nope' is not registered"):
+        Backfill(data, ["nope"], config=cfg)
+    refused = backfill_cli("--archive", str(data), "--scorer", "nope", "--yes")
+    assert refused.exit_code == 1 and "'nope' is not registered (registered: " in refused.output
+
+
+def test_a_killed_backfill_resumes_without_judging_twice(archive: Path, tmp_path: Path) -> None:
+    data = copy(archive, tmp_path)
+    with MockOpenAI(latency=0.25) as slow:  # one call at a time: ~6 s for the 24 traces; a file closes every 2 s
+        cfg = write_config(tmp_path / "slow.yaml", slow, concurrency=1)
+        command = [sys.executable, "-m", "tracejudge.cli", "backfill", "--archive", str(data), "--config", str(cfg),
+                   "--scorer", "safety=1", "--since", "1h", "--yes", "--no-progress"]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: len(verdict_rows(data, "safety")) > 0, timeout=60)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        before = len(verdict_rows(data, "safety"))
+        assert 0 < before < TRACES
+        jobs = list((data / "backfill").glob("*.json"))
+        assert len(jobs) == 1 and orjson.loads(jobs[0].read_bytes())["status"] == "running"
+        asked = len(slow.chat_requests())
+        resumed = backfill_cli("--archive", str(data), "--config", str(cfg), "--resume", jobs[0].stem, "--yes")
+        assert resumed.exit_code == 0, resumed.output
+    rows = verdict_rows(data, "safety")
+    assert Counter(row[0] for row in rows) == Counter(trace_ids(data))  # each trace exactly once
+    assert len(slow.chat_requests()) - asked == TRACES - before
+    listed = CliRunner().invoke(main, ["backfill", "--archive", str(data), "--list"])
+    assert f"{jobs[0].stem}  succeeded" in listed.output
+
+
+def test_evaluate_gives_live_verdicts_over_the_archive_rows_and_a_dataframe(archive: Path, tmp_path: Path) -> None:
+    live = {row[0]: row[2] for row in verdict_rows(archive, "no_error")}
+    result = tracejudge.evaluate(tracejudge.ArchivedTraces(archive, since="1h"), [{"name": "no_error",
+                                 "builtin": "NoError"}], output_path=tmp_path / "out.parquet")  # fmt: skip
+    judged = {row["trace_id"]: row["value"] for row in result.rows}
+    assert judged.keys() == trace_ids(archive) and {t: judged[t] for t in live} == live
+    assert result.metrics["no_error/pass_rate"] == 1.0 and result.metrics["no_error/count"] == TRACES
+    written = duckdb.sql(f"SELECT count(*), count(DISTINCT request) FROM '{tmp_path / 'out.parquet'}'").fetchall()
+    assert written[0][0] == TRACES and written[0][1] > 1
+    # the same traces as dataset rows (JSONL), and as a DataFrame, including a multi-turn judge over sessions
+    sessions = dict(query(archive / "archive", "traces", "SELECT trace_id, session_id FROM t"))
+    rows = [{"trace_id": r["trace_id"], "inputs": r["request"], "outputs": r["response"],
+             "session_id": sessions[r["trace_id"]]} for r in result.rows]  # fmt: skip
+    lines = tmp_path / "rows.jsonl"
+    lines.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    from_file = tracejudge.evaluate(str(lines), [NonEmptyResponse()])
+    assert {r["trace_id"]: r["value"] for r in from_file.rows} == {t: "true" for t in judged}
+    pandas = pytest.importorskip("pandas")
+    frame = tracejudge.evaluate(pandas.DataFrame(rows), [NonEmptyResponse(), {"name": "frustration",
+                                "builtin": "UserFrustration", "model": None}],
+                                judges={"default": {"base_url": "http://127.0.0.1:9", "timeout": "1s",
+                                                    "max_retries": 0}})  # fmt: skip
+    df = frame.result_df
+    assert set(df["name"]) == {"non_empty_response", "frustration"}
+    assert frame.sessions == 12 and (df["name"] == "frustration").sum() == 12
+    assert set(df[df["name"] == "frustration"]["error_type"]) <= {"connection", "timeout", "exception"}
+    assert frame.metrics["frustration/error_count"] == 12  # a judge that is down: an error per verdict, not a gap
+
+
+def test_scorers_try_shows_each_verdict_next_to_its_trace_and_records_nothing(
+    archive: Path, tmp_path: Path, judge: MockOpenAI
+) -> None:
+    data = copy(archive, tmp_path)
+    before = len(verdict_rows(data, "safety"))
+    cfg = write_config(tmp_path / "c.yaml", judge)
+    shown = CliRunner().invoke(main, ["scorers", "try", "safety", "--archive", str(data), "--config", str(cfg),
+                                      "--last", "5"])  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count("safety = yes") == 5
+    assert shown.output.count("request:   [chat-") + shown.output.count("request:   And for damaged items?") == 5
+    latest = query(data / "archive", "traces", "SELECT trace_id FROM t ORDER BY start_time DESC LIMIT 5")
+    assert {line.split()[1] for line in shown.output.splitlines() if line.startswith("trace ")} == {
+        row[0] for row in latest
+    }
+    assert "rationale: mock rationale" in shown.output and "safety: count=5" in shown.output
+    assert len(verdict_rows(data, "safety")) == before
+    one = sorted(trace_ids(data))[0]
+    picked = CliRunner().invoke(main, ["scorers", "try", "NoError", "--archive", str(data), "--trace-id", one])
+    assert picked.exit_code == 0 and f"trace {one}  no_error = yes" in picked.output, picked.output
+    unknown = CliRunner().invoke(main, ["scorers", "try", "nope", "--archive", str(data)])
+    assert unknown.exit_code == 1 and "no scorer 'nope'" in unknown.output
+
+
+def test_evaluate_refuses_bad_data_with_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="row 1: expectations must be a mapping"):
+        tracejudge.evaluate([{"inputs": "a", "outputs": "b"}, {"inputs": "a", "expectations": "x"}],
+                            [NonEmptyResponse()])  # fmt: skip
+    with pytest.raises(TypeError, match="data is one mapping"):
+        tracejudge.evaluate({"inputs": "a"}, [NonEmptyResponse()])
+    with pytest.raises(ValueError, match="two scorers are named non_empty_response"):
+        tracejudge.evaluate([{"inputs": "a"}], [NonEmptyResponse(), NonEmptyResponse()])
+    assert UserFrustration().to_dict()["builtin"] == "UserFrustration"

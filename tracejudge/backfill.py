@@ -1,0 +1,456 @@
+"""Backfill: registered scorers over the archive's past traces, as MLflow's `backfill_scorers` promises.
+
+    job = Backfill("./data", ["safety", BackfillScorerConfig("no_error", sample_rate=1.0)],
+                   start_time="2026-12-01", end_time="2026-12-03").run()
+
+Offline: over a data directory a sidecar wrote (its `archive/` and its `scorers.json`), with no sidecar
+running, or beside one (the files it writes are its own). Semantics, each backed by a test in
+tests/test_backfill.py:
+
+- Scorers must be registered: in the config's `scorers:` or the data directory's registry (the config wins,
+  as at a sidecar's start). Each runs at its live rate unless the job gives one; a stopped scorer needs one.
+- The live consistent sampler (scoring/sampling.py): a backfill at a scorer's live rate picks exactly the
+  traces live scoring picked.
+- Idempotent per (trace, scorer, scorer version): a pair the archive already holds a verdict for (one without
+  an error) is left alone (`already_scored`) unless `rescore`; a scorer whose version changed has no verdict
+  of its new version yet, so its traces are judged again.
+- `skipped_only`: only the pairs live scoring recorded as skipped (the `skipped` table).
+- Resumable: verdict rows are written to the archive's `assessments` table in small files closed every
+  FLUSH_ROWS rows or FLUSH_INTERVAL_S, and the archive is the checkpoint: a job killed mid-way and run again
+  (`resume`) judges only what no closed file holds, so nothing is judged twice into the archive. A job's
+  parameters and counts are kept in `<data_dir>/backfill/<job id>.json`.
+- Verdicts are marked (`metadata.backfill_job`), and emitted to `otlp_endpoint` when given, as live ones are:
+  into the original traces at the backend.
+- Before it runs, `estimate()` counts exactly the pairs it will judge (the sampler is deterministic) and the
+  judge tokens that will cost, from the scorer's past verdicts in the archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from tracejudge.config import parse_moment
+from tracejudge.config_file import Config
+from tracejudge.exporter import rows as archive_rows
+from tracejudge.exporter.archive_reader import DEFAULT_LATENESS, ArchiveTraceSource
+from tracejudge.exporter.archive_worker import TableWriter
+from tracejudge.exporter.emitter import AssessmentEmitter, assessment_row
+from tracejudge.model import Assessment
+from tracejudge.otlp_exporters import span_and_log_exporters
+from tracejudge.schema import BUILTINS
+from tracejudge.scoring.batch import BatchCounts, BatchScoring
+from tracejudge.scoring.registry import ScorerRegistry
+from tracejudge.scoring.sampling import randomness, session_randomness, threshold
+from tracejudge.scoring.spec import ScorerSpec
+from tracejudge.scoring.view import Judged
+
+__all__ = ["Backfill", "BackfillError", "BackfillJob", "BackfillScorerConfig", "Estimate"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = timedelta(days=7)  # MLflow's default: the last 7 days
+FLUSH_ROWS = 200  # verdict rows per archive file at most: what a kill can cost is re-judged, never lost
+FLUSH_INTERVAL_S = 2.0
+BACKFILL_KEY = "backfill_job"  # the metadata key marking a verdict as a backfill's
+_TOKENS_SAMPLE = 1000  # past verdicts per scorer read for its mean judge tokens
+
+
+class BackfillError(ValueError):
+    """A job that cannot run as asked: an unknown scorer, a stopped one without a rate, an empty window."""
+
+
+@dataclass(frozen=True)
+class BackfillScorerConfig:
+    """MLflow's name: a registered scorer (its name, or a tracejudge.scorers object with that name) and the
+    rate to backfill it at (None: its live rate)."""
+
+    scorer: Any
+    sample_rate: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.scorer if isinstance(self.scorer, str) else str(self.scorer.name)
+
+
+@dataclass
+class Estimate:
+    """What a job will judge: traces in the window, pairs to judge per scorer, judge calls and tokens."""
+
+    traces: int
+    pairs: dict[str, int]
+    already: dict[str, int]
+    judge_calls: int
+    tokens: int | None  # None: a judge scorer has no past verdict to estimate from
+    tokens_known: dict[str, float]  # mean judge tokens per verdict, per judge scorer with past verdicts
+
+    def describe(self) -> str:
+        lines = [f"{self.traces:,} traces in the window"]
+        for name, pairs in self.pairs.items():
+            lines.append(f"  {name}: {pairs:,} to judge ({self.already.get(name, 0):,} already scored)")
+        tokens = (
+            f"~{self.tokens:,} judge tokens" if self.tokens is not None else "judge tokens unknown (no past verdicts)"
+        )
+        lines.append(f"{self.judge_calls:,} judge calls, {tokens}")
+        return "\n".join(lines)
+
+
+@dataclass
+class BackfillJob:
+    job_id: str
+    scorers: dict[str, float]  # name -> rate
+    start_time: str
+    end_time: str
+    rescore: bool = False
+    skipped_only: bool = False
+    status: str = "pending"  # pending, running, succeeded, failed, cancelled
+    traces: int = 0
+    assessments: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error: str | None = None
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        temp = directory / f".{self.job_id}.json.tmp"
+        temp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(temp, directory / f"{self.job_id}.json")
+
+    @classmethod
+    def load(cls, directory: Path, job_id: str) -> BackfillJob:
+        path = directory / f"{job_id}.json"
+        if not path.exists():
+            known = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
+            raise BackfillError(f"no backfill job {job_id!r} in {directory} (jobs: {', '.join(known) or 'none'})")
+        return cls(**json.loads(path.read_text()))
+
+    @classmethod
+    def list(cls, directory: Path) -> list[BackfillJob]:
+        if not directory.is_dir():
+            return []
+        jobs = [cls(**json.loads(p.read_text())) for p in directory.glob("*.json")]
+        return sorted(jobs, key=lambda job: job.created_at)
+
+
+class Backfill:
+    """One backfill job over `data_dir` (a sidecar's data directory). `config`: where scorers and judges are
+    defined (a Config; its `scorers:` win over the data directory's registry)."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        scorers: Sequence[BackfillScorerConfig | str],
+        *,
+        config: Config | None = None,
+        start_time: datetime | str | None = None,
+        end_time: datetime | str | None = None,
+        rescore: bool = False,
+        skipped_only: bool = False,
+        otlp_endpoint: str | None = None,
+        job_id: str | None = None,
+        max_concurrency: int = 16,
+    ) -> None:
+        self._data_dir = Path(data_dir)
+        self._config = config or Config(data_dir=self._data_dir)
+        self._archive = self._config.archive.directory or self._data_dir / "archive"
+        if not (self._archive / "spans").is_dir():
+            raise BackfillError(f"{self._archive}: no archive here (no spans/ directory); give a sidecar's data dir")
+        now = datetime.now(timezone.utc)
+        self._end = parse_moment(end_time, now) if end_time is not None else now
+        self._start = parse_moment(start_time, now) if start_time is not None else self._end - DEFAULT_WINDOW
+        if self._end <= self._start:
+            raise BackfillError(f"empty window: {self._start.isoformat()} .. {self._end.isoformat()}")
+        self._specs, self._rates = self._resolve([s if isinstance(s, BackfillScorerConfig)
+                                                  else BackfillScorerConfig(s) for s in scorers])  # fmt: skip
+        self._rescore, self._skipped_only = rescore, skipped_only
+        self._otlp_endpoint = otlp_endpoint
+        self._max_concurrency = max_concurrency
+        self.jobs_dir = self._data_dir / "backfill"
+        job_id = job_id or f"bf-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+        self.job = BackfillJob(job_id, dict(self._rates), self._start.isoformat(), self._end.isoformat(), rescore,
+                               skipped_only, created_at=time.time())  # fmt: skip
+        self._cancelled = threading.Event()
+        self._done: set[tuple[str, str, int]] | None = None
+        self._skipped_pairs: set[tuple[str, str]] | None = None
+
+    @classmethod
+    def resume(cls, data_dir: str | Path, job_id: str, *, config: Config | None = None,
+               otlp_endpoint: str | None = None) -> Backfill:  # fmt: skip
+        """The job `job_id` again, as it was asked for: what its closed files hold is not judged again."""
+        job = BackfillJob.load(Path(data_dir) / "backfill", job_id)
+        scorers = [BackfillScorerConfig(name, rate) for name, rate in job.scorers.items()]
+        backfill = cls(data_dir, scorers, config=config, start_time=job.start_time, end_time=job.end_time,
+                       skipped_only=job.skipped_only, otlp_endpoint=otlp_endpoint, job_id=job_id)  # fmt: skip
+        backfill.job.created_at = job.created_at
+        return backfill
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def estimate(self) -> Estimate:
+        """Exactly the pairs the job will judge, from the `traces` table and the sampler (which reads trace and
+        session ids only), less those already scored; judge tokens from each judge scorer's past verdicts."""
+        traces = self._window_traces()
+        done = self._already_done()
+        skipped = self._skipped_table() if self._skipped_only else None
+        pairs: dict[str, int] = {}
+        already: dict[str, int] = {}
+        for spec in self._specs:
+            bar = threshold(self._rates[spec.name])
+            if spec.target_kind == "session":  # a session's verdict is on its first trace
+                firsts: dict[str, tuple[int, str]] = {}
+                for tid, (begin, sid) in traces.items():
+                    if sid and session_randomness(sid) >= bar and (sid not in firsts or begin < firsts[sid][0]):
+                        firsts[sid] = (begin, tid)
+                candidates = [tid for _, tid in firsts.values()]
+            else:
+                candidates = [tid for tid in traces if randomness(tid) >= bar]
+            if skipped is not None:
+                candidates = [tid for tid in candidates if (tid, spec.name) in skipped]
+            fresh = [t for t in candidates if self._rescore or (t, spec.name, spec.version) not in done]
+            pairs[spec.name] = len(fresh)
+            already[spec.name] = len(candidates) - len(fresh)
+        judges = [spec for spec in self._specs if is_judge(spec)]
+        per_verdict = self._mean_tokens([spec.name for spec in judges])
+        calls = sum(pairs[spec.name] for spec in judges)
+        unknown = [spec.name for spec in judges if spec.name not in per_verdict and pairs[spec.name]]
+        tokens = None if unknown else round(sum(pairs[s.name] * per_verdict.get(s.name, 0.0) for s in judges))
+        return Estimate(len(traces), pairs, already, calls, tokens, per_verdict)
+
+    def run(self, progress: bool = False) -> BackfillJob:
+        """Judge the window, writing verdicts to the archive as it goes; the job's final state."""
+        job = self.job
+        job.status, job.error = "running", None
+        job.save(self.jobs_dir)
+        writer = _VerdictFiles(self._archive / "assessments")
+        emitter = AssessmentEmitter(span_and_log_exporters(self._otlp_endpoint), None) if self._otlp_endpoint else None
+        bar = _progress_bar(len(self._window_traces()) if progress else 0, progress)
+        last_save = time.monotonic()
+
+        def emit(verdicts: list[Assessment], _judged: Judged) -> None:
+            marked = [_marked(a, job.job_id) for a in verdicts]
+            writer.add([assessment_row(a) for a in marked])
+            if emitter is not None:
+                emitter.emit(marked)
+
+        def on_progress(counts: BatchCounts) -> None:
+            nonlocal last_save
+            writer.roll_if_due()
+            self._record(counts)
+            if bar is not None:
+                bar.n = counts.traces
+                bar.set_postfix(verdicts=sum(counts.assessments.values()),
+                                tokens=counts.input_tokens + counts.output_tokens, refresh=False)  # fmt: skip
+                bar.refresh()
+            if time.monotonic() - last_save > 5.0:
+                last_save = time.monotonic()
+                job.save(self.jobs_dir)
+
+        scoring = BatchScoring(self._specs, self._config.judges, sample=True, rates=self._rates, exclude=self._exclude,
+                               max_concurrency=self._max_concurrency, code_workers=self._config.scoring.code_workers,
+                               code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
+        source = ArchiveTraceSource(self._archive, self._start, self._end)
+        try:
+            counts = asyncio.run(scoring.run(source.batches(), emit, on_progress, stop=self._cancelled))
+            self._record(counts)
+            job.status = "cancelled" if self._cancelled.is_set() else "succeeded"
+        except Exception as exc:
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("backfill %s failed", job.job_id)
+        finally:
+            writer.close()
+            if emitter is not None:
+                emitter.shutdown()
+            if bar is not None:
+                bar.close()
+            job.finished_at = time.time()
+            job.save(self.jobs_dir)
+        return job
+
+    # --- what to judge ------------------------------------------------------------------------------
+
+    def _resolve(self, wanted: list[BackfillScorerConfig]) -> tuple[list[ScorerSpec], dict[str, float]]:
+        if not wanted:
+            raise BackfillError("no scorers: name at least one registered scorer (--scorer NAME[=RATE])")
+        registered = {spec.name: spec for spec in ScorerRegistry(self._data_dir / "scorers.json").all()}
+        registered.update({spec.name: spec for spec in self._config.scorers})
+        specs, rates = [], {}
+        for item in wanted:
+            spec = registered.get(item.name)
+            if spec is None:
+                known = ", ".join(sorted(registered)) or "none"
+                raise BackfillError(f"scorer {item.name!r} is not registered (registered: {known}); register it first")
+            rate = spec.sample_rate if item.sample_rate is None else item.sample_rate
+            if not 0 < rate <= 1:
+                hint = " (it is stopped: give a rate, NAME=0.5)" if item.sample_rate is None else ""
+                raise BackfillError(f"scorer {item.name!r}: sample rate {rate:g} is not in (0, 1]{hint}")
+            specs.append(spec)
+            rates[spec.name] = rate
+        return specs, rates
+
+    def _exclude(self, trace_id: str, name: str, version: int) -> str | None:
+        if self._skipped_only:
+            if self._skipped_pairs is None:
+                self._skipped_pairs = self._skipped_table()
+            if (trace_id, name) not in self._skipped_pairs:
+                return ""  # not part of this job
+        if self._rescore:
+            return None
+        if self._done is None:
+            self._done = self._already_done()
+        return "already_scored" if (trace_id, name, version) in self._done else None
+
+    def _record(self, counts: BatchCounts) -> None:
+        job = self.job
+        job.traces = counts.traces
+        job.assessments = dict(counts.assessments)
+        job.input_tokens, job.output_tokens = counts.input_tokens, counts.output_tokens
+        skipped: dict[str, dict[str, int]] = {}
+        for (name, reason), count in sorted(counts.skipped.items()):
+            skipped.setdefault(name, {})[reason] = count
+        job.skipped = skipped
+
+    # --- reading the archive ------------------------------------------------------------------------
+
+    def _window_traces(self) -> dict[str, tuple[int, str | None]]:
+        """Trace id -> (start, session id) of every trace in the `traces` table whose start is in the window."""
+        start, end = _ns(self._start), _ns(self._end)
+        table = _read(self._archive / "traces", self._start - DEFAULT_LATENESS, self._end + DEFAULT_LATENESS,
+                      ["trace_id", "start_time", "session_id"])  # fmt: skip
+        out: dict[str, tuple[int, str | None]] = {}
+        if table is None:
+            return out
+        starts = table.column("start_time").cast(pa.int64()).to_pylist()
+        for trace_id, begin, session in zip(table.column("trace_id").to_pylist(), starts,
+                                            table.column("session_id").to_pylist(), strict=True):  # fmt: skip
+            if begin is not None and start <= begin < end:
+                out[trace_id] = (begin, session)
+        return out
+
+    def _already_done(self) -> set[tuple[str, str, int]]:
+        """(trace id, scorer, version) of every verdict without an error the archive holds for the job's scorers,
+        written from the window's start on (a verdict is written after its trace started)."""
+        names = [spec.name for spec in self._specs]
+        table = _read(self._archive / "assessments", self._start - DEFAULT_LATENESS, None,
+                      ["trace_id", "name", "scorer_version", "error"], pc.field("name").isin(names))  # fmt: skip
+        if table is None:
+            return set()
+        return {(t, n, v) for t, n, v, e in zip(*(table.column(c).to_pylist() for c in table.column_names),
+                                                strict=True) if e is None}  # fmt: skip
+
+    def _skipped_table(self) -> set[tuple[str, str]]:
+        table = _read(self._archive / "skipped", self._start - DEFAULT_LATENESS, None, ["trace_id", "scorers"])
+        if table is None:
+            return set()
+        return {(t, name) for t, names in zip(table.column("trace_id").to_pylist(),
+                                              table.column("scorers").to_pylist(), strict=True)
+                for name in names or ()}  # fmt: skip
+
+    def _mean_tokens(self, names: Iterable[str]) -> dict[str, float]:
+        names = list(names)
+        if not names:
+            return {}
+        table = _read(self._archive / "assessments", None, None, ["name", "judge_input_tokens", "judge_output_tokens"],
+                      pc.field("name").isin(names) & pc.field("judge_input_tokens").is_valid())  # fmt: skip
+        if table is None:
+            return {}
+        totals: Counter[str] = Counter()
+        seen: Counter[str] = Counter()
+        for name, tokens_in, tokens_out in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+            if seen[name] < _TOKENS_SAMPLE:
+                seen[name] += 1
+                totals[name] += (tokens_in or 0) + (tokens_out or 0)
+        return {name: totals[name] / seen[name] for name in seen}
+
+
+class _VerdictFiles:
+    """Verdict rows into the archive's `assessments` table, each small file closed (renamed into place) every
+    FLUSH_ROWS rows or FLUSH_INTERVAL_S: a closed file is the job's checkpoint."""
+
+    def __init__(self, directory: Path) -> None:
+        self._writer = TableWriter(directory, archive_rows.ASSESSMENTS_SCHEMA, roll_size=64 * 2**20,
+                                   roll_interval=float("inf"))  # fmt: skip
+        self._rows = 0
+        self._since = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            if not self._rows:
+                self._since = time.monotonic()
+            self._writer.append(pa.RecordBatch.from_pylist(rows, schema=archive_rows.ASSESSMENTS_SCHEMA))
+            self._rows += len(rows)
+            self._close_if_due()
+
+    def roll_if_due(self) -> None:
+        with self._lock:
+            self._close_if_due()
+
+    def close(self) -> None:
+        with self._lock:
+            self._writer.close()
+            self._rows = 0
+
+    def _close_if_due(self) -> None:
+        if self._rows >= FLUSH_ROWS or (self._rows and time.monotonic() - self._since >= FLUSH_INTERVAL_S):
+            self._writer.close()
+            self._rows = 0
+
+
+def is_judge(spec: ScorerSpec) -> bool:
+    """Whether the scorer asks an LLM (what costs tokens): guidelines, instructions, a builtin judge."""
+    builtin = BUILTINS.get(spec.builtin or "")
+    return spec.kind in ("guidelines", "prompt") or (builtin is not None and builtin.family == "judge")
+
+
+def _marked(assessment: Assessment, job_id: str) -> Assessment:
+    return replace(assessment, metadata={**assessment.metadata, BACKFILL_KEY: job_id})
+
+
+def _read(directory: Path, since: datetime | None, until: datetime | None, columns: list[str],
+          where: ds.Expression | None = None) -> pa.Table | None:  # fmt: skip
+    """The hour partitions of one table between `since` and `until` (either open), read with today's schema."""
+    if not directory.is_dir():
+        return None
+    low = since.strftime("date=%Y-%m-%d/hour=%H") if since else ""
+    high = until.strftime("date=%Y-%m-%d/hour=%H") if until else "~"
+    paths = [str(f) for hour in sorted(directory.glob("date=*/hour=*"))
+             if low <= hour.relative_to(directory).as_posix() <= high
+             for f in hour.glob("*.parquet")]  # fmt: skip
+    if not paths:
+        return None
+    schema = archive_rows.ASSESSMENTS_SCHEMA if directory.name == "assessments" else _SCHEMAS[directory.name]
+    return ds.dataset(paths, schema=schema, format="parquet").to_table(columns=columns, filter=where)
+
+
+_SCHEMAS: Mapping[str, pa.Schema] = {"traces": archive_rows.TRACES_SCHEMA, "skipped": archive_rows.SKIPPED_SCHEMA,
+                                     "assessments": archive_rows.ASSESSMENTS_SCHEMA}  # fmt: skip
+
+
+def _ns(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1) * 1000
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="trace", desc="backfill", dynamic_ncols=True)
