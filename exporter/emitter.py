@@ -173,10 +173,12 @@ class AssessmentEmitter:
         rows: list[dict[str, Any]] = []
         for assessment in assessments:
             try:
-                if self._metrics is not None:  # first: an OTLP failure must not lose the count
-                    self._metrics.record(assessment)
                 if self._rows is not None:
                     rows.append(assessment_row(assessment, emitted_at))
+                if assessment.expectation:
+                    continue  # an expected answer is no verdict: archived (and read by judges), not emitted
+                if self._metrics is not None:  # before OTLP: an OTLP failure must not lose the count
+                    self._metrics.record(assessment)
                 if self._tracer is not None:
                     self._emit_otlp(assessment, emitted_at)
             except Exception:
@@ -348,6 +350,7 @@ def assessment_row(assessment: Assessment, emitted_at: int | None = None) -> dic
         "trace_ids": list(assessment.trace_ids) or None,
         "assessment_id": assessment.assessment_id or None,
         "overrides": assessment.overrides,
+        "expectation": assessment.expectation,
     }
 
 

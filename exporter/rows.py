@@ -111,10 +111,11 @@ ASSESSMENTS_SCHEMA = pa.schema(
         ("timestamp", TIMESTAMP),
         ("emitted_at", TIMESTAMP),
         # A session verdict: every trace judged, in order (trace_id, span_id: the first trace's root). Older
-        # files lack the last three columns; the archive reader reads them as null.
+        # files lack the last columns; the archive reader reads them as null.
         ("trace_ids", pa.list_(pa.string())),
         ("assessment_id", pa.string()),
         ("overrides", pa.string()),  # the assessment_id this row supersedes: that one is no longer current
+        ("expectation", pa.bool_()),  # an expected answer a human logged (MLflow's Expectation), not a verdict
     ]
 )
 

@@ -17,13 +17,19 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btracejudge/v1/scorers.proto\x12\rtracejudge.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x12\x45ndSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xb9\x03\n\x06Scorer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07\x62uiltin\x18\x02 \x01(\tH\x00\x12/\n\nguidelines\x18\x03 \x01(\x0b\x32\x19.tracejudge.v1.GuidelinesH\x00\x12\x16\n\x0cinstructions\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x63ode\x18\x05 \x01(\tH\x00\x12\x1b\n\x13\x66\x65\x65\x64\x62\x61\x63k_value_type\x18\x06 \x01(\t\x12\x1b\n\x13\x66\x65\x65\x64\x62\x61\x63k_categories\x18\x07 \x03(\t\x12\x12\n\x05model\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\'\n\x06params\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bsample_rate\x18\n \x01(\x01\x12\x1a\n\rfilter_string\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x0f\n\x07version\x18\x0c \x01(\x05\x12+\n\x06status\x18\r \x01(\x0e\x32\x1b.tracejudge.v1.ScorerStatus\x12+\n\x06target\x18\x0e \x01(\x0b\x32\x1b.tracejudge.v1.ScorerTargetB\x06\n\x04kindB\x08\n\x06_modelB\x10\n\x0e_filter_string\"\xa9\x01\n\x0cScorerTarget\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x16\n\tspan_type\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rfilter_string\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x1b\n\x13max_spans_per_trace\x18\x05 \x01(\x05\x42\x0c\n\n_span_typeB\x07\n\x05_nameB\x10\n\x0e_filter_string\" \n\nGuidelines\x12\x12\n\nguidelines\x18\x01 \x03(\t\"h\n\x0eSamplingConfig\x12\x18\n\x0bsample_rate\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rfilter_string\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x0e\n\x0c_sample_rateB\x10\n\x0e_filter_string\">\n\x15RegisterScorerRequest\x12%\n\x06scorer\x18\x01 \x01(\x0b\x32\x15.tracejudge.v1.Scorer\"Z\n\x12StartScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\x1d.tracejudge.v1.SamplingConfig\"[\n\x13UpdateScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\x1d.tracejudge.v1.SamplingConfig\"!\n\x11StopScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13\x44\x65leteScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10GetScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12ListScorersRequest\"=\n\x13ListScorersResponse\x12&\n\x07scorers\x18\x01 \x03(\x0b\x32\x15.tracejudge.v1.Scorer*c\n\x0cScorerStatus\x12\x1d\n\x19SCORER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SCORER_STATUS_STOPPED\x10\x01\x12\x19\n\x15SCORER_STATUS_STARTED\x10\x02\x32\x92\x06\n\rScorerService\x12j\n\x0eRegisterScorer\x12$.tracejudge.v1.RegisterScorerRequest\x1a\x15.tracejudge.v1.Scorer\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/scorers:\x06scorer\x12z\n\x0bStartScorer\x12!.tracejudge.v1.StartScorerRequest\x1a\x15.tracejudge.v1.Scorer\"1\x82\xd3\xe4\x93\x02+\"\x18/v1/scorers/{name}:start:\x0fsampling_config\x12}\n\x0cUpdateScorer\x12\".tracejudge.v1.UpdateScorerRequest\x1a\x15.tracejudge.v1.Scorer\"2\x82\xd3\xe4\x93\x02,\"\x19/v1/scorers/{name}:update:\x0fsampling_config\x12\x66\n\nStopScorer\x12 .tracejudge.v1.StopScorerRequest\x1a\x15.tracejudge.v1.Scorer\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x17/v1/scorers/{name}:stop\x12\x66\n\x0c\x44\x65leteScorer\x12\".tracejudge.v1.DeleteScorerRequest\x1a\x16.google.protobuf.Empty\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/scorers/{name}\x12_\n\tGetScorer\x12\x1f.tracejudge.v1.GetScorerRequest\x1a\x15.tracejudge.v1.Scorer\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/scorers/{name}\x12i\n\x0bListScorers\x12!.tracejudge.v1.ListScorersRequest\x1a\".tracejudge.v1.ListScorersResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/scorers2\x8a\x01\n\x0eSessionService\x12x\n\nEndSession\x12 .tracejudge.v1.EndSessionRequest\x1a!.tracejudge.v1.EndSessionResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1d/v1/sessions/{session_id}:endb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btracejudge/v1/scorers.proto\x12\rtracejudge.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\":\n\x10\x41ssessmentSource\x12\x13\n\x0bsource_type\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\t\"\xbd\x02\n\x14LogAssessmentRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12/\n\x06source\x18\x04 \x01(\x0b\x32\x1f.tracejudge.v1.AssessmentSource\x12\x11\n\trationale\x18\x05 \x01(\t\x12\x0f\n\x07span_id\x18\x06 \x01(\t\x12\x13\n\x0b\x65xpectation\x18\x07 \x01(\x08\x12\x43\n\x08metadata\x18\x08 \x03(\x0b\x32\x31.tracejudge.v1.LogAssessmentRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa6\x02\n\x17OverrideFeedbackRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x15\n\rassessment_id\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12/\n\x06source\x18\x04 \x01(\x0b\x32\x1f.tracejudge.v1.AssessmentSource\x12\x11\n\trationale\x18\x05 \x01(\t\x12\x46\n\x08metadata\x18\x06 \x03(\x0b\x32\x34.tracejudge.v1.OverrideFeedbackRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x15GetAssessmentsRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\"N\n\x16GetAssessmentsResponse\x12\x34\n\x0b\x61ssessments\x18\x01 \x03(\x0b\x32\x1f.tracejudge.v1.AssessmentRecord\"\xb2\x03\n\x10\x41ssessmentRecord\x12\x15\n\rassessment_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x0f\n\x07span_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12%\n\x05value\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12/\n\x06source\x18\x06 \x01(\x0b\x32\x1f.tracejudge.v1.AssessmentSource\x12\x11\n\trationale\x18\x07 \x01(\t\x12\x13\n\x0b\x65xpectation\x18\x08 \x01(\x08\x12?\n\x08metadata\x18\t \x03(\x0b\x32-.tracejudge.v1.AssessmentRecord.MetadataEntry\x12\r\n\x05valid\x18\n \x01(\x08\x12\x11\n\toverrides\x18\x0b \x01(\t\x12\x1b\n\x13timestamp_unix_nano\x18\x0c \x01(\x03\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x16\n\x0escorer_version\x18\x0e \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x12\x45ndSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xb9\x03\n\x06Scorer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07\x62uiltin\x18\x02 \x01(\tH\x00\x12/\n\nguidelines\x18\x03 \x01(\x0b\x32\x19.tracejudge.v1.GuidelinesH\x00\x12\x16\n\x0cinstructions\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x63ode\x18\x05 \x01(\tH\x00\x12\x1b\n\x13\x66\x65\x65\x64\x62\x61\x63k_value_type\x18\x06 \x01(\t\x12\x1b\n\x13\x66\x65\x65\x64\x62\x61\x63k_categories\x18\x07 \x03(\t\x12\x12\n\x05model\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\'\n\x06params\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bsample_rate\x18\n \x01(\x01\x12\x1a\n\rfilter_string\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x0f\n\x07version\x18\x0c \x01(\x05\x12+\n\x06status\x18\r \x01(\x0e\x32\x1b.tracejudge.v1.ScorerStatus\x12+\n\x06target\x18\x0e \x01(\x0b\x32\x1b.tracejudge.v1.ScorerTargetB\x06\n\x04kindB\x08\n\x06_modelB\x10\n\x0e_filter_string\"\xa9\x01\n\x0cScorerTarget\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x16\n\tspan_type\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rfilter_string\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x1b\n\x13max_spans_per_trace\x18\x05 \x01(\x05\x42\x0c\n\n_span_typeB\x07\n\x05_nameB\x10\n\x0e_filter_string\" \n\nGuidelines\x12\x12\n\nguidelines\x18\x01 \x03(\t\"h\n\x0eSamplingConfig\x12\x18\n\x0bsample_rate\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rfilter_string\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x0e\n\x0c_sample_rateB\x10\n\x0e_filter_string\">\n\x15RegisterScorerRequest\x12%\n\x06scorer\x18\x01 \x01(\x0b\x32\x15.tracejudge.v1.Scorer\"Z\n\x12StartScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\x1d.tracejudge.v1.SamplingConfig\"[\n\x13UpdateScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\x1d.tracejudge.v1.SamplingConfig\"!\n\x11StopScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13\x44\x65leteScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10GetScorerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12ListScorersRequest\"=\n\x13ListScorersResponse\x12&\n\x07scorers\x18\x01 \x03(\x0b\x32\x15.tracejudge.v1.Scorer*c\n\x0cScorerStatus\x12\x1d\n\x19SCORER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SCORER_STATUS_STOPPED\x10\x01\x12\x19\n\x15SCORER_STATUS_STARTED\x10\x02\x32\x92\x06\n\rScorerService\x12j\n\x0eRegisterScorer\x12$.tracejudge.v1.RegisterScorerRequest\x1a\x15.tracejudge.v1.Scorer\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/scorers:\x06scorer\x12z\n\x0bStartScorer\x12!.tracejudge.v1.StartScorerRequest\x1a\x15.tracejudge.v1.Scorer\"1\x82\xd3\xe4\x93\x02+\"\x18/v1/scorers/{name}:start:\x0fsampling_config\x12}\n\x0cUpdateScorer\x12\".tracejudge.v1.UpdateScorerRequest\x1a\x15.tracejudge.v1.Scorer\"2\x82\xd3\xe4\x93\x02,\"\x19/v1/scorers/{name}:update:\x0fsampling_config\x12\x66\n\nStopScorer\x12 .tracejudge.v1.StopScorerRequest\x1a\x15.tracejudge.v1.Scorer\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x17/v1/scorers/{name}:stop\x12\x66\n\x0c\x44\x65leteScorer\x12\".tracejudge.v1.DeleteScorerRequest\x1a\x16.google.protobuf.Empty\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/scorers/{name}\x12_\n\tGetScorer\x12\x1f.tracejudge.v1.GetScorerRequest\x1a\x15.tracejudge.v1.Scorer\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/scorers/{name}\x12i\n\x0bListScorers\x12!.tracejudge.v1.ListScorersRequest\x1a\".tracejudge.v1.ListScorersResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/scorers2\x8a\x01\n\x0eSessionService\x12x\n\nEndSession\x12 .tracejudge.v1.EndSessionRequest\x1a!.tracejudge.v1.EndSessionResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1d/v1/sessions/{session_id}:end2\xc9\x03\n\x11\x41ssessmentService\x12\x83\x01\n\rLogAssessment\x12#.tracejudge.v1.LogAssessmentRequest\x1a\x1f.tracejudge.v1.AssessmentRecord\",\x82\xd3\xe4\x93\x02&\"!/v1/traces/{trace_id}/assessments:\x01*\x12\xa2\x01\n\x10OverrideFeedback\x12&.tracejudge.v1.OverrideFeedbackRequest\x1a\x1f.tracejudge.v1.AssessmentRecord\"E\x82\xd3\xe4\x93\x02?\":/v1/traces/{trace_id}/assessments/{assessment_id}:override:\x01*\x12\x88\x01\n\x0eGetAssessments\x12$.tracejudge.v1.GetAssessmentsRequest\x1a%.tracejudge.v1.GetAssessmentsResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/traces/{trace_id}/assessmentsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tracejudge.proto.scorers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LOGASSESSMENTREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_LOGASSESSMENTREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_OVERRIDEFEEDBACKREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_OVERRIDEFEEDBACKREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_ASSESSMENTRECORD_METADATAENTRY']._loaded_options = None
+  _globals['_ASSESSMENTRECORD_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SCORERSERVICE'].methods_by_name['RegisterScorer']._loaded_options = None
   _globals['_SCORERSERVICE'].methods_by_name['RegisterScorer']._serialized_options = b'\202\323\344\223\002\025\"\013/v1/scorers:\006scorer'
   _globals['_SCORERSERVICE'].methods_by_name['StartScorer']._loaded_options = None
@@ -40,38 +46,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORERSERVICE'].methods_by_name['ListScorers']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/scorers'
   _globals['_SESSIONSERVICE'].methods_by_name['EndSession']._loaded_options = None
   _globals['_SESSIONSERVICE'].methods_by_name['EndSession']._serialized_options = b'\202\323\344\223\002\037\"\035/v1/sessions/{session_id}:end'
-  _globals['_SCORERSTATUS']._serialized_start=1414
-  _globals['_SCORERSTATUS']._serialized_end=1513
-  _globals['_ENDSESSIONREQUEST']._serialized_start=135
-  _globals['_ENDSESSIONREQUEST']._serialized_end=174
-  _globals['_ENDSESSIONRESPONSE']._serialized_start=176
-  _globals['_ENDSESSIONRESPONSE']._serialized_end=216
-  _globals['_SCORER']._serialized_start=219
-  _globals['_SCORER']._serialized_end=660
-  _globals['_SCORERTARGET']._serialized_start=663
-  _globals['_SCORERTARGET']._serialized_end=832
-  _globals['_GUIDELINES']._serialized_start=834
-  _globals['_GUIDELINES']._serialized_end=866
-  _globals['_SAMPLINGCONFIG']._serialized_start=868
-  _globals['_SAMPLINGCONFIG']._serialized_end=972
-  _globals['_REGISTERSCORERREQUEST']._serialized_start=974
-  _globals['_REGISTERSCORERREQUEST']._serialized_end=1036
-  _globals['_STARTSCORERREQUEST']._serialized_start=1038
-  _globals['_STARTSCORERREQUEST']._serialized_end=1128
-  _globals['_UPDATESCORERREQUEST']._serialized_start=1130
-  _globals['_UPDATESCORERREQUEST']._serialized_end=1221
-  _globals['_STOPSCORERREQUEST']._serialized_start=1223
-  _globals['_STOPSCORERREQUEST']._serialized_end=1256
-  _globals['_DELETESCORERREQUEST']._serialized_start=1258
-  _globals['_DELETESCORERREQUEST']._serialized_end=1293
-  _globals['_GETSCORERREQUEST']._serialized_start=1295
-  _globals['_GETSCORERREQUEST']._serialized_end=1327
-  _globals['_LISTSCORERSREQUEST']._serialized_start=1329
-  _globals['_LISTSCORERSREQUEST']._serialized_end=1349
-  _globals['_LISTSCORERSRESPONSE']._serialized_start=1351
-  _globals['_LISTSCORERSRESPONSE']._serialized_end=1412
-  _globals['_SCORERSERVICE']._serialized_start=1516
-  _globals['_SCORERSERVICE']._serialized_end=2302
-  _globals['_SESSIONSERVICE']._serialized_start=2305
-  _globals['_SESSIONSERVICE']._serialized_end=2443
+  _globals['_ASSESSMENTSERVICE'].methods_by_name['LogAssessment']._loaded_options = None
+  _globals['_ASSESSMENTSERVICE'].methods_by_name['LogAssessment']._serialized_options = b'\202\323\344\223\002&\"!/v1/traces/{trace_id}/assessments:\001*'
+  _globals['_ASSESSMENTSERVICE'].methods_by_name['OverrideFeedback']._loaded_options = None
+  _globals['_ASSESSMENTSERVICE'].methods_by_name['OverrideFeedback']._serialized_options = b'\202\323\344\223\002?\":/v1/traces/{trace_id}/assessments/{assessment_id}:override:\001*'
+  _globals['_ASSESSMENTSERVICE'].methods_by_name['GetAssessments']._loaded_options = None
+  _globals['_ASSESSMENTSERVICE'].methods_by_name['GetAssessments']._serialized_options = b'\202\323\344\223\002#\022!/v1/traces/{trace_id}/assessments'
+  _globals['_SCORERSTATUS']._serialized_start=2651
+  _globals['_SCORERSTATUS']._serialized_end=2750
+  _globals['_ASSESSMENTSOURCE']._serialized_start=135
+  _globals['_ASSESSMENTSOURCE']._serialized_end=193
+  _globals['_LOGASSESSMENTREQUEST']._serialized_start=196
+  _globals['_LOGASSESSMENTREQUEST']._serialized_end=513
+  _globals['_LOGASSESSMENTREQUEST_METADATAENTRY']._serialized_start=466
+  _globals['_LOGASSESSMENTREQUEST_METADATAENTRY']._serialized_end=513
+  _globals['_OVERRIDEFEEDBACKREQUEST']._serialized_start=516
+  _globals['_OVERRIDEFEEDBACKREQUEST']._serialized_end=810
+  _globals['_OVERRIDEFEEDBACKREQUEST_METADATAENTRY']._serialized_start=466
+  _globals['_OVERRIDEFEEDBACKREQUEST_METADATAENTRY']._serialized_end=513
+  _globals['_GETASSESSMENTSREQUEST']._serialized_start=812
+  _globals['_GETASSESSMENTSREQUEST']._serialized_end=853
+  _globals['_GETASSESSMENTSRESPONSE']._serialized_start=855
+  _globals['_GETASSESSMENTSRESPONSE']._serialized_end=933
+  _globals['_ASSESSMENTRECORD']._serialized_start=936
+  _globals['_ASSESSMENTRECORD']._serialized_end=1370
+  _globals['_ASSESSMENTRECORD_METADATAENTRY']._serialized_start=466
+  _globals['_ASSESSMENTRECORD_METADATAENTRY']._serialized_end=513
+  _globals['_ENDSESSIONREQUEST']._serialized_start=1372
+  _globals['_ENDSESSIONREQUEST']._serialized_end=1411
+  _globals['_ENDSESSIONRESPONSE']._serialized_start=1413
+  _globals['_ENDSESSIONRESPONSE']._serialized_end=1453
+  _globals['_SCORER']._serialized_start=1456
+  _globals['_SCORER']._serialized_end=1897
+  _globals['_SCORERTARGET']._serialized_start=1900
+  _globals['_SCORERTARGET']._serialized_end=2069
+  _globals['_GUIDELINES']._serialized_start=2071
+  _globals['_GUIDELINES']._serialized_end=2103
+  _globals['_SAMPLINGCONFIG']._serialized_start=2105
+  _globals['_SAMPLINGCONFIG']._serialized_end=2209
+  _globals['_REGISTERSCORERREQUEST']._serialized_start=2211
+  _globals['_REGISTERSCORERREQUEST']._serialized_end=2273
+  _globals['_STARTSCORERREQUEST']._serialized_start=2275
+  _globals['_STARTSCORERREQUEST']._serialized_end=2365
+  _globals['_UPDATESCORERREQUEST']._serialized_start=2367
+  _globals['_UPDATESCORERREQUEST']._serialized_end=2458
+  _globals['_STOPSCORERREQUEST']._serialized_start=2460
+  _globals['_STOPSCORERREQUEST']._serialized_end=2493
+  _globals['_DELETESCORERREQUEST']._serialized_start=2495
+  _globals['_DELETESCORERREQUEST']._serialized_end=2530
+  _globals['_GETSCORERREQUEST']._serialized_start=2532
+  _globals['_GETSCORERREQUEST']._serialized_end=2564
+  _globals['_LISTSCORERSREQUEST']._serialized_start=2566
+  _globals['_LISTSCORERSREQUEST']._serialized_end=2586
+  _globals['_LISTSCORERSRESPONSE']._serialized_start=2588
+  _globals['_LISTSCORERSRESPONSE']._serialized_end=2649
+  _globals['_SCORERSERVICE']._serialized_start=2753
+  _globals['_SCORERSERVICE']._serialized_end=3539
+  _globals['_SESSIONSERVICE']._serialized_start=3542
+  _globals['_SESSIONSERVICE']._serialized_end=3680
+  _globals['_ASSESSMENTSERVICE']._serialized_start=3683
+  _globals['_ASSESSMENTSERVICE']._serialized_end=4140
 # @@protoc_insertion_point(module_scope)

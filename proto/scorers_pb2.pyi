@@ -18,6 +18,115 @@ SCORER_STATUS_UNSPECIFIED: ScorerStatus
 SCORER_STATUS_STOPPED: ScorerStatus
 SCORER_STATUS_STARTED: ScorerStatus
 
+class AssessmentSource(_message.Message):
+    __slots__ = ("source_type", "source_id")
+    SOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    source_type: str
+    source_id: str
+    def __init__(self, source_type: _Optional[str] = ..., source_id: _Optional[str] = ...) -> None: ...
+
+class LogAssessmentRequest(_message.Message):
+    __slots__ = ("trace_id", "name", "value", "source", "rationale", "span_id", "expectation", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RATIONALE_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTATION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    name: str
+    value: _struct_pb2.Value
+    source: AssessmentSource
+    rationale: str
+    span_id: str
+    expectation: bool
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, trace_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., source: _Optional[_Union[AssessmentSource, _Mapping]] = ..., rationale: _Optional[str] = ..., span_id: _Optional[str] = ..., expectation: bool = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class OverrideFeedbackRequest(_message.Message):
+    __slots__ = ("trace_id", "assessment_id", "value", "source", "rationale", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSESSMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RATIONALE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    assessment_id: str
+    value: _struct_pb2.Value
+    source: AssessmentSource
+    rationale: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, trace_id: _Optional[str] = ..., assessment_id: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., source: _Optional[_Union[AssessmentSource, _Mapping]] = ..., rationale: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GetAssessmentsRequest(_message.Message):
+    __slots__ = ("trace_id",)
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    def __init__(self, trace_id: _Optional[str] = ...) -> None: ...
+
+class GetAssessmentsResponse(_message.Message):
+    __slots__ = ("assessments",)
+    ASSESSMENTS_FIELD_NUMBER: _ClassVar[int]
+    assessments: _containers.RepeatedCompositeFieldContainer[AssessmentRecord]
+    def __init__(self, assessments: _Optional[_Iterable[_Union[AssessmentRecord, _Mapping]]] = ...) -> None: ...
+
+class AssessmentRecord(_message.Message):
+    __slots__ = ("assessment_id", "trace_id", "span_id", "name", "value", "source", "rationale", "expectation", "metadata", "valid", "overrides", "timestamp_unix_nano", "error", "scorer_version")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ASSESSMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RATIONALE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTATION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SCORER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    assessment_id: str
+    trace_id: str
+    span_id: str
+    name: str
+    value: _struct_pb2.Value
+    source: AssessmentSource
+    rationale: str
+    expectation: bool
+    metadata: _containers.ScalarMap[str, str]
+    valid: bool
+    overrides: str
+    timestamp_unix_nano: int
+    error: str
+    scorer_version: int
+    def __init__(self, assessment_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., source: _Optional[_Union[AssessmentSource, _Mapping]] = ..., rationale: _Optional[str] = ..., expectation: bool = ..., metadata: _Optional[_Mapping[str, str]] = ..., valid: bool = ..., overrides: _Optional[str] = ..., timestamp_unix_nano: _Optional[int] = ..., error: _Optional[str] = ..., scorer_version: _Optional[int] = ...) -> None: ...
+
 class EndSessionRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tracejudge.model import Assessment, AssessmentSource, AssessmentValue, Feedback
+from tracejudge.model import Assessment, AssessmentSourceType, AssessmentValue, Feedback
 
 from .view import Judged, TraceView
 
@@ -24,7 +24,7 @@ class Verdicts:
 
     name: str
     version: int
-    source: AssessmentSource
+    source: AssessmentSourceType
     source_id: str
 
     def of(self, result: Any, view: Judged, latency_ms: float) -> list[Assessment]:

@@ -52,6 +52,7 @@ class ScoringBackend(Protocol):
     def discard_queued(self) -> None: ...
     def validate(self, spec: ScorerSpec) -> str | None: ...
     def end_session(self, session_id: str) -> bool | None: ...
+    def expect(self, trace_id: str, name: str, value: Any) -> None: ...
     def flush(self, timeout_s: float) -> bool: ...
     def drain(self, timeout_s: float) -> bool: ...
 
@@ -140,6 +141,11 @@ class ScoringEngine:
         if self._worker is None:
             raise ScorerCannotRun("scoring is not running")
         return self._worker.end_session(session_id)
+
+    def expect(self, trace_id: str, name: str, value: Any) -> None:
+        """An expectation a human logged for a trace (hex id): its judges read it when it is scored after this."""
+        if self._worker is not None:
+            self._worker.expect(trace_id, name, value)
 
     def reload(self) -> None:
         specs = self._registry.active()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tracejudge.model import Assessment, AssessmentSource
+from tracejudge.model import Assessment, AssessmentSourceType
 
 from .assessments import Verdicts
 from .checks import CHECKS, REQUIRED_PARAMS, Check
@@ -76,7 +76,7 @@ class CheckEvaluator:
     def __init__(self, spec: ScorerSpec, check: Check) -> None:
         self.spec = spec
         self._check = check
-        self._verdicts = Verdicts(spec.name, spec.version, AssessmentSource.CODE, f"builtin:{spec.builtin}")
+        self._verdicts = Verdicts(spec.name, spec.version, AssessmentSourceType.CODE, f"builtin:{spec.builtin}")
 
     async def evaluate(self, view: Judged) -> list[Assessment]:
         started = time.perf_counter()
@@ -94,7 +94,7 @@ class CodeEvaluator:
         self.spec = spec
         self._function = function
         self._runner = runner
-        self._verdicts = Verdicts(spec.name, spec.version, AssessmentSource.CODE, str(spec.code))
+        self._verdicts = Verdicts(spec.name, spec.version, AssessmentSourceType.CODE, str(spec.code))
         self._failures = FailureLog(spec.name)
 
     async def evaluate(self, view: Judged) -> list[Assessment]:
@@ -116,7 +116,7 @@ class JudgeEvaluator:
         self._definition = definition
         self._client = client
         self._schema = result_schema(definition)
-        self._verdicts = Verdicts(spec.name, spec.version, AssessmentSource.LLM_JUDGE, client.config.model)
+        self._verdicts = Verdicts(spec.name, spec.version, AssessmentSourceType.LLM_JUDGE, client.config.model)
         self._failures = FailureLog(spec.name)
 
     async def evaluate(self, view: Judged) -> list[Assessment]:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tracejudge.model import Assessment, Trace
 
@@ -44,6 +44,7 @@ from .worker_protocol import (
     DRAIN,
     DRAINED,
     END_SESSION,
+    EXPECT,
     FLUSH,
     FLUSHED,
     PROGRESS,
@@ -65,6 +66,7 @@ _RESTART = "restart"  # the loop's own marker: stuck code scorers hold every cod
 RESTART_DRAIN_S = 5.0  # running traces get this long to finish before the worker restarts
 REPORT_DELAY_S = 0.005  # results are batched this long: one message per burst, not per assessment
 SESSION_END_KEY = "tracejudge.session.end"  # a root span attribute: this trace ends its conversation
+MAX_EXPECTED = 100_000  # traces with logged expectations waiting to be scored (the oldest are forgotten)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class ScoringLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._report = Progress()
         self._report_scheduled = False
+        self._expected: OrderedDict[str, dict[str, Any]] = OrderedDict()  # trace id -> logged expectations
         journal = Path(settings.sessions_journal) if settings.sessions_journal else None
         self._sessions = SessionStore(settings.sessions, journal)
         # Due sessions are looked for this often: a verdict comes at most this much after `sessions.idle`. A
@@ -129,6 +132,8 @@ class ScoringLoop:
                 self._load(body[0])
             elif kind == SCORE:
                 self._spawn(body[0])
+            elif kind == EXPECT:
+                self._expect(body[0])
             elif kind == END_SESSION:
                 request_id, session_id = body
                 self._channel.send((SESSION_ENDED, request_id, self._sessions.end(session_id)))
@@ -167,6 +172,12 @@ class ScoringLoop:
                     continue
             loaded[spec.name] = current
         self._scorers = loaded
+
+    def _expect(self, expected: dict[str, dict[str, Any]]) -> None:
+        for trace_id, values in expected.items():
+            self._expected[trace_id] = {**self._expected.pop(trace_id, {}), **values}
+        while len(self._expected) > MAX_EXPECTED:
+            self._expected.popitem(last=False)
 
     def _validate(self, request_id: int, spec: ScorerSpec) -> None:
         """Can `spec` run here? Answered by building it as it would run: a code scorer is imported here,
@@ -214,6 +225,9 @@ class ScoringLoop:
                                                     if name not in self._scorers)  # fmt: skip
         chosen = [self._scorers[name] for name in names if name in self._scorers]
         view, records = extract_with_spans(trace)
+        logged = self._expected.pop(view.trace_id, None)
+        if logged:  # a human's ground truth, logged before the trace was scored, wins over the trace's own
+            view = replace(view, expectations={**view.expectations, **logged})
         if not view.has_genai:
             skipped.update((s.spec.name, "no_genai_data") for s in chosen)
             return [], [], skipped

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from .worker_protocol import (
     DRAIN,
     DRAINED,
     END_SESSION,
+    EXPECT,
     FLUSH,
     FLUSHED,
     FORWARD,
@@ -52,6 +54,7 @@ from .worker_protocol import (
 
 log = logging.getLogger(__name__)
 
+MAX_EXPECTED = 100_000  # traces whose logged expectations are kept for the worker (a few MB)
 VALIDATE_TIMEOUT_S = 30.0  # a code scorer's module is imported to validate it: imports can be slow
 _ANSWERS = (VALIDATED, METRICS_TEXT, FLUSHED, SESSION_ENDED)
 _REQUESTS = frozenset({VALIDATE, METRICS, FLUSH, END_SESSION})
@@ -101,6 +104,7 @@ class ScoringWorker:
         self._on_forward = on_forward
         self._on_archive = on_archive
         self._specs: list[ScorerSpec] = []
+        self._expected: OrderedDict[str, dict[str, Any]] = OrderedDict()  # trace id -> logged expectations
         self._answers: dict[int, _Answer] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -162,9 +166,23 @@ class ScoringWorker:
         self._carrier.send((kind, request_id, *body))
         return answer
 
+    def expect(self, trace_id: str, name: str, value: Any) -> None:
+        """An expectation logged for a trace (hex id): judges of that trace read it. Kept here for the last
+        MAX_EXPECTED traces, so a restarted worker gets them again."""
+        with self._lock:
+            values = self._expected.setdefault(trace_id, {})
+            values[name] = value
+            self._expected.move_to_end(trace_id)
+            while len(self._expected) > MAX_EXPECTED:
+                self._expected.popitem(last=False)
+            self._carrier.send((EXPECT, {trace_id: dict(values)}))
+
     def _greeting(self) -> list[Message]:
         with self._lock:
-            return [(SPECS, self._specs)]
+            greeting: list[Message] = [(SPECS, self._specs)]
+            if self._expected:
+                greeting.append((EXPECT, {tid: dict(values) for tid, values in self._expected.items()}))
+            return greeting
 
     def _received(self, message: Message) -> None:
         kind, *body = message

@@ -12,6 +12,7 @@ is the engine's side of either. Messages are tuples `(kind, *body)`; across proc
                      (METRICS, id)                     the worker's metrics exposition (the worker process only)
                      (FLUSH, id, timeout_s)            export what the emitter holds
                      (END_SESSION, id, session_id)     that conversation is over: judge it now
+                     (EXPECT, {trace_id: {name: value}})  expectations logged for traces (human ground truth)
                      (DRAIN, timeout_s)                finish or cancel running work, report, exit
     loop -> engine   (PROGRESS, Progress)              what finished, batched every few milliseconds
                      (VALIDATED, id, error | None)     the answer to one VALIDATE
@@ -39,6 +40,7 @@ from .config import JudgeEndpointConfig, SessionsConfig
 
 INIT, SPECS, SCORE, VALIDATE, METRICS, FLUSH, DRAIN = "init", "specs", "score", "validate", "metrics", "flush", "drain"
 END_SESSION, SESSION_ENDED = "end_session", "session_ended"
+EXPECT = "expect"
 PROGRESS, VALIDATED, FLUSHED, DRAINED = "progress", "validated", "flushed", "drained"
 FORWARD, ARCHIVE, METRICS_TEXT = "forward", "archive", "metrics_text"
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: the worker asks to be replaced

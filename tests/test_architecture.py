@@ -81,3 +81,15 @@ def test_the_ingest_process_never_imports_openai_nor_a_users_code_scorer(tmp_pat
     # Imported once to validate the registration and once to run it, both in the worker: never in ingest.
     importers = {int(line) for line in marks.read_text().split()}
     assert importers == {report["worker"]} and report["pid"] not in importers
+
+
+def test_the_command_line_and_the_sidecar_import_neither_scoring_nor_pyarrow():
+    """`tracejudge serve` runs the ingest process from tracejudge.cli: the past-trace commands beside it (evaluate,
+    backfill, scorers try) import scoring only when they run, and the sidecar's feedback store imports pyarrow only
+    when it reads the archive (pyarrow alone is ~90 MB resident, the whole idle sidecar ~70 MB without it)."""
+    probe = "import sys, tracejudge.cli, tracejudge.sidecar; print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    for heavy in ("'openai'", "'pyarrow'", "tracejudge.scoring.extract", "tracejudge.scoring.loop",
+                  "tracejudge.evaluation"):  # fmt: skip
+        assert heavy not in loaded, f"tracejudge serve imports {heavy}"
+    assert "tracejudge.cli_past" in loaded

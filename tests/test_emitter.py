@@ -20,7 +20,7 @@ from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
 from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.exporter.forwarder import Forwarder
 from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
-from tracejudge.model import Assessment, AssessmentSource, Signal
+from tracejudge.model import Assessment, AssessmentSourceType, Signal
 from tracejudge.otlp import any_value, attributes_dict
 from tracejudge.otlp_exporters import span_and_log_exporters
 from tracejudge.testing import wait_until
@@ -40,7 +40,7 @@ def sample_assessments() -> list[Assessment]:
         trace_id=TRACE_ID,
         span_id=ROOT_SPAN_ID,
         value=True,
-        source=AssessmentSource.LLM_JUDGE,
+        source=AssessmentSourceType.LLM_JUDGE,
         source_id="openai:/gpt-4.1-mini",
         score=1.0,
         label="yes",
@@ -58,7 +58,7 @@ def sample_assessments() -> list[Assessment]:
         trace_id=TRACE_ID,
         span_id=ROOT_SPAN_ID,
         value=0.75,
-        source=AssessmentSource.CODE,
+        source=AssessmentSourceType.CODE,
         source_id="scorers:grounded",
         score=0.75,
         latency_ms=2.5,
@@ -69,7 +69,7 @@ def sample_assessments() -> list[Assessment]:
         trace_id=TRACE_ID,
         span_id=ROOT_SPAN_ID,
         value=None,
-        source=AssessmentSource.LLM_JUDGE,
+        source=AssessmentSourceType.LLM_JUDGE,
         source_id="openai:/gpt-4.1-mini",
         label="error",
         error="judge timed out after 30s",
@@ -302,7 +302,7 @@ def test_failures_never_reach_the_caller(
     exporters = span_and_log_exporters(grpc_sink.url, timeout_s=0.5)
     emitter = AssessmentEmitter(exporters, meter_provider.get_meter("tracejudge"), archive)
     bad_ids = Assessment(
-        name="relevance", trace_id="not-hex", span_id="", value=True, source=AssessmentSource.CODE, source_id="x"
+        name="relevance", trace_id="not-hex", span_id="", value=True, source=AssessmentSourceType.CODE, source_id="x"
     )
     started = time.monotonic()
     emitter.emit([*sample_assessments(), bad_ids])  # the sink is down, the archive raises, one id is bad
@@ -362,7 +362,7 @@ def test_the_sidecars_own_parts_carry_a_human_verdict(
         exporters = (QueuedSpanExporter(wal.append), QueuedLogExporter(wal.append))
         emitter = AssessmentEmitter(exporters, meter, archive)
         human = Assessment(name="thumbs", trace_id=TRACE_ID, span_id=ROOT_SPAN_ID, value=False,
-                           source=AssessmentSource.HUMAN, source_id="user-42", rationale="Wrong refund window.",
+                           source=AssessmentSourceType.HUMAN, source_id="user-42", rationale="Wrong refund window.",
                            timestamp_ns=NOW)  # fmt: skip
         emitter.emit([human])
         emitter.shutdown()

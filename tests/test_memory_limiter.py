@@ -82,8 +82,12 @@ def test_over_the_soft_limit_it_refuses_and_sheds_then_delivers_what_it_accepted
                     time.sleep(0.05)
             assert refused >= 3, f"never refused; {accepted} requests accepted, peak {peak[0]:.0f} MiB"
             # Refused while over the soft limit, and the buffered traces were shed (decided incomplete).
-            assert sidecar.metric("tracejudge_memory_limiter_shed_traces_total") > 0
-            assert sidecar.metric("tracejudge_assembler_completed_traces_total", reason="memory_cap") > 0
+            # (shedding runs on the limiter's own thread, a check interval after it starts refusing)
+            assert wait_until(lambda: sidecar.metric("tracejudge_memory_limiter_shed_traces_total") > 0, timeout=10)
+            shed = wait_until(
+                lambda: sidecar.metric("tracejudge_assembler_completed_traces_total", reason="memory_cap")
+            )
+            assert shed > 0
             # Back under the limit without load, it accepts again.
             assert wait_until(lambda: sidecar.metric("tracejudge_memory_limiter_refusing") == 0, timeout=30)
             export(genai_request(10).SerializeToString(), timeout=10)

@@ -1,7 +1,8 @@
 """tracejudge: an OpenTelemetry sidecar that forwards, archives and scores LLM and agent traces.
 
-`tracejudge.evaluate` and `tracejudge.ArchivedTraces` (tracejudge/evaluation.py) are imported when first used:
-`import tracejudge` stays light for an app that only wants the version or the client.
+`tracejudge.evaluate`, `tracejudge.ArchivedTraces` (tracejudge/evaluation.py) and MLflow's feedback calls
+(`log_feedback`, `log_expectation`, `override_feedback`, `get_assessments`, `AssessmentSource`: the client in
+tracejudge/scorers.py) are imported when first used: `import tracejudge` stays light.
 """
 
 from __future__ import annotations
@@ -10,7 +11,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"evaluate": "tracejudge.evaluation", "ArchivedTraces": "tracejudge.evaluation"}
+_LAZY = {
+    "evaluate": "tracejudge.evaluation",
+    "ArchivedTraces": "tracejudge.evaluation",
+    "log_feedback": "tracejudge.scorers",
+    "log_expectation": "tracejudge.scorers",
+    "override_feedback": "tracejudge.scorers",
+    "get_assessments": "tracejudge.scorers",
+    "AssessmentSource": "tracejudge.scorers",
+    "AssessmentSourceType": "tracejudge.scorers",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ import click
 
 from tracejudge import __version__
 from tracejudge.cli_past import backfill_command, evaluate_command, try_command
-from tracejudge.cli_scorers import scorers
+from tracejudge.cli_scorers import feedback, scorers
 from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
 from tracejudge.logs import configure_logging
@@ -129,6 +129,7 @@ def check_config(config_path: Path) -> None:
 
 scorers.add_command(try_command)
 main.add_command(scorers)
+main.add_command(feedback)
 main.add_command(evaluate_command)
 main.add_command(backfill_command)
 

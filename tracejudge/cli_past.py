@@ -2,6 +2,9 @@
 
 Each reads the archive a sidecar wrote (its data directory) on this machine, with no sidecar needed; the
 scorers and judges come from a config file, else the data directory's registry (what the sidecar registered).
+
+The scoring and archive modules are imported inside the commands: `tracejudge serve` imports this module too,
+and its process must not carry the openai SDK and extraction (tests/test_architecture.py), nor their memory.
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ import functools
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from tracejudge.backfill import Backfill, BackfillError, BackfillJob, BackfillScorerConfig
 from tracejudge.config import ConfigError
 from tracejudge.config_file import Config, load_config
-from tracejudge.evaluation import ArchivedTraces, EvaluationResult, evaluate
 from tracejudge.schema import BUILTINS
-from tracejudge.scoring.registry import ScorerRegistry
-from tracejudge.scoring.spec import ScorerSpec
+
+if TYPE_CHECKING:
+    from tracejudge.backfill import BackfillScorerConfig
+    from tracejudge.evaluation import EvaluationResult
+    from tracejudge.scoring.spec import ScorerSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,7 +48,7 @@ def _reported(command: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ConfigError, BackfillError, ValueError, TypeError, FileNotFoundError) as exc:
+        except (ConfigError, ValueError, TypeError, FileNotFoundError) as exc:  # BackfillError is a ValueError
             raise click.ClickException(str(exc)) from None
 
     return run  # type: ignore[return-value]
@@ -80,6 +84,9 @@ def evaluate_command(data_dir: Path, data_file: Path | None, since: str | None, 
                      otlp_endpoint: str | None) -> None:  # fmt: skip
     """Judge archived traces, or a file of traces or dataset rows, with the production scorers; print the
     aggregates per scorer and write each verdict to --out. Emits nothing unless --otlp-endpoint."""
+    from tracejudge.evaluation import ArchivedTraces, evaluate
+    from tracejudge.scoring.registry import ScorerRegistry
+
     config = _config(config_path, data_dir)
     data: Any = data_file if data_file is not None else ArchivedTraces(data_dir, since, until, filter_string)
     specs: Sequence[Any] | None = list(names) if names else None
@@ -114,6 +121,8 @@ def backfill_command(data_dir: Path, scorers: tuple[str, ...], since: str | None
                      yes: bool, resume_id: str | None, list_jobs: bool, progress: bool) -> None:  # fmt: skip
     """Apply registered scorers to the archive's past traces (default: the last 7 days), with the live
     sampler; a second run adds nothing unless --rescore; a scorer whose version changed is judged again."""
+    from tracejudge.backfill import Backfill, BackfillJob
+
     if list_jobs:
         for job in BackfillJob.list(data_dir / "backfill"):
             verdicts = sum(job.assessments.values())
@@ -156,6 +165,8 @@ def try_command(name: str, data_dir: Path, last: int, trace_ids: tuple[str, ...]
                 config_path: Path | None) -> None:  # fmt: skip
     """Run scorer NAME (registered, in the config, or a builtin such as Safety) on recent archived traces and
     show each verdict and rationale next to the trace's request and response. Emits and records nothing."""
+    from tracejudge.evaluation import ArchivedTraces, evaluate
+
     config = _config(config_path, data_dir)
     spec = _find_spec(name, config, data_dir)
     data = ArchivedTraces(data_dir, since=since, trace_ids=trace_ids, last=None if trace_ids else last)
@@ -176,6 +187,9 @@ def try_command(name: str, data_dir: Path, last: int, trace_ids: tuple[str, ...]
 
 
 def _find_spec(name: str, config: Config, data_dir: Path) -> ScorerSpec:
+    from tracejudge.scoring.registry import ScorerRegistry
+    from tracejudge.scoring.spec import ScorerSpec
+
     for spec in config.scorers:
         if spec.name == name:
             return spec
@@ -188,6 +202,8 @@ def _find_spec(name: str, config: Config, data_dir: Path) -> ScorerSpec:
 
 
 def _scorer_rate(text: str) -> BackfillScorerConfig:
+    from tracejudge.backfill import BackfillScorerConfig
+
     name, sep, rate = text.partition("=")
     if not sep:
         return BackfillScorerConfig(name)

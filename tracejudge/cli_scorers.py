@@ -1,4 +1,5 @@
-"""`tracejudge scorers ...`: manage a running sidecar's scorers through its control plane.
+"""`tracejudge scorers ...` and `tracejudge feedback ...`: a running sidecar's scorers, and human feedback on its
+traces, through its control plane.
 
 The same calls as tracejudge.scorers (MLflow's register/start/update/stop/delete/list/get), at
 TRACEJUDGE_ENDPOINT (default 127.0.0.1:4317) with TRACEJUDGE_TOKEN when the sidecar needs one, and
@@ -7,6 +8,7 @@ TRACEJUDGE_CA_FILE / TRACEJUDGE_CERT_FILE / TRACEJUDGE_KEY_FILE for a grpcs:// o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -16,7 +18,7 @@ import click
 import yaml
 
 from tracejudge.schema import VALUE_TYPES
-from tracejudge.scorers import ControlPlaneError, Scorer, ScorerClient, ScorerSamplingConfig
+from tracejudge.scorers import AssessmentSource, ControlPlaneError, Scorer, ScorerClient, ScorerSamplingConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,39 +45,52 @@ def _reported(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
+def _sidecar_options(command: F) -> F:
+    """The options that reach a sidecar's control plane, shared by `scorers` and `feedback`."""
+    for option in reversed(_SIDECAR_OPTIONS):
+        command = option(command)
+    return command
+
+
+_SIDECAR_OPTIONS = [
+    click.option(
+        "--endpoint",
+        envvar="TRACEJUDGE_ENDPOINT",
+        metavar="HOST:PORT|URL",
+        help="The sidecar: host:port or grpc://host:port (gRPC), http://host:port (HTTP/JSON); grpcs:// and "
+        "https:// for TLS [127.0.0.1:4317]. Env: TRACEJUDGE_ENDPOINT",
+    ),
+    click.option(
+        "--token",
+        envvar="TRACEJUDGE_TOKEN",
+        help="Bearer token, when the sidecar's control plane has one. Env: TRACEJUDGE_TOKEN",
+    ),
+    click.option(
+        "--ca-file",
+        envvar="TRACEJUDGE_CA_FILE",
+        metavar="FILE",
+        help="CA certificate (PEM) that verifies a grpcs:// or https:// sidecar [the system's roots]. "
+        "Env: TRACEJUDGE_CA_FILE",
+    ),
+    click.option(
+        "--cert-file",
+        envvar="TRACEJUDGE_CERT_FILE",
+        metavar="FILE",
+        help="Client certificate (PEM), when the sidecar requires mutual TLS; with --key-file. "
+        "Env: TRACEJUDGE_CERT_FILE",
+    ),
+    click.option(
+        "--key-file",
+        envvar="TRACEJUDGE_KEY_FILE",
+        metavar="FILE",
+        help="The client certificate's private key (PEM). Env: TRACEJUDGE_KEY_FILE",
+    ),
+    click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per call."),
+]
+
+
 @click.group("scorers")
-@click.option(
-    "--endpoint",
-    envvar="TRACEJUDGE_ENDPOINT",
-    metavar="HOST:PORT|URL",
-    help="The sidecar: host:port or grpc://host:port (gRPC), http://host:port (HTTP/JSON); grpcs:// and "
-    "https:// for TLS [127.0.0.1:4317]. Env: TRACEJUDGE_ENDPOINT",
-)
-@click.option(
-    "--token",
-    envvar="TRACEJUDGE_TOKEN",
-    help="Bearer token, when the sidecar's control plane has one. Env: TRACEJUDGE_TOKEN",
-)
-@click.option(
-    "--ca-file",
-    envvar="TRACEJUDGE_CA_FILE",
-    metavar="FILE",
-    help="CA certificate (PEM) that verifies a grpcs:// or https:// sidecar [the system's roots]. "
-    "Env: TRACEJUDGE_CA_FILE",
-)
-@click.option(
-    "--cert-file",
-    envvar="TRACEJUDGE_CERT_FILE",
-    metavar="FILE",
-    help="Client certificate (PEM), when the sidecar requires mutual TLS; with --key-file. Env: TRACEJUDGE_CERT_FILE",
-)
-@click.option(
-    "--key-file",
-    envvar="TRACEJUDGE_KEY_FILE",
-    metavar="FILE",
-    help="The client certificate's private key (PEM). Env: TRACEJUDGE_KEY_FILE",
-)
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per call.")
+@_sidecar_options
 @click.pass_context
 def scorers(
     ctx: click.Context,
@@ -87,8 +102,13 @@ def scorers(
     timeout: float,
 ) -> None:
     """List, register, start, update, stop and delete the scorers of a running tracejudge."""
+    ctx.obj = _connect(endpoint, token, timeout, ca_file, cert_file, key_file)
+
+
+def _connect(endpoint: str | None, token: str | None, timeout: float, ca_file: str | None, cert_file: str | None,
+             key_file: str | None) -> ScorerClient:  # fmt: skip
     try:
-        ctx.obj = ScorerClient(endpoint, token, timeout, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        return ScorerClient(endpoint, token, timeout, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--endpoint") from None
 
@@ -276,3 +296,101 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
         except yaml.YAMLError:
             params[key.strip()] = value
     return params
+
+
+# --------------------------------------------------------------------------------------------- feedback
+
+
+@click.group("feedback")
+@_sidecar_options
+@click.pass_context
+def feedback(
+    ctx: click.Context,
+    endpoint: str | None,
+    token: str | None,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    timeout: float,
+) -> None:
+    """Human feedback and expectations on traces (MLflow's log_feedback, log_expectation, override_feedback)."""
+    ctx.obj = _connect(endpoint, token, timeout, ca_file, cert_file, key_file)
+
+
+_VALUE = click.option("--value", required=True, help="true/false, a number, or text (an expectation: also JSON)")
+_SOURCE_ID = click.option("--source-id", default="", help="Who says so: a user id, a reviewer's name")
+
+
+@feedback.command("log")
+@click.argument("trace_id")
+@click.option("--name", required=True, help="What is assessed, e.g. thumbs, helpful, expected_response")
+@_VALUE
+@_SOURCE_ID
+@click.option("--source-type", type=click.Choice(["HUMAN", "LLM_JUDGE", "CODE"]), default="HUMAN", show_default=True)
+@click.option("--rationale", help="Why")
+@click.option("--span-id", help="The span it is about [the trace's root]")
+@click.option("--expectation", is_flag=True, help="An expected answer (ground truth), not feedback")
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE", help="Repeatable")
+@_reported
+def feedback_log(trace_id: str, name: str, value: str, source_id: str, source_type: str, rationale: str | None,
+                 span_id: str | None, expectation: bool, metadata: tuple[str, ...]) -> None:  # fmt: skip
+    """Log feedback (or, with --expectation, an expectation) on TRACE_ID; prints its assessment id."""
+    source = AssessmentSource(source_type, source_id)
+    extra = dict(item.partition("=")[::2] for item in metadata)
+    if expectation:
+        logged = _client().log_expectation(trace_id, name, _parsed(value, expectation), source, extra, span_id)
+    else:
+        logged = _client().log_feedback(trace_id, name, _parsed(value, False), source, rationale, extra, span_id)
+    click.echo(logged.assessment_id)
+
+
+@feedback.command("override")
+@click.argument("trace_id")
+@click.argument("assessment_id")
+@_VALUE
+@_SOURCE_ID
+@click.option("--rationale", help="Why")
+@_reported
+def feedback_override(trace_id: str, assessment_id: str, value: str, source_id: str, rationale: str | None) -> None:
+    """Replace feedback ASSESSMENT_ID of TRACE_ID (the old one is kept, marked invalid); prints the new id."""
+    logged = _client().override_feedback(trace_id, assessment_id, _parsed(value, False),
+                                         AssessmentSource("HUMAN", source_id), rationale)  # fmt: skip
+    click.echo(logged.assessment_id)
+
+
+@feedback.command("get")
+@click.argument("trace_id")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_reported
+def feedback_get(trace_id: str, output: str) -> None:
+    """Every assessment of TRACE_ID: human feedback and expectations, and the judges' archived verdicts."""
+    found = _client().get_assessments(trace_id)
+    if output == "json":
+        click.echo(json.dumps([dataclasses.asdict(a) for a in found], indent=2))
+        return
+    for a in found:
+        kind = "expectation" if a.expectation else "feedback"
+        state = "" if a.valid else "  (overridden)"
+        click.echo(f"{a.assessment_id}  {kind:<11} {a.name} = {a.value!r}  by {a.source.source_type}"
+                   f"{':' + a.source.source_id if a.source.source_id else ''}{state}")  # fmt: skip
+        if a.rationale:
+            click.echo(f"    {a.rationale}")
+    if not found:
+        click.echo(f"no assessments of trace {trace_id}")
+
+
+def _parsed(text: str, expectation: bool) -> Any:
+    """--value as the value it spells: true/false, a number, JSON for an expectation, else the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(text) if lowered.lstrip("-").isdigit() else float(text)
+    except ValueError:
+        pass
+    if expectation and text.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"--value {text!r}: looks like JSON but does not parse") from None
+    return text

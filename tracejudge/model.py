@@ -93,8 +93,9 @@ class TraceSource(Protocol):
     def batches(self) -> Iterator[list[Trace]]: ...
 
 
-class AssessmentSource(str, enum.Enum):
-    """Who produced a verdict (MLflow's AssessmentSourceType)."""
+class AssessmentSourceType(str, enum.Enum):
+    """Who produced a verdict (MLflow's AssessmentSourceType; MLflow's AssessmentSource is the client's class
+    pairing one with a source id)."""
 
     LLM_JUDGE = "LLM_JUDGE"
     CODE = "CODE"
@@ -118,7 +119,7 @@ class Assessment:
     trace_id: str  # hex
     span_id: str  # hex: the evaluated span (the trace's root; a span target's span; a session's first root)
     value: AssessmentValue
-    source: AssessmentSource
+    source: AssessmentSourceType
     source_id: str  # the judge's model, or the code scorer's module:function
     score: float | None = None
     label: str | None = None
@@ -135,6 +136,7 @@ class Assessment:
     trace_ids: tuple[str, ...] = ()  # a session verdict: every trace judged, in order (trace_id is the first)
     assessment_id: str = ""  # unique; "" when the producer gave none
     overrides: str | None = None  # the assessment_id this one supersedes (a session re-scored as it grew)
+    expectation: bool = False  # an expected answer (MLflow's Expectation; from a human), not a verdict
 
 
 @dataclass(frozen=True)

@@ -316,6 +316,7 @@ def services_of(file: FileDescriptor) -> dict[str, Service]:
 SERVICES: Mapping[str, Service] = services_of(scorers_pb2.DESCRIPTOR)
 SCORER_SERVICE: Service = SERVICES["tracejudge.v1.ScorerService"]
 SESSION_SERVICE: Service = SERVICES["tracejudge.v1.SessionService"]
+ASSESSMENT_SERVICE: Service = SERVICES["tracejudge.v1.AssessmentService"]
 
 
 # --------------------------------------------------------------------------------------------- builtins

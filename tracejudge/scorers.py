@@ -25,6 +25,7 @@ This module is the public face; the client lives in tracejudge/client/ (see its 
 
 from __future__ import annotations
 
+from tracejudge.client.assessments import Assessment, AssessmentSource, AssessmentSourceType
 from tracejudge.client.builtin_scorers import (
     Completeness,
     ConversationalGuidelines,
@@ -56,7 +57,18 @@ from tracejudge.client.builtin_scorers import (
     ValidJson,
     make_judge,
 )
-from tracejudge.client.client import Scorer, ScorerClient, delete_scorer, end_session, get_scorer, list_scorers
+from tracejudge.client.client import (
+    Scorer,
+    ScorerClient,
+    delete_scorer,
+    end_session,
+    get_assessments,
+    get_scorer,
+    list_scorers,
+    log_expectation,
+    log_feedback,
+    override_feedback,
+)
 from tracejudge.client.decorator import scorer
 from tracejudge.client.errors import ControlPlaneError
 from tracejudge.client.errors import InvalidScorerError as InvalidScorerError
@@ -79,6 +91,9 @@ VALUE_TYPE_NAMES = VALUE_TYPES  # the feedback value types, by the name this mod
 # Also importable from here, as before, though not in __all__: the error classes worth catching and the
 # endpoint settings (the `X as X` imports above), and VALUE_TYPE_NAMES.
 __all__ = [
+    "Assessment",
+    "AssessmentSource",
+    "AssessmentSourceType",
     "Completeness",
     "ControlPlaneError",
     "ConversationCompleteness",
@@ -115,8 +130,12 @@ __all__ = [
     "ValidJson",
     "delete_scorer",
     "end_session",
+    "get_assessments",
     "get_scorer",
     "list_scorers",
+    "log_expectation",
+    "log_feedback",
     "make_judge",
+    "override_feedback",
     "scorer",
 ]

@@ -29,10 +29,20 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.config_file import Config
-from tracejudge.control import ControlPlane, ScorerService, SessionService, grpc_handlers, http_routes
+from tracejudge.control import (
+    AssessmentService,
+    ControlPlane,
+    ScorerService,
+    SessionService,
+    grpc_handlers,
+    http_routes,
+)
 from tracejudge.exporter.archive import ParquetArchive
 from tracejudge.exporter.config import ForwardEndpointConfig
+from tracejudge.exporter.emitter import AssessmentEmitter
+from tracejudge.exporter.feedback import FeedbackStore
 from tracejudge.exporter.forwarder import Forwarder
+from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter
 from tracejudge.exporter.trace_summary import TraceSummaryRecorder
 from tracejudge.memory_limiter import MemoryLimiter
 from tracejudge.model import Signal, Trace, TraceConsumer
@@ -40,7 +50,7 @@ from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
-from tracejudge.schema import SCORER_SERVICE, SESSION_SERVICE
+from tracejudge.schema import ASSESSMENT_SERVICE, SCORER_SERVICE, SESSION_SERVICE
 from tracejudge.scoring.config import scoring_deadline
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.ledger import InFlightLedger
@@ -268,8 +278,17 @@ class Sidecar:
         )  # fmt: skip
         self.engine.attach(self.scoring_worker)
         self.telemetry.add_exposition(self.scoring_worker.metrics_text)
+        # Human feedback: emitted in this process, its OTLP through the write-ahead log like the worker's verdicts.
+        feedback_otlp = (QueuedSpanExporter(self._log_verdicts), QueuedLogExporter(self._log_verdicts))
+        self.feedback = FeedbackStore(
+            config.data_dir / "feedback.jsonl",
+            AssessmentEmitter(feedback_otlp if verdicts_to else None, meter, self.archive,
+                              export_interval_s=scoring.emit_interval),
+            config.archive_dir if self.archive else None,
+            on_expectation=self.engine.expect,
+        )  # fmt: skip
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
-        fan_out = FanOut([*summaries, self.engine, *trace_consumers], meter, self._consumer_failed)
+        fan_out = FanOut([*summaries, self.feedback, self.engine, *trace_consumers], meter, self._consumer_failed)
         self.assembler = TraceAssembler(config.assembler, fan_out, meter)
         self.memory_limiter = MemoryLimiter(config.memory_limiter, meter, self.assembler.shed)
         router = IngestRouter(self.wal, self.assembler, self.memory_limiter)
@@ -279,7 +298,11 @@ class Sidecar:
         receiver = config.receiver
         listen = [receiver.grpc_endpoint, receiver.http_endpoint]
         control = ControlPlane(
-            {SCORER_SERVICE: ScorerService(self.registry), SESSION_SERVICE: SessionService(self.engine.end_session)},
+            {
+                SCORER_SERVICE: ScorerService(self.registry),
+                SESSION_SERVICE: SessionService(self.engine.end_session),
+                ASSESSMENT_SERVICE: AssessmentService(self.feedback),
+            },
             config.control.token.get_secret_value() if config.control.token else None,
             listen,
             config.control.client_cert_names,
@@ -299,6 +322,7 @@ class Sidecar:
             if self.archive is not None:
                 self._start(self.archive, 30.0)
             self._start(self.forwarder, 10.0)
+            self._start(self.feedback, 5.0)
             self._start(self.engine, scoring.drain_timeout)
             self.registry.apply_config(self.config.scorers)
             self._start(self.assembler_cursor, 2.0)

@@ -13,8 +13,9 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from tracejudge.client.assessments import Assessment, AssessmentSource, log_request, override_request
 from tracejudge.proto import scorers_pb2 as pb
-from tracejudge.schema import SCORER_SERVICE, SESSION_SERVICE, code_over_network, plain_struct
+from tracejudge.schema import ASSESSMENT_SERVICE, SCORER_SERVICE, SESSION_SERVICE, code_over_network, plain_struct
 
 from .errors import InvalidScorerError, PermissionDeniedError
 from .grpc_transport import GrpcTransport
@@ -104,6 +105,52 @@ class ScorerClient:
         Raises ScorerNotFoundError when no open conversation has that id."""
         self._transport.call(SESSION_SERVICE.method("EndSession"), pb.EndSessionRequest(session_id=session_id))
 
+    def log_feedback(self, trace_id: str, name: str, value: Any, source: AssessmentSource | None = None,
+                     rationale: str | None = None, metadata: Mapping[str, Any] | None = None,
+                     span_id: str | None = None) -> Assessment:  # fmt: skip
+        """MLflow's log_feedback: a human's (or a tool's) verdict on a trace, emitted and archived like a judge's."""
+        request = log_request(trace_id, name, value, source, rationale, metadata, span_id, expectation=False)
+        return self._assessment("LogAssessment", request)
+
+    def log_expectation(
+        self,
+        trace_id: str,
+        name: str,
+        value: Any,
+        source: AssessmentSource | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        span_id: str | None = None,
+    ) -> Assessment:
+        """MLflow's log_expectation: the expected answer (or facts) for a trace, which Correctness,
+        ExpectationsGuidelines and Equivalence read when the trace is scored after this."""
+        request = log_request(trace_id, name, value, source, None, metadata, span_id, expectation=True)
+        return self._assessment("LogAssessment", request)
+
+    def override_feedback(
+        self,
+        trace_id: str,
+        assessment_id: str,
+        value: Any,
+        source: AssessmentSource | None = None,
+        rationale: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Assessment:
+        """MLflow's override_feedback: a new feedback replacing `assessment_id`, which is kept, marked invalid."""
+        request = override_request(trace_id, assessment_id, value, source, rationale, metadata)
+        return self._assessment("OverrideFeedback", request)
+
+    def get_assessments(self, trace_id: str) -> builtins.list[Assessment]:
+        """Every assessment of the trace: human feedback and expectations, and the judges' verdicts archived."""
+        response = self._transport.call(ASSESSMENT_SERVICE.method("GetAssessments"),
+                                        pb.GetAssessmentsRequest(trace_id=trace_id))  # fmt: skip
+        assert isinstance(response, pb.GetAssessmentsResponse)
+        return [Assessment.from_proto(record) for record in response.assessments]
+
+    def _assessment(self, rpc: str, request: Message) -> Assessment:
+        response = self._transport.call(ASSESSMENT_SERVICE.method(rpc), request)
+        assert isinstance(response, pb.AssessmentRecord)
+        return Assessment.from_proto(response)
+
     def _scorer(self, rpc: str, request: Message) -> Scorer:
         response = self._call(rpc, request)
         assert isinstance(response, pb.Scorer)
@@ -126,6 +173,36 @@ def get_scorer(name: str) -> Scorer:
 def end_session(session_id: str) -> None:
     """Tell the sidecar the conversation `session_id` is over, so its multi-turn scorers judge it now."""
     ScorerClient().end_session(session_id)
+
+
+def log_feedback(trace_id: str, name: str, value: Any, source: AssessmentSource | None = None,
+                 rationale: str | None = None, metadata: Mapping[str, Any] | None = None,
+                 span_id: str | None = None) -> Assessment:  # fmt: skip
+    """MLflow's `mlflow.log_feedback`, sent to the sidecar at TRACEJUDGE_ENDPOINT."""
+    return ScorerClient().log_feedback(trace_id, name, value, source, rationale, metadata, span_id)
+
+
+def log_expectation(trace_id: str, name: str, value: Any, source: AssessmentSource | None = None,
+                    metadata: Mapping[str, Any] | None = None, span_id: str | None = None) -> Assessment:  # fmt: skip
+    """MLflow's `mlflow.log_expectation`, sent to the sidecar at TRACEJUDGE_ENDPOINT."""
+    return ScorerClient().log_expectation(trace_id, name, value, source, metadata, span_id)
+
+
+def override_feedback(
+    trace_id: str,
+    assessment_id: str,
+    value: Any,
+    source: AssessmentSource | None = None,
+    rationale: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Assessment:
+    """MLflow's `mlflow.override_feedback`, sent to the sidecar at TRACEJUDGE_ENDPOINT."""
+    return ScorerClient().override_feedback(trace_id, assessment_id, value, source, rationale, metadata)
+
+
+def get_assessments(trace_id: str) -> list[Assessment]:
+    """Every assessment of a trace the sidecar at TRACEJUDGE_ENDPOINT knows."""
+    return ScorerClient().get_assessments(trace_id)
 
 
 def delete_scorer(name: str) -> None:

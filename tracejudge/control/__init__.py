@@ -1,6 +1,7 @@
 """tracejudge's control plane: the services it serves beyond OTLP, on the OTLP ports.
 
-    service.py        ScorerService, SessionService (transport-free), ControlError, Access (bearer token, loopback rule)
+    service.py        ScorerService, SessionService, AssessmentService (transport-free), ControlError,
+                      Access (bearer token, loopback rule)
     convert.py        ScorerSpec <-> the Scorer message
     plane.py          ControlPlane: service objects bound to their RPCs, one access rule for all
     grpc_adapter.py   the plane over gRPC (GrpcReceiver's `handlers`)
@@ -13,6 +14,14 @@ the .proto and one method on the service object.
 from .grpc_adapter import grpc_handlers
 from .http_adapter import http_routes
 from .plane import ControlPlane
-from .service import ControlError, ScorerService, SessionService
+from .service import AssessmentService, ControlError, ScorerService, SessionService
 
-__all__ = ["ControlError", "ControlPlane", "ScorerService", "SessionService", "grpc_handlers", "http_routes"]
+__all__ = [
+    "AssessmentService",
+    "ControlError",
+    "ControlPlane",
+    "ScorerService",
+    "SessionService",
+    "grpc_handlers",
+    "http_routes",
+]

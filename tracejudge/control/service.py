@@ -22,16 +22,20 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, json_format, struct_pb2
 from pydantic import ValidationError
 
+from tracejudge.model import Assessment, AssessmentSourceType, AssessmentValue
 from tracejudge.proto import scorers_pb2 as pb
 from tracejudge.schema import StatusName, code_over_network, http_status
+from tracejudge.scoring.assessments import numeric_score, value_label
 from tracejudge.scoring.filters import FilterSyntaxError, parse_filter
 from tracejudge.scoring.registry import RegistryError, ScorerExists, ScorerNotFound, ScorerRegistry, TooManyActive
 
@@ -247,3 +251,118 @@ class SessionService:
             raise ControlError("NOT_FOUND", f"no open conversation with session id {request.session_id!r} (never "
                                             "seen by a session scorer, or judged with nothing new since)")  # fmt: skip
         return pb.EndSessionResponse(session_id=request.session_id)
+
+
+# --------------------------------------------------------------------------------------------- assessments
+
+_HEX = frozenset("0123456789abcdef")
+_SOURCE_TYPES = {source.value for source in AssessmentSourceType}
+_MAX_NAME = 256
+_MAX_TEXT = 64 * 1024
+
+
+class AssessmentStore(Protocol):
+    """What AssessmentService keeps assessments in (exporter/feedback.py FeedbackStore)."""
+
+    def log(self, assessment: Assessment) -> Assessment: ...
+    def override(self, trace_id: str, assessment_id: str, new: Assessment) -> Assessment: ...
+    def assessments(self, trace_id: str) -> list[tuple[Assessment, bool]]: ...
+
+
+class AssessmentService:
+    """tracejudge.v1.AssessmentService: MLflow's log_feedback / log_expectation / override_feedback and
+    get_assessments. A request that cannot be used is INVALID_ARGUMENT naming the field."""
+
+    def __init__(self, store: AssessmentStore) -> None:
+        self._store = store
+
+    def log_assessment(self, request: pb.LogAssessmentRequest) -> pb.AssessmentRecord:
+        assessment = _assessment(request.trace_id, request.name, request, request.expectation, request.span_id)
+        return _record(self._store.log(assessment), valid=True)
+
+    def override_feedback(self, request: pb.OverrideFeedbackRequest) -> pb.AssessmentRecord:
+        if not request.assessment_id:
+            raise ControlError("INVALID_ARGUMENT", "assessment_id: required (the feedback to override)")
+        new = _assessment(request.trace_id, "", request, expectation=False, span_id="", name_required=False)
+        try:
+            return _record(self._store.override(new.trace_id, request.assessment_id, new), valid=True)
+        except LookupError as exc:
+            raise ControlError("NOT_FOUND", str(exc)) from exc
+
+    def get_assessments(self, request: pb.GetAssessmentsRequest) -> pb.GetAssessmentsResponse:
+        trace_id = _hex_id(request.trace_id, "trace_id", 32)
+        found = self._store.assessments(trace_id)
+        return pb.GetAssessmentsResponse(assessments=[_record(a, valid) for a, valid in found])
+
+
+def _assessment(trace_id: str, name: str, request: pb.LogAssessmentRequest | pb.OverrideFeedbackRequest,
+                expectation: bool, span_id: str, name_required: bool = True) -> Assessment:  # fmt: skip
+    trace_id = _hex_id(trace_id, "trace_id", 32)
+    span = _hex_id(span_id, "span_id", 16) if span_id else ""
+    if name_required and not name:
+        raise ControlError("INVALID_ARGUMENT", "name: required (e.g. 'thumbs' or 'expected_response')")
+    if len(name) > _MAX_NAME:
+        raise ControlError("INVALID_ARGUMENT", f"name: at most {_MAX_NAME} characters")
+    source_type = request.source.source_type.upper() or "HUMAN"
+    if source_type not in _SOURCE_TYPES:
+        raise ControlError("INVALID_ARGUMENT", f"source.source_type: {request.source.source_type!r} is not one of "
+                                               f"{', '.join(sorted(_SOURCE_TYPES))}")  # fmt: skip
+    if len(request.rationale) > _MAX_TEXT:
+        raise ControlError("INVALID_ARGUMENT", f"rationale: at most {_MAX_TEXT} characters")
+    value = _value(request, expectation)
+    return Assessment(
+        name=name, trace_id=trace_id, span_id=span, value=value, source=AssessmentSourceType(source_type),
+        source_id=request.source.source_id, score=None if expectation else numeric_score(value),
+        label=None if expectation else value_label(value), rationale=request.rationale or None,
+        metadata=dict(request.metadata), expectation=expectation,
+    )  # fmt: skip
+
+
+def _value(request: pb.LogAssessmentRequest | pb.OverrideFeedbackRequest, expectation: bool) -> AssessmentValue:
+    if not request.HasField("value"):
+        raise ControlError("INVALID_ARGUMENT", "value: required (a bool, a number or a string)")
+    kind = request.value.WhichOneof("kind")
+    if kind == "bool_value":
+        return bool(request.value.bool_value)
+    if kind == "number_value":
+        number = request.value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "string_value":
+        if len(request.value.string_value) > _MAX_TEXT:
+            raise ControlError("INVALID_ARGUMENT", f"value: a string of at most {_MAX_TEXT} characters")
+        return str(request.value.string_value)
+    if expectation and kind in ("list_value", "struct_value"):  # expected facts, an expected object: kept as JSON
+        text = json.dumps(json_format.MessageToDict(request.value), separators=(",", ":"))
+        if len(text) > _MAX_TEXT:
+            raise ControlError("INVALID_ARGUMENT", f"value: at most {_MAX_TEXT} characters of JSON")
+        return text
+    allowed = "a bool, a number, a string, or for an expectation a list or an object"
+    raise ControlError("INVALID_ARGUMENT", f"value: {kind or 'empty'} is not {allowed}")
+
+
+def _hex_id(text: str, field: str, digits: int) -> str:
+    value = text.lower()
+    if len(value) != digits or not set(value) <= _HEX or set(value) == {"0"}:
+        raise ControlError("INVALID_ARGUMENT", f"{field}: {text!r} is not {digits} hex digits (and not all zero)")
+    return value
+
+
+def _record(assessment: Assessment, valid: bool) -> pb.AssessmentRecord:
+    record = pb.AssessmentRecord(
+        assessment_id=assessment.assessment_id, trace_id=assessment.trace_id, span_id=assessment.span_id,
+        name=assessment.name, source=pb.AssessmentSource(source_type=assessment.source.value,
+                                                         source_id=assessment.source_id),
+        rationale=assessment.rationale or "", expectation=assessment.expectation, metadata=assessment.metadata,
+        valid=valid, overrides=assessment.overrides or "", timestamp_unix_nano=assessment.timestamp_ns,
+        error=assessment.error or "", scorer_version=assessment.scorer_version,
+    )  # fmt: skip
+    value = assessment.value
+    if isinstance(value, bool):
+        record.value.bool_value = value
+    elif isinstance(value, (int, float)):
+        record.value.number_value = float(value)
+    elif isinstance(value, str):
+        record.value.string_value = value
+    else:
+        record.value.null_value = struct_pb2.NULL_VALUE
+    return record
