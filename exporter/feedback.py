@@ -29,7 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -118,6 +118,11 @@ class FeedbackStore:
         overridden = {a.overrides for a in found if a.overrides}
         found.sort(key=lambda a: a.timestamp_ns)
         return [(a, a.assessment_id not in overridden) for a in found]
+
+    def trace_ids(self) -> list[str]:
+        """Every trace something was logged for."""
+        with self._lock:
+            return list(self._by_trace)
 
     def expectations(self, trace_id: str) -> dict[str, Any]:
         """The trace's logged expectations by name, the latest valid one of each."""
@@ -254,3 +259,45 @@ def _value(text: str | None, kind: str | None) -> Any:
     if kind in ("int", "float"):
         return int(text) if kind == "int" else float(text)
     return text
+
+
+@dataclass
+class LoggedAssessments:
+    """What humans logged in a data directory (its `feedback.jsonl`): expectations and valid feedback by trace."""
+
+    expectations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feedback: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def logged_assessments(directory: str | Path) -> LoggedAssessments:
+    """The feedback journal of a data directory (or of the data directory an archive directory is in), read as
+    the sidecar reads it; empty when there is none."""
+    if isinstance(directory, str) and "://" in directory:
+        return LoggedAssessments()
+    path = Path(directory)
+    journal = next((d / "feedback.jsonl" for d in (path, path.parent) if (d / "feedback.jsonl").exists()), None)
+    if journal is None:
+        return LoggedAssessments()
+    store = FeedbackStore(journal, _NoEmitter())
+    logged = LoggedAssessments()
+    for trace_id in store.trace_ids():
+        expected = store.expectations(trace_id)
+        if expected:
+            logged.expectations[trace_id] = expected
+        valid = [a for a, ok in store.assessments(trace_id) if ok and not a.expectation]
+        if valid:
+            logged.feedback[trace_id] = [_feedback_row(a) for a in valid]
+    return logged
+
+
+def _feedback_row(assessment: Assessment) -> dict[str, Any]:
+    return {"name": assessment.name, "value": assessment.value, "rationale": assessment.rationale,
+            "source_id": assessment.source_id, "assessment_id": assessment.assessment_id}  # fmt: skip
+
+
+class _NoEmitter:
+    def emit(self, assessments: Sequence[Assessment]) -> None:
+        """Reading a journal back emits nothing."""
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Nothing to stop."""

@@ -13,6 +13,7 @@ once, its turns in start order, so a session split over several windows is judge
 
 Skipped accounting as live: `incomplete`, `no_genai_data`, `filtered`, `no_session`, `max_spans`, and
 what `exclude` says not to judge again, counted by its reason (backfill's idempotence: `already_scored`).
+Expectations a human logged (exporter/feedback.py's journal) are merged into each trace's, as live.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 from tracejudge.model import Assessment, Trace
 
@@ -87,6 +89,7 @@ class BatchScoring:
         rates: Mapping[str, float] | None = None,
         exclude: Exclude | None = None,
         where: str | None = None,
+        expectations: Mapping[str, Mapping[str, Any]] | None = None,
         max_concurrency: int = 16,
         code_workers: int = 4,
         code_timeout_s: float = 30.0,
@@ -97,6 +100,7 @@ class BatchScoring:
         self._rates = dict(rates or {})
         self._exclude = exclude
         self._where = parse_filter(where)
+        self._expectations = expectations or {}  # trace id -> logged expectations (human feedback), merged in
         self._max_concurrency = max_concurrency
         self._code_workers = code_workers
         self._code_timeout_s = code_timeout_s
@@ -184,6 +188,9 @@ class BatchScoring:
                                           [s.spec.name for s in chosen], "incomplete", None))  # fmt: skip
                 return []
             view, records = extract_with_spans(item)
+            logged = self._expectations.get(trace_id)
+            if logged:
+                view = replace(view, expectations={**view.expectations, **logged})
         else:
             view, records, trace_id = item, {}, item.trace_id
             chance = randomness(trace_id)

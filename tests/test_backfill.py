@@ -24,7 +24,7 @@ import tracejudge
 from tracejudge.backfill import Backfill, BackfillError, BackfillScorerConfig
 from tracejudge.cli import main
 from tracejudge.otlp import any_value
-from tracejudge.scorers import NonEmptyResponse, UserFrustration
+from tracejudge.scorers import NonEmptyResponse, ScorerClient, UserFrustration
 from tracejudge.scoring.sampling import sampled, session_randomness, threshold
 from tracejudge.testing import SidecarProcess, wait_until
 
@@ -278,3 +278,46 @@ def test_evaluate_refuses_bad_data_with_a_clear_error() -> None:
     with pytest.raises(ValueError, match="two scorers are named non_empty_response"):
         tracejudge.evaluate([{"inputs": "a"}], [NonEmptyResponse(), NonEmptyResponse()])
     assert UserFrustration().to_dict()["builtin"] == "UserFrustration"
+
+
+def test_a_dataset_exported_with_feedback_and_expectations_is_read_back_by_evaluate_and_backfill(
+    archive: Path, tmp_path: Path, judge: MockOpenAI
+) -> None:
+    data = copy(archive, tmp_path)
+    picked = sorted(trace_ids(data))[:3]
+    sidecar = SidecarProcess(data, [], config(judge)).start()  # the sidecar that wrote the archive, restarted
+    try:
+        client = ScorerClient(sidecar.grpc_target)
+        for trace_id in picked:
+            client.log_feedback(trace_id, "thumbs", trace_id != picked[0], rationale=f"said of {trace_id}",
+                                source=tracejudge.AssessmentSource("HUMAN", "user-7"))  # fmt: skip
+        client.log_expectation(picked[1], "expected_response", "Refunds take 90 days. VERDICT:no")
+    finally:
+        assert sidecar.stop() == 0, sidecar.log_tail()
+    labelled = CliRunner().invoke(main, ["dataset", "export", "--archive", str(data), "--since", "1h",
+                                         "--with-feedback", "--out", str(tmp_path / "labelled.jsonl")])  # fmt: skip
+    assert labelled.exit_code == 0 and "3 rows written" in labelled.output, labelled.output
+    rows = [orjson.loads(line) for line in (tmp_path / "labelled.jsonl").read_bytes().splitlines()]
+    assert {row["trace_id"]: [f["value"] for f in row["feedback"]] for row in rows} == {
+        picked[0]: [False], picked[1]: [True], picked[2]: [True]}  # fmt: skip
+    assert {row["trace_id"] for row in rows if row["expectations"]} == {picked[1]}
+    assert all(row["inputs"] and row["outputs"] and row["session_id"] for row in rows)
+    every = CliRunner().invoke(main, ["dataset", "export", "--archive", str(data), "--since", "1h",
+                                      "--filter", "attributes.model = 'gpt-4.1-mini'",
+                                      "--out", str(tmp_path / "all.parquet")])  # fmt: skip
+    assert every.exit_code == 0 and f"{TRACES} rows written" in every.output, every.output
+    # the logged expectation reaches Correctness: from the dataset file, over the archive, and in a backfill
+    correctness = [{"name": "correctness", "builtin": "Correctness"}]
+    judges = config(judge)["judges"]
+    for source in (str(tmp_path / "all.parquet"), tracejudge.ArchivedTraces(data, since="1h")):
+        result = tracejudge.evaluate(source, correctness, judges=judges)
+        labels = {row["trace_id"]: row["label"] for row in result.rows}
+        assert labels.keys() == trace_ids(data) and labels.pop(picked[1]) == "no"
+        assert set(labels.values()) == {"not_applicable"}  # nothing to compare with
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**config(judge), "scorers": [*scorers(), *correctness]}))
+    done = backfill_cli("--archive", str(data), "--config", str(cfg), "--scorer", "correctness=1", "--since", "1h",
+                        "--yes")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    backfilled = {row[0]: row[2] for row in verdict_rows(data, "correctness")}
+    assert backfilled[picked[1]] == "no" and len(backfilled) == TRACES

@@ -50,6 +50,7 @@ from tracejudge.exporter import rows as archive_rows
 from tracejudge.exporter.archive_reader import DEFAULT_LATENESS, ArchiveTraceSource
 from tracejudge.exporter.archive_worker import TableWriter
 from tracejudge.exporter.emitter import AssessmentEmitter, assessment_row
+from tracejudge.exporter.feedback import logged_assessments
 from tracejudge.model import Assessment
 from tracejudge.otlp_exporters import span_and_log_exporters
 from tracejudge.schema import BUILTINS
@@ -263,7 +264,9 @@ class Backfill:
                 last_save = time.monotonic()
                 job.save(self.jobs_dir)
 
+        logged = logged_assessments(self._data_dir).expectations
         scoring = BatchScoring(self._specs, self._config.judges, sample=True, rates=self._rates, exclude=self._exclude,
+                               expectations=logged,
                                max_concurrency=self._max_concurrency, code_workers=self._config.scoring.code_workers,
                                code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
         source = ArchiveTraceSource(self._archive, self._start, self._end)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tracejudge import __version__
-from tracejudge.cli_past import backfill_command, evaluate_command, try_command
+from tracejudge.cli_past import backfill_command, dataset, evaluate_command, try_command
 from tracejudge.cli_scorers import feedback, scorers
 from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
@@ -132,6 +132,7 @@ main.add_command(scorers)
 main.add_command(feedback)
 main.add_command(evaluate_command)
 main.add_command(backfill_command)
+main.add_command(dataset)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Past traces from the command line: `tracejudge evaluate`, `tracejudge backfill`, `tracejudge scorers try`.
+"""Past traces from the command line: `tracejudge evaluate`, `backfill`, `scorers try`, `dataset export`.
 
 Each reads the archive a sidecar wrote (its data directory) on this machine, with no sidecar needed; the
 scorers and judges come from a config file, else the data directory's registry (what the sidecar registered).
@@ -184,6 +184,31 @@ def try_command(name: str, data_dir: Path, last: int, trace_ids: tuple[str, ...]
         if row["rationale"]:
             click.echo(textwrap.indent(textwrap.fill(f"rationale: {row['rationale']}", 110), "  "))
     _print_summary(result)
+
+
+@click.group("dataset")
+def dataset() -> None:
+    """Evaluation datasets made from production traces."""
+
+
+@dataset.command("export")
+@_DATA_DIR
+@click.option("--since", help="Window start: an ISO date/time or an age (24h, 7d) [7 days before --until]")
+@click.option("--until", help="Window end [now]")
+@click.option("--filter", "filter_string", help="Only traces this filter string matches (a scorer's syntax)")
+@click.option("--with-feedback", is_flag=True, help="Only traces humans gave feedback on, with that feedback")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The dataset file: .jsonl, or .parquet")  # fmt: skip
+@_reported
+def dataset_export(data_dir: Path, since: str | None, until: str | None, filter_string: str | None,
+                   with_feedback: bool, out: Path) -> None:  # fmt: skip
+    """Write archived traces as dataset rows (inputs, outputs, expectations, tags, and feedback) that
+    `tracejudge evaluate --data FILE` reads back. Expectations logged for a trace are joined in."""
+    from tracejudge.evaluation import export_dataset
+
+    written = export_dataset(data_dir, out, since=since, until=until, filter_string=filter_string,
+                             with_feedback=with_feedback)  # fmt: skip
+    click.echo(f"{written} rows written to {out}")
 
 
 def _find_spec(name: str, config: Config, data_dir: Path) -> ScorerSpec:

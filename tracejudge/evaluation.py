@@ -36,15 +36,17 @@ from tracejudge.config_file import Config, load_config, spec_of
 from tracejudge.exporter import rows as archive_rows
 from tracejudge.exporter.archive_reader import ArchiveTraceSource
 from tracejudge.exporter.emitter import AssessmentEmitter, assessment_row
+from tracejudge.exporter.feedback import logged_assessments
 from tracejudge.model import Assessment, Trace
 from tracejudge.otlp_exporters import span_and_log_exporters
 from tracejudge.receiver.otlp_file import OtlpFileTraceSource
 from tracejudge.scoring.batch import BatchCounts, BatchScoring, Item
 from tracejudge.scoring.extract import extract, row_view
+from tracejudge.scoring.filters import parse_filter
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.scoring.view import Judged, SessionView
 
-__all__ = ["ArchivedTraces", "EvaluationResult", "evaluate", "resolve_specs"]
+__all__ = ["ArchivedTraces", "EvaluationResult", "evaluate", "export_dataset", "resolve_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,9 @@ def evaluate(
     judge_config = loaded.judges if judges is None else Config.model_validate({"judges": dict(judges)}).judges
     specs = resolve_specs(scorers, loaded)
     where = data.filter_string if isinstance(data, ArchivedTraces) else None
+    logged = logged_assessments(data.directory).expectations if isinstance(data, ArchivedTraces) else {}
     code = loaded.scoring
-    scoring = BatchScoring(specs, judge_config, max_concurrency=max_concurrency, where=where,
+    scoring = BatchScoring(specs, judge_config, max_concurrency=max_concurrency, where=where, expectations=logged,
                            code_workers=code.code_workers, code_timeout_s=code.code_timeout)  # fmt: skip
     return run_batch(scoring, batches_of(data), output_path=output_path, otlp_endpoint=otlp_endpoint)
 
@@ -295,7 +298,7 @@ def _file_batches(path: Path, batch_size: int) -> Iterator[Sequence[Item]]:
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
     """Dataset columns stored as JSON text (inputs, outputs, expectations, tags) read back as values."""
     out = dict(row)
-    for key in ("inputs", "outputs", "expectations", "tags"):
+    for key in _JSON_COLUMNS:
         value = out.get(key)
         if isinstance(value, str) and value[:1] in ("{", "[", '"'):
             with contextlib.suppress(orjson.JSONDecodeError):
@@ -337,3 +340,39 @@ def _skipped(counts: BatchCounts) -> dict[str, dict[str, int]]:
     for (name, reason), count in sorted(counts.skipped.items()):
         out.setdefault(name, {})[reason] = count
     return out
+
+
+def export_dataset(directory: str | Path, out: str | Path, *, since: datetime | str | None = None,
+                   until: datetime | str | None = None, filter_string: str | None = None,
+                   with_feedback: bool = False) -> int:  # fmt: skip
+    """Write the archived traces of a window as dataset rows (JSONL, or Parquet for a .parquet `out`): trace_id,
+    session_id, inputs, outputs, expectations (the trace's own and those logged), tags, and with `with_feedback`
+    only the traces humans gave feedback on, with it. `evaluate` reads the file back. Returns rows written."""
+    logged = logged_assessments(directory)
+    where = parse_filter(filter_string)
+    rows: list[dict[str, Any]] = []
+    for batch in ArchivedTraces(directory, since, until).batches():
+        for trace in batch:
+            view = extract(trace)
+            feedback = logged.feedback.get(view.trace_id, [])
+            if not view.has_genai or not where.matches(view) or (with_feedback and not feedback):
+                continue
+            rows.append({"trace_id": view.trace_id, "session_id": view.session_id, "inputs": view.request,
+                         "outputs": view.response,
+                         "expectations": {**view.expectations, **logged.expectations.get(view.trace_id, {})},
+                         "tags": dict(view.tags), "timestamp_ms": view.timestamp_ms,
+                         **({"feedback": feedback} if with_feedback else {})})  # fmt: skip
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        columns = {key: [orjson.dumps(row.get(key)).decode() if key in _JSON_COLUMNS else row.get(key) for row in rows]
+                   for key in (rows[0] if rows else {"trace_id": None})}  # fmt: skip
+        pq.write_table(pa.table(columns), path, compression="zstd")
+    else:
+        with path.open("wb") as file:
+            for row in rows:
+                file.write(orjson.dumps(row, default=str) + b"\n")
+    return len(rows)
+
+
+_JSON_COLUMNS = ("inputs", "outputs", "expectations", "tags", "feedback")
