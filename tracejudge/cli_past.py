@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import functools
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from tracejudge.cli_scorers import _connect, _sidecar_options
+from tracejudge.client.errors import ControlPlaneError
 from tracejudge.config import ConfigError
 from tracejudge.config_file import Config, load_config
 from tracejudge.schema import BUILTINS
 
 if TYPE_CHECKING:
     from tracejudge.backfill import BackfillScorerConfig
+    from tracejudge.client.client import ScorerClient
     from tracejudge.evaluation import EvaluationResult
     from tracejudge.scoring.spec import ScorerSpec
 
@@ -99,35 +103,56 @@ def evaluate_command(data_dir: Path, data_file: Path | None, since: str | None, 
 
 
 @click.command("backfill")
-@_DATA_DIR
+@click.option("--archive", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run offline over this data directory (a sidecar's, or a copy) [unset: ask the running "
+              "sidecar at --endpoint to run the job]")  # fmt: skip
+@_sidecar_options
 @click.option("--scorer", "scorers", multiple=True, metavar="NAME[=RATE]",
               help="A registered scorer, at its live rate or RATE (repeatable)")  # fmt: skip
 @click.option("--since", help="Window start: an ISO date/time or an age (24h, 7d) [7 days before --until]")
 @click.option("--until", help="Window end [now]")
 @click.option("--config", "config_path", type=_FILE, envvar="TRACEJUDGE_CONFIG",
-              help="tracejudge.yaml: its scorers: and judges: [the data dir's registry]")  # fmt: skip
+              help="With --archive: tracejudge.yaml, its scorers: and judges: [the data dir's registry]")  # fmt: skip
 @click.option("--rescore", is_flag=True, help="Judge again what already has a verdict of the same scorer version")
 @click.option("--skipped", "skipped_only", is_flag=True,
               help="Only the pairs live scoring recorded as skipped (backlog full, deadline, restart...)")  # fmt: skip
 @click.option("--otlp-endpoint", metavar="URL",
-              help="Emit the verdicts there too, into the original traces at the backend")  # fmt: skip
+              help="With --archive: emit the verdicts there too, into the original traces at the backend "
+              "(a sidecar's job emits them as live ones)")  # fmt: skip
 @click.option("--yes", is_flag=True, help="Do not ask before judging (the estimate is still printed)")
-@click.option("--resume", "resume_id", metavar="JOB_ID", help="Run a job that did not finish again, as it was asked")
-@click.option("--list", "list_jobs", is_flag=True, help="List this data directory's backfill jobs and exit")
+@click.option("--resume", "resume_id", metavar="JOB_ID",
+              help="With --archive: run a job that did not finish again (a sidecar resumes its own)")  # fmt: skip
+@click.option("--cancel", "cancel_id", metavar="JOB_ID", help="Cancel the sidecar's job JOB_ID and exit")
+@click.option("--list", "list_jobs", is_flag=True, help="List the backfill jobs (of --archive, or the sidecar's)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr")
 @_reported
-def backfill_command(data_dir: Path, scorers: tuple[str, ...], since: str | None, until: str | None,
-                     config_path: Path | None, rescore: bool, skipped_only: bool, otlp_endpoint: str | None,
-                     yes: bool, resume_id: str | None, list_jobs: bool, progress: bool) -> None:  # fmt: skip
-    """Apply registered scorers to the archive's past traces (default: the last 7 days), with the live
-    sampler; a second run adds nothing unless --rescore; a scorer whose version changed is judged again."""
+def backfill_command(data_dir: Path | None, endpoint: str | None, token: str | None, ca_file: str | None,
+                     cert_file: str | None, key_file: str | None, timeout: float, scorers: tuple[str, ...],
+                     since: str | None, until: str | None, config_path: Path | None, rescore: bool,
+                     skipped_only: bool, otlp_endpoint: str | None, yes: bool, resume_id: str | None,
+                     cancel_id: str | None, list_jobs: bool, progress: bool) -> None:  # fmt: skip
+    """Apply registered scorers to past traces (default: the last 7 days), with the live sampler; a second
+    run adds nothing unless --rescore; a scorer whose version changed is judged again. Without --archive the
+    running sidecar runs the job, below live scoring's priority, and its verdicts are emitted as live ones."""
+    if data_dir is None:
+        for given, name in ((config_path, "--config"), (otlp_endpoint, "--otlp-endpoint"), (resume_id, "--resume")):
+            if given is not None:
+                raise click.UsageError(f"{name} needs --archive (a sidecar runs its jobs with its own settings)")
+        client = _connect(endpoint, token, timeout, ca_file, cert_file, key_file)
+        try:
+            _backfill_in_sidecar(client, scorers, since, until, rescore, skipped_only, yes, cancel_id, list_jobs,
+                                 progress)  # fmt: skip
+        except ControlPlaneError as exc:
+            raise click.ClickException(str(exc)) from None
+        return
+    if cancel_id is not None:
+        raise click.UsageError("--cancel is for a sidecar's jobs (no --archive); an offline job stops with Ctrl-C")
     from tracejudge.backfill import Backfill, BackfillJob
 
     if list_jobs:
         for job in BackfillJob.list(data_dir / "backfill"):
             verdicts = sum(job.assessments.values())
-            click.echo(f"{job.job_id}  {job.status:<9}  {','.join(job.scorers)}  {job.start_time} .. {job.end_time}"
-                       f"  traces={job.traces} verdicts={verdicts}")  # fmt: skip
+            _echo_job_line(job.job_id, job.status, job.scorers, job.start_time, job.end_time, job.traces, verdicts)
         return
     config = _config(config_path, data_dir)
     if resume_id is not None:
@@ -142,13 +167,83 @@ def backfill_command(data_dir: Path, scorers: tuple[str, ...], since: str | None
     if estimate.judge_calls and not yes:
         click.confirm("Judge them?", abort=True, err=True)
     job = backfill.run(progress=progress)
-    judged = ", ".join(f"{name} {count}" for name, count in sorted(job.assessments.items())) or "none"
-    click.echo(f"{job.status}: {job.traces} traces read; verdicts: {judged}; judge tokens "
-               f"{job.input_tokens + job.output_tokens}")  # fmt: skip
-    for name, reasons in job.skipped.items():
-        click.echo(f"  {name} not judged: " + ", ".join(f"{reason} {n}" for reason, n in reasons.items()))
+    _echo_result(job.status, job.traces, job.assessments, job.input_tokens + job.output_tokens, job.skipped)
     if job.status != "succeeded":
         raise click.ClickException(job.error or f"backfill {job.status}; run it again with --resume {job.job_id}")
+
+
+def _backfill_in_sidecar(client: ScorerClient, scorers: tuple[str, ...], since: str | None, until: str | None,
+                         rescore: bool, skipped_only: bool, yes: bool, cancel_id: str | None, list_jobs: bool,
+                         progress: bool) -> None:  # fmt: skip
+    if list_jobs:
+        for job in client.list_backfills():
+            verdicts = sum(job.assessments.values())
+            _echo_job_line(job.job_id, job.status, job.scorers, job.start_time, job.end_time, job.traces,
+                           verdicts)  # fmt: skip
+        return
+    if cancel_id is not None:
+        click.echo(f"{cancel_id}: {client.get_backfill(cancel_id).cancel().status}")
+        return
+    wanted = [_scorer_rate(text) for text in scorers]
+    estimate = client.backfill_scorers(wanted, since, until, rescore=rescore, skipped_only=skipped_only,
+                                       dry_run=True).wait(180)  # fmt: skip
+    if estimate.status != "estimate":
+        raise click.ClickException(estimate.error or f"no estimate ({estimate.status})")
+    click.echo(f"backfill in {client.endpoint}: {estimate.start_time} .. {estimate.end_time}")
+    click.echo(_describe_estimate(estimate.estimate))
+    if estimate.estimate.get("judge_calls", 0) and not yes:
+        click.confirm("Judge them?", abort=True, err=True)
+    job = client.backfill_scorers(wanted, since, until, rescore=rescore, skipped_only=skipped_only)
+    click.echo(f"job {job.job_id} started; Ctrl-C leaves it running (tracejudge backfill --cancel {job.job_id})")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=estimate.total_traces or None, unit="trace", desc="backfill", dynamic_ncols=True)
+    try:
+        while not job.refresh().done:
+            if bar is not None:
+                bar.total = job.total_traces or bar.total
+                bar.n = job.traces
+                bar.set_postfix(verdicts=sum(job.assessments.values()),
+                                tokens=job.input_tokens + job.output_tokens, refresh=False)  # fmt: skip
+                bar.refresh()
+            time.sleep(0.5)
+    finally:
+        if bar is not None:
+            bar.close()
+    skipped: dict[str, dict[str, int]] = {}
+    for key, count in job.skipped.items():
+        name, _, reason = key.rpartition("/")
+        skipped.setdefault(name, {})[reason] = count
+    _echo_result(job.status, job.traces, job.assessments,
+                 job.input_tokens + job.output_tokens, skipped)  # fmt: skip
+    if job.status != "succeeded":
+        raise click.ClickException(job.error or f"backfill {job.status}")
+
+
+def _describe_estimate(estimate: dict[str, Any]) -> str:
+    pairs, already = estimate.get("pairs", {}), estimate.get("already_scored", {})
+    lines = [f"{int(estimate.get('traces', 0)):,} traces in the window"]
+    for name in sorted(set(pairs) | set(already)):
+        lines.append(f"  {name}: {int(pairs.get(name, 0)):,} to judge ({int(already.get(name, 0)):,} already scored)")
+    tokens = estimate.get("tokens")
+    spend = f"~{int(tokens):,} judge tokens" if tokens is not None else "judge tokens unknown (no past verdicts)"
+    lines.append(f"{int(estimate.get('judge_calls', 0)):,} judge calls, {spend}")
+    return "\n".join(lines)
+
+
+def _echo_job_line(job_id: str, status: str, scorers: dict[str, Any], start: str, end: str, traces: int,
+                   verdicts: int) -> None:  # fmt: skip
+    click.echo(f"{job_id}  {status:<9}  {','.join(scorers)}  {start} .. {end}  traces={traces} verdicts={verdicts}")
+
+
+def _echo_result(status: str, traces: int, assessments: dict[str, int], tokens: int,
+                 skipped: dict[str, dict[str, int]]) -> None:  # fmt: skip
+    judged = ", ".join(f"{name} {count}" for name, count in sorted(assessments.items())) or "none"
+    click.echo(f"{status}: {traces} traces read; verdicts: {judged}; judge tokens {tokens}")
+    for name, reasons in skipped.items():
+        click.echo(f"  {name} not judged: " + ", ".join(f"{reason} {n}" for reason, n in reasons.items()))
 
 
 @click.command("try")

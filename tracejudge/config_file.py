@@ -17,7 +17,7 @@ from tracejudge.config import ConfigError, StrictConfig, format_errors, read_con
 from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
 from tracejudge.memory_limiter import MemoryLimiterConfig
 from tracejudge.receiver.config import AssemblerConfig, ReceiverConfig
-from tracejudge.scoring.config import JudgeEndpointConfig, ScoringConfig, SessionsConfig
+from tracejudge.scoring.config import BackfillConfig, JudgeEndpointConfig, ScoringConfig, SessionsConfig
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.telemetry import TelemetryConfig
 from tracejudge.wal import WalConfig
@@ -41,6 +41,7 @@ class Config(StrictConfig):
     scorers: list[ScorerSpec] = Field(default_factory=list)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     memory_limiter: MemoryLimiterConfig = Field(default_factory=MemoryLimiterConfig)
 

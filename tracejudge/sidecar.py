@@ -4,7 +4,8 @@
     write-ahead log ──cursors──► forwarder (one per endpoint), archive; assembler (replayed at start)
     assembler ──Trace──► trace summaries (archive), scoring engine ──► scoring worker process
     scoring worker ──encoded verdicts──► write-ahead log (VERDICTS records); ──assessment rows──► archive
-    control plane (scorers) on the receivers' listeners; self-telemetry on the admin listener
+    control plane (scorers, sessions, feedback, backfill jobs) on the receivers' listeners; self-telemetry on
+    the admin listener; backfill jobs ──► a backfill worker process ──verdicts──► write-ahead log
 
 Every component has the same lifecycle, start() and shutdown(timeout_s). Start order brings
 consumers up before producers; shutdown is the reverse, so every span accepted before a stop is
@@ -28,9 +29,11 @@ from opentelemetry import metrics
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tracejudge.backfill_jobs import BackfillJobs
 from tracejudge.config_file import Config
 from tracejudge.control import (
     AssessmentService,
+    BackfillService,
     ControlPlane,
     ScorerService,
     SessionService,
@@ -50,7 +53,7 @@ from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
-from tracejudge.schema import ASSESSMENT_SERVICE, SCORER_SERVICE, SESSION_SERVICE
+from tracejudge.schema import ASSESSMENT_SERVICE, BACKFILL_SERVICE, SCORER_SERVICE, SESSION_SERVICE
 from tracejudge.scoring.config import scoring_deadline
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.ledger import InFlightLedger
@@ -287,6 +290,10 @@ class Sidecar:
             config.archive_dir if self.archive else None,
             on_expectation=self.engine.expect,
         )  # fmt: skip
+        # Backfill jobs over this sidecar's archive, in a process of their own; verdicts through the log too.
+        self.backfills = BackfillJobs(config.data_dir, config.archive_dir, self.registry, config.backfill,
+                                      config.judges, scoring.code_workers, scoring.code_timeout,
+                                      self._log_verdicts if verdicts_to else None)  # fmt: skip
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
         fan_out = FanOut([*summaries, self.feedback, self.engine, *trace_consumers], meter, self._consumer_failed)
         self.assembler = TraceAssembler(config.assembler, fan_out, meter)
@@ -302,6 +309,7 @@ class Sidecar:
                 SCORER_SERVICE: ScorerService(self.registry),
                 SESSION_SERVICE: SessionService(self.engine.end_session),
                 ASSESSMENT_SERVICE: AssessmentService(self.feedback),
+                BACKFILL_SERVICE: BackfillService(self.backfills),
             },
             config.control.token.get_secret_value() if config.control.token else None,
             listen,
@@ -325,6 +333,7 @@ class Sidecar:
             self._start(self.feedback, 5.0)
             self._start(self.engine, scoring.drain_timeout)
             self.registry.apply_config(self.config.scorers)
+            self._start(self.backfills, 10.0)
             self._start(self.assembler_cursor, 2.0)
             self._start(self.assembler, 5.0)
             self._start(self.memory_limiter, 5.0)
