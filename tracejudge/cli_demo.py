@@ -18,15 +18,18 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
 from tracejudge.config import parse_duration
+
+if TYPE_CHECKING:
+    from tracejudge.demo_app import DemoApp, Turn
 
 TURNS_PER_CONVERSATION = 3
 TURN_INTERVAL_S = 0.5  # one turn every half second, round-robin over the conventions
@@ -154,7 +157,8 @@ def _start_sidecar(config_path: Path, data_dir: Path, ports: dict[str, int]) -> 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-            raise click.ClickException(f"the demo sidecar exited with {process.returncode}:\n{tail}")
+            hint = "\n(a port is taken: try --port-offset 1000)" if "already in use" in tail or "bind" in tail else ""
+            raise click.ClickException(f"the demo sidecar exited with {process.returncode}:\n{tail}{hint}")
         if _get(f"http://127.0.0.1:{ports['admin']}/readyz") is not None:
             return process
         time.sleep(0.2)
@@ -191,7 +195,7 @@ not a model (its rationales start with "[demo judge]"). Nothing leaves this mach
 Verdicts per scorer as they arrive (Ctrl-C stops):""")
 
 
-def _run(app: Any, conventions: list[str], turns: Any, admin_port: int, stop: threading.Event,
+def _run(app: DemoApp, conventions: list[str], turns: Sequence[Turn], admin_port: int, stop: threading.Event,
          duration: float | None) -> None:  # fmt: skip
     """Send a turn every TURN_INTERVAL_S until `stop` or `duration`; print verdict counts that changed."""
     deadline = time.monotonic() + duration if duration is not None else None
