@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import socket
@@ -123,7 +124,9 @@ def test_demo_runs_the_tour_and_exits_cleanly(tmp_path):
     offset = free_offset()
     command = [sys.executable, "-m", "tracejudge.cli", "demo", "--duration", "10s", "--port-offset", str(offset),
                "--data-dir", str(data)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    # A user's own TRACEJUDGE_* settings do not reach the demo's sidecar: it forwards nowhere.
+    env = {**os.environ, "TRACEJUDGE_FORWARD": "grpc://127.0.0.1:9"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     log = (data / "tracejudge.log").read_text() if (data / "tracejudge.log").exists() else ""
     assert result.returncode == 0, result.stdout + result.stderr + log[-3000:]
     assert f"status page  http://127.0.0.1:{9464 + offset}/" in result.stdout
@@ -143,4 +146,5 @@ def test_demo_runs_the_tour_and_exits_cleanly(tmp_path):
     assert max(turns for _, turns in sessions) == 3
     services = {name for (name,) in query(archive, "traces", "SELECT DISTINCT service_name FROM t")}
     assert services == {"demo-otel-genai", "demo-openinference", "demo-openllmetry", "demo-mlflow"}
+    assert "forwarding to nowhere (archive only)" in log
     assert "received SIGTERM; draining" in log and "tracejudge stopped" in log

@@ -10,6 +10,7 @@ look and a line per scorer as its verdicts arrive, and stops everything in order
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -151,8 +152,11 @@ def _start_sidecar(config_path: Path, data_dir: Path, ports: dict[str, int]) -> 
     with log_path.open("ab") as log_file:
         # Its own session: Ctrl-C reaches the demo, which then stops the sidecar with SIGTERM, as an
         # orchestrator would, so it drains.
+        # None of the user's TRACEJUDGE_* settings (a forward endpoint, a token, ...): the demo sends nothing
+        # anywhere and runs its own config.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("TRACEJUDGE_")}
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)  # fmt: skip
+                                   env=env, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
