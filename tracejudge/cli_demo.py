@@ -117,11 +117,14 @@ def demo_command(duration: float | None, port_offset: int, data_dir: Path | None
             try:
                 _print_where_to_look(judge.base_url, data_dir, ports, list(CONVENTIONS))
                 app = DemoApp(f"127.0.0.1:{ports['grpc']}")
-                _run(app, list(CONVENTIONS), TURNS, ports["admin"], stop, duration)
-                app.shutdown()
+                try:
+                    _run(app, list(CONVENTIONS), TURNS, sidecar, ports["admin"], stop, duration)
+                finally:
+                    app.shutdown()
                 click.echo("demo app stopped; waiting for the last verdicts")
                 _settle(ports["admin"])
                 _print_summary(_verdicts(ports["admin"]), changed_only=False)
+                click.echo(f"the demo judge answered {judge.requests} requests")
             finally:
                 code = _stop_sidecar(sidecar)
         finally:
@@ -199,14 +202,17 @@ not a model (its rationales start with "[demo judge]"). Nothing leaves this mach
 Verdicts per scorer as they arrive (Ctrl-C stops):""")
 
 
-def _run(app: DemoApp, conventions: list[str], turns: Sequence[Turn], admin_port: int, stop: threading.Event,
-         duration: float | None) -> None:  # fmt: skip
-    """Send a turn every TURN_INTERVAL_S until `stop` or `duration`; print verdict counts that changed."""
+def _run(app: DemoApp, conventions: list[str], turns: Sequence[Turn], sidecar: subprocess.Popen[bytes],
+         admin_port: int, stop: threading.Event, duration: float | None) -> None:  # fmt: skip
+    """Send a turn every TURN_INTERVAL_S until `stop` or `duration`; print verdict counts that changed.
+    Raises when the sidecar has exited on its own."""
     deadline = time.monotonic() + duration if duration is not None else None
     seen: dict[str, dict[str, int]] = {}
     sent = 0
     next_report = time.monotonic() + 5.0
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        if sidecar.poll() is not None:
+            raise click.ClickException(f"the demo sidecar exited with {sidecar.returncode} while the demo ran")
         convention = conventions[sent % len(conventions)]
         conversation, turn_number = divmod(sent // len(conventions), TURNS_PER_CONVERSATION)
         # Each conversation starts further along the script, so every convention meets the bad turns.
