@@ -76,6 +76,27 @@ class Config(StrictConfig):
         return self.data_dir / "wal"
 
 
+# What `tracejudge serve` scores when the config says nothing about scorers (no file, or a file without a
+# `scorers:` key): the no-model checks that make sense for any LLM or agent trace, on every trace, so that a
+# first run shows verdicts with no API key and no backend. Latency and token limits are left out: a default
+# threshold would be a guess about the user's app. Any `scorers:` key, `[]` included, replaces the list.
+DEFAULT_SCORERS: tuple[ScorerSpec, ...] = (
+    ScorerSpec(name="no_error", builtin="NoError", sample_rate=1.0),
+    ScorerSpec(name="non_empty_response", builtin="NonEmptyResponse", sample_rate=1.0),
+    ScorerSpec(name="no_pii", builtin="NoPii", sample_rate=1.0),
+)
+
+
+def with_default_scorers(config: Config) -> Config:
+    """`config`, with DEFAULT_SCORERS when it has no `scorers:` key (an explicit `scorers: []` keeps none).
+
+    Applied by `tracejudge serve` and `check-config` only: an app's own process, evaluate and backfill
+    score what they are given, and a library user building a Config says what to run."""
+    if "scorers" in config.model_fields_set:
+        return config
+    return config.model_copy(update={"scorers": list(DEFAULT_SCORERS)})
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read the YAML file (if any), apply dotted-key overrides, validate."""
     raw = read_config_file(path, overrides)

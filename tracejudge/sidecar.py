@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracejudge.backfill_jobs import BackfillJobs
-from tracejudge.config_file import Config
+from tracejudge.config_file import DEFAULT_SCORERS, Config
 from tracejudge.control import (
     AssessmentService,
     BackfillService,
@@ -332,7 +332,7 @@ class Sidecar:
             self._start(self.forwarder, 10.0)
             self._start(self.feedback, 5.0)
             self._start(self.engine, scoring.drain_timeout)
-            self.registry.apply_config(self.config.scorers)
+            self.registry.apply_config(self.config.scorers, retire=DEFAULT_SCORERS)
             self._start(self.backfills, 10.0)
             self._start(self.assembler_cursor, 2.0)
             self._start(self.assembler, 5.0)
