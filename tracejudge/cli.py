@@ -11,6 +11,7 @@ import click
 from tracejudge import __version__
 from tracejudge.cli_past import backfill_command, dataset, evaluate_command, try_command
 from tracejudge.cli_scorers import feedback, scorers
+from tracejudge.cli_tail import tail
 from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
 from tracejudge.logs import configure_logging
@@ -133,6 +134,7 @@ main.add_command(feedback)
 main.add_command(evaluate_command)
 main.add_command(backfill_command)
 main.add_command(dataset)
+main.add_command(tail)
 
 
 if __name__ == "__main__":
