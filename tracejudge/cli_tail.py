@@ -86,6 +86,7 @@ def tail(admin: str, scorer: str | None, follow: bool, lines: int) -> None:
         click.echo(verdict_line(verdict))
     if not follow:
         return
+    click.echo(f"tracejudge tail: following verdicts at {admin} (Ctrl-C to stop)", err=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it ends: no traceback
         _follow(admin, scorer, token, first["run"], first["next"])
 

@@ -165,6 +165,7 @@ def _target(spec: ScorerSpec) -> Any:
 
 
 def scorer_rows(specs: list[ScorerSpec], quarantined: Iterable[str], samples: Samples) -> list[dict[str, Any]]:
+    """One row per registered scorer: its spec, and its counts since the sidecar (or the worker) started."""
     held = set(quarantined)
     rows = []
     for spec in sorted(specs, key=lambda s: s.name):
@@ -174,6 +175,7 @@ def scorer_rows(specs: list[ScorerSpec], quarantined: Iterable[str], samples: Sa
         errors = sum(count for error_type, count in by_error.items() if error_type != NONE)
         passed, failed = labels.get("yes", 0.0), labels.get("no", 0.0)
         tokens = samples.by("tracejudge_judge_tokens_total", "direction", name=name)
+        skipped = samples.by("tracejudge_scoring_skipped_total", "reason", scorer=name)
         state = "stopped" if not spec.active else "quarantined" if name in held else "active"
         rows.append({
             "name": name, "kind": scorer_kind(spec), "state": state, "sample_rate": spec.sample_rate,
@@ -184,8 +186,7 @@ def scorer_rows(specs: list[ScorerSpec], quarantined: Iterable[str], samples: Sa
             "pass_rate": passed / (passed + failed) if passed + failed else None,
             "mean_score": samples.mean("gen_ai_evaluation_score", gen_ai_evaluation_name=name),
             "errors": int(errors),
-            "skipped": {r: int(n) for r, n in sorted(samples.by("tracejudge_scoring_skipped_total", "reason",
-                                                                  scorer=name).items())},
+            "skipped": {reason: int(n) for reason, n in sorted(skipped.items())},
             "latency_ms_mean": samples.mean("tracejudge_judge_latency_milliseconds", name=name),
             "latency_ms_p99_at_most": samples.quantile_bound("tracejudge_judge_latency_milliseconds", 0.99, name=name),
             "tokens_in": int(tokens.get("input", 0)), "tokens_out": int(tokens.get("output", 0)),
@@ -196,10 +197,10 @@ def scorer_rows(specs: list[ScorerSpec], quarantined: Iterable[str], samples: Sa
 def health(sources: Sources, samples: Samples) -> dict[str, Any]:
     """Ingest, forward, archive and scoring, as numbers and a word each: ok, or what is wrong."""
     t = samples.total
-    refused = t("tracejudge_receiver_refused_items_total")
     ingest = {"ready": sources.ready(),
               "accepted_items": samples.by("tracejudge_receiver_accepted_items_total", "signal"),
-              "refused_items": refused, "rejected_items": t("tracejudge_receiver_rejected_items_total"),
+              "refused_items": t("tracejudge_receiver_refused_items_total"),
+              "rejected_items": t("tracejudge_receiver_rejected_items_total"),
               "buffered_traces": t("tracejudge_assembler_buffered_traces"),
               "completed_traces": t("tracejudge_assembler_completed_traces_total"),
               "memory_refusing": t("tracejudge_memory_limiter_refusing") > 0,
