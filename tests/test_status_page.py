@@ -321,3 +321,39 @@ def test_a_tail_line_is_one_printable_line():
     assert line.startswith("2026-12-06T21:49:49.023Z  safety  no/0  1d59d9dfa20667981be1314ede9118be  line one\\nline")
     assert "\n" not in line and "\x1b" not in line and line.endswith("…")
     assert printable("ok\tthen") == "ok\\tthen"
+
+
+def test_the_scorer_figures_come_from_the_exposition():
+    """Pass rate, mean score, latency and skips as the page computes them from a Prometheus exposition."""
+    from tracejudge.scoring.spec import ScorerSpec
+    from tracejudge.status_page import Samples, scorer_rows
+
+    exposition = textwrap.dedent("""
+        # TYPE tracejudge_assessments_total counter
+        tracejudge_assessments_total{error_type="none",label="yes",name="safety",source="LLM_JUDGE"} 3.0
+        tracejudge_assessments_total{error_type="none",label="no",name="safety",source="LLM_JUDGE"} 1.0
+        tracejudge_assessments_total{error_type="timeout",label="none",name="safety",source="LLM_JUDGE"} 2.0
+        # TYPE tracejudge_scoring_skipped_total counter
+        tracejudge_scoring_skipped_total{reason="budget",scorer="safety"} 5.0
+        # TYPE gen_ai_evaluation_score histogram
+        gen_ai_evaluation_score_bucket{gen_ai_evaluation_name="safety",le="0.5"} 1.0
+        gen_ai_evaluation_score_bucket{gen_ai_evaluation_name="safety",le="+Inf"} 4.0
+        gen_ai_evaluation_score_count{gen_ai_evaluation_name="safety"} 4.0
+        gen_ai_evaluation_score_sum{gen_ai_evaluation_name="safety"} 3.0
+        # TYPE tracejudge_judge_latency_milliseconds histogram
+        tracejudge_judge_latency_milliseconds_bucket{le="100.0",name="safety"} 90.0
+        tracejudge_judge_latency_milliseconds_bucket{le="1000.0",name="safety"} 100.0
+        tracejudge_judge_latency_milliseconds_bucket{le="+Inf",name="safety"} 100.0
+        tracejudge_judge_latency_milliseconds_count{name="safety"} 100.0
+        tracejudge_judge_latency_milliseconds_sum{name="safety"} 12000.0
+        # TYPE tracejudge_judge_tokens_total counter
+        tracejudge_judge_tokens_total{direction="input",name="safety"} 700.0
+        tracejudge_judge_tokens_total{direction="output",name="safety"} 40.0
+    """)
+    specs = [ScorerSpec(name="safety", builtin="Safety", sample_rate=0.5), ScorerSpec(name="idle", builtin="NoError")]
+    idle, safety = scorer_rows(specs, ["safety"], Samples(exposition))
+    assert idle["state"] == "stopped" and idle["pass_rate"] is None and idle["latency_ms_mean"] is None
+    assert safety["state"] == "quarantined" and safety["pass_rate"] == 0.75 and safety["errors"] == 2
+    assert safety["mean_score"] == 0.75 and safety["skipped"] == {"budget": 5}
+    assert safety["latency_ms_mean"] == 120.0 and safety["latency_ms_p99_at_most"] == 1000.0
+    assert (safety["tokens_in"], safety["tokens_out"]) == (700, 40)
