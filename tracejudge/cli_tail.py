@@ -109,6 +109,10 @@ def _follow(admin: str, scorer: str | None, token: str | None, run: str, since: 
             run, since = answer["run"], 0
             click.echo("tracejudge tail: tracejudge restarted", err=True)
             continue
-        for verdict in answer["verdicts"]:
+        verdicts = answer["verdicts"]
+        missed = verdicts[0]["seq"] - since - 1 if verdicts and scorer is None else 0
+        if missed > 0:  # more arrived between two polls than the sidecar keeps (status_page.recent_verdicts)
+            click.echo(f"tracejudge tail: {missed} verdicts came and went between two polls; not shown", err=True)
+        for verdict in verdicts:
             click.echo(verdict_line(verdict))
         since = answer["next"]
