@@ -216,17 +216,26 @@ def test_beyond_loopback_the_page_needs_the_token(tmp_path: Path):
         process.stop()
 
 
-def test_beyond_loopback_without_a_token_the_page_is_off(tmp_path: Path):
-    process = SidecarProcess(tmp_path / "tj", [])
-    wide = f"0.0.0.0:{process.admin_port}"
-    process.args = [wide if arg == f"127.0.0.1:{process.admin_port}" else arg for arg in process.args]
-    process.start()
+def test_beyond_loopback_without_a_token_the_page_is_off():
+    """The page as the sidecar wires it, on a real admin listener on 0.0.0.0, with no token: refused, not open."""
+    from tracejudge.scoring.registry import ScorerRegistry
+    from tracejudge.status_page import PageAccess, Sources, StatusPage
+    from tracejudge.status_page_config import StatusPageConfig
+    from tracejudge.telemetry import SelfTelemetry, TelemetryConfig
+
+    endpoint = "0.0.0.0:0"  # every interface, any free port
+    telemetry = SelfTelemetry(TelemetryConfig(prometheus_endpoint=endpoint))
+    sources = Sources(RecentVerdicts(), ScorerRegistry(None).all, frozenset, telemetry.metrics_text, lambda: True)
+    telemetry.add_routes(StatusPage(StatusPageConfig(), sources, PageAccess(None, endpoint)).routes())
+    telemetry.start()
     try:
-        status, _, body = get(process.admin_url + "/api/verdicts", {"Authorization": "Bearer anything"})
-        assert status == 403 and b"status page is off" in body and b"control.token" in body
-        assert get(process.admin_url + "/metrics")[0] == 200
+        admin = f"http://127.0.0.1:{telemetry.port}"
+        for path in ("/", "/api/verdicts", "/api/status"):
+            status, _, body = get(admin + path, {"Authorization": "Bearer anything"})
+            assert status == 403 and b"status page is off" in body and b"control.token" in body, path
+        assert get(admin + "/metrics")[0] == 200
     finally:
-        process.stop()
+        telemetry.shutdown()
 
 
 # --------------------------------------------------------------------------------------------- tracejudge tail
