@@ -27,7 +27,7 @@ from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
 from tracejudge.recent_verdicts import RecentVerdicts
 from tracejudge.status_page import verdict_row
-from tracejudge.testing import SidecarProcess, free_port
+from tracejudge.testing import SidecarProcess, free_port, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 # REFERENCE.md §8: a quiet headless Chromium that reaches for nothing beyond the page (Playwright adds --headless
@@ -178,6 +178,18 @@ def assert_verdicts_shown(page: object, trace_id: str) -> None:
     link = cells.nth(5).locator("a")
     assert link.inner_text() == trace_id
     assert link.get_attribute("href") == TRACE_URL.replace("{trace_id}", trace_id)
+
+
+def test_human_feedback_is_among_the_live_verdicts(sidecar: SidecarProcess, tmp_path: Path):
+    trace_id = run_app(tmp_path / "app", sidecar.grpc_target, answer="30 days")
+    assert wait_until(lambda: "echo" in verdicts_of(sidecar, trace_id), timeout=30)  # the trace was decided
+    feedback = {"name": "thumbs", "value": True, "rationale": "helpful",
+                "source": {"source_type": "HUMAN", "source_id": "user-42"}}  # fmt: skip
+    request = urllib.request.Request(f"{sidecar.http_url}/v1/traces/{trace_id}/assessments",
+                                     json.dumps(feedback).encode(), {"Content-Type": "application/json"})  # fmt: skip
+    urllib.request.urlopen(request, timeout=10).close()
+    shown = wait_until(lambda: verdicts_of(sidecar, trace_id).get("thumbs"), timeout=30)
+    assert shown and shown["source"] == "HUMAN" and shown["label"] == "yes" and shown["rationale"] == "helpful"
 
 
 def test_the_verdicts_api_says_what_is_wrong_with_a_query(sidecar: SidecarProcess):

@@ -14,8 +14,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 MAX_RATIONALE = 2000  # characters kept of a rationale: a page row, not the record (the archive keeps it whole)
 
@@ -68,6 +68,27 @@ class RecentVerdicts:
     def last(self) -> int:
         with self._lock:
             return self._last
+
+
+class RowSink(Protocol):
+    """Where rows go (exporter.emitter.RowSink: the archive, or a relay to it)."""
+
+    def write_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+class VerdictTap:
+    """A row sink that keeps the verdicts of `assessments` rows in `verdicts` and passes every row on to `then`
+    (None: nowhere). The sidecar puts it under verdicts made in its own process: human feedback."""
+
+    def __init__(self, verdicts: RecentVerdicts, then: RowSink | None) -> None:
+        self._verdicts = verdicts
+        self._then = then
+
+    def write_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if table == "assessments":
+            self._verdicts.add_rows(rows)
+        if self._then is not None:
+            self._then.write_rows(table, rows)
 
 
 def _now_ms() -> int:

@@ -5,7 +5,7 @@
     assembler ──Trace──► trace summaries (archive), scoring engine ──► scoring worker process
     scoring worker ──encoded verdicts──► write-ahead log (VERDICTS records); ──assessment rows──► archive
     control plane (scorers) on the receivers' listeners; self-telemetry and the status page on the admin listener
-    scoring worker's assessment rows ──► RecentVerdicts (the status page's and `tracejudge tail`'s live verdicts)
+    assessment rows (the scoring worker's, human feedback's) ──► RecentVerdicts (the status page's, `tracejudge tail`'s)
 
 Every component has the same lifecycle, start() and shutdown(timeout_s). Start order brings
 consumers up before producers; shutdown is the reverse, so every span accepted before a stop is
@@ -52,7 +52,7 @@ from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
-from tracejudge.recent_verdicts import RecentVerdicts
+from tracejudge.recent_verdicts import RecentVerdicts, VerdictTap
 from tracejudge.schema import ASSESSMENT_SERVICE, SCORER_SERVICE, SESSION_SERVICE
 from tracejudge.scoring.config import scoring_deadline
 from tracejudge.scoring.engine import ScoringEngine
@@ -282,7 +282,7 @@ class Sidecar:
         self.scoring_worker = ScoringWorker(
             self.scoring_process, on_progress=self.engine.on_progress, on_lost=self.engine.on_worker_lost,
             on_forward=self._log_verdicts if verdicts_to else None,
-            on_archive=self._relay_rows if self.archive or self.recent_verdicts else None,
+            on_archive=self._relay_rows if self.archive is not None or self.recent_verdicts is not None else None,
         )  # fmt: skip
         self.engine.attach(self.scoring_worker)
         self.telemetry.add_exposition(self.scoring_worker.metrics_text)
@@ -290,9 +290,10 @@ class Sidecar:
             self.telemetry.add_routes(self._status_page().routes())
         # Human feedback: emitted in this process, its OTLP through the write-ahead log like the worker's verdicts.
         feedback_otlp = (QueuedSpanExporter(self._log_verdicts), QueuedLogExporter(self._log_verdicts))
+        feedback_rows = self.archive if self.recent_verdicts is None else VerdictTap(self.recent_verdicts, self.archive)
         self.feedback = FeedbackStore(
             config.data_dir / "feedback.jsonl",
-            AssessmentEmitter(feedback_otlp if verdicts_to else None, meter, self.archive,
+            AssessmentEmitter(feedback_otlp if verdicts_to else None, meter, feedback_rows,
                               export_interval_s=scoring.emit_interval),
             config.archive_dir if self.archive else None,
             on_expectation=self.engine.expect,
