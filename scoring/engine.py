@@ -111,6 +111,11 @@ class ScoringEngine:
         """Sampled (trace, scorer) pairs admitted and not finished yet."""
         return self._backlog
 
+    @property
+    def quarantined(self) -> frozenset[str]:
+        """The scorers quarantined now (QUARANTINE_AFTER strikes), for the status page."""
+        return self._quarantined
+
     def attach(self, worker: ScoringBackend) -> None:
         """The backend that scores; it gets the active scorers now and on every registry change."""
         self._worker = worker

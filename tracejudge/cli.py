@@ -13,6 +13,7 @@ from tracejudge import __version__
 from tracejudge.cli_demo import demo_command
 from tracejudge.cli_past import backfill_command, dataset, evaluate_command, try_command
 from tracejudge.cli_scorers import feedback, scorers
+from tracejudge.cli_tail import tail
 from tracejudge.config import ConfigError
 from tracejudge.config_file import DEFAULT_SCORERS, load_config, with_default_scorers
 from tracejudge.logs import configure_logging
@@ -146,6 +147,7 @@ main.add_command(evaluate_command)
 main.add_command(backfill_command)
 main.add_command(dataset)
 main.add_command(demo_command)
+main.add_command(tail)
 
 
 if __name__ == "__main__":

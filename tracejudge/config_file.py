@@ -19,6 +19,7 @@ from tracejudge.memory_limiter import MemoryLimiterConfig
 from tracejudge.receiver.config import AssemblerConfig, ReceiverConfig
 from tracejudge.scoring.config import BackfillConfig, JudgeEndpointConfig, ScoringConfig, SessionsConfig
 from tracejudge.scoring.spec import ScorerSpec
+from tracejudge.status_page_config import StatusPageConfig
 from tracejudge.telemetry import TelemetryConfig
 from tracejudge.wal import WalConfig
 
@@ -37,6 +38,7 @@ class Config(StrictConfig):
     assembler: AssemblerConfig = Field(default_factory=AssemblerConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    status_page: StatusPageConfig = Field(default_factory=StatusPageConfig)
     judges: dict[str, JudgeEndpointConfig] = Field(default_factory=dict)  # "default" serves scorers without model
     scorers: list[ScorerSpec] = Field(default_factory=list)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
