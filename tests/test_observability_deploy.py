@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -73,6 +74,17 @@ def panel_queries() -> list[tuple[str, str, str]]:
                 expr = expr.replace(variable, value)
             queries.append((panel["title"], target["refId"], expr))
     return queries
+
+
+def variable_queries() -> list[tuple[str, str, str]]:
+    """(variable, series selector, label) of each `label_values(selector, label)` variable, substituted."""
+    found = []
+    for variable in json.loads(DASHBOARD.read_text())["templating"]["list"]:
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\((.+), *(\w+)\)", variable["query"]["query"])
+            assert match is not None, variable["query"]
+            found.append((variable["name"], match.group(1).replace("$job", JOB), match.group(2)))
+    return found
 
 
 def panel_query(title: str) -> str:
@@ -219,26 +231,52 @@ def stop_prometheus(prometheus: Prometheus) -> None:
             prometheus.process.wait()
 
 
-def send_turns(target: str, turns: int, start: int) -> None:
-    """An OTel SDK app: agent turns over OTLP/gRPC, every other one a failure for both the regex check (no
-    "refund" in the answer) and the mock judge (the VERDICT marker in the question)."""
-    provider = TracerProvider(resource=Resource.create({"service.name": "support-agent"}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=target, insecure=True)))
-    tracer = provider.get_tracer("agent")
-    for turn in range(start, start + turns):
-        good = turn % 2 == 0
-        question = f"Can I return a broken kettle? VERDICT:{'yes' if good else 'no'}"
-        answer = "Yes: a damaged item gets a full refund within 30 days." if good else "Please call us."
-        with tracer.start_as_current_span("invoke_agent support") as root:
-            root.set_attribute("gen_ai.operation.name", "invoke_agent")
-            root.set_attribute("gen_ai.input.messages", json.dumps([{"role": "user", "parts": [
-                {"type": "text", "content": question}]}]))  # fmt: skip
-            root.set_attribute("gen_ai.output.messages", json.dumps([{"role": "assistant", "parts": [
-                {"type": "text", "content": answer}]}]))  # fmt: skip
-            with tracer.start_as_current_span("chat gpt-4.1-mini") as chat:
-                chat.set_attribute("gen_ai.operation.name", "chat")
-                chat.set_attribute("gen_ai.usage.input_tokens", 30)
-    provider.shutdown()
+class App(threading.Thread):
+    """An OTel SDK app sending an agent turn over OTLP/gRPC every `every_s` until stopped, so counters keep
+    growing between scrapes (rates are never 0/0) whatever the machine's speed. Every other turn fails both
+    the regex check (no "refund" in the answer) and the mock judge (the VERDICT marker in the question)."""
+
+    def __init__(self, target: str, every_s: float = 0.25) -> None:
+        super().__init__(name="otel-app", daemon=True)
+        self.provider = TracerProvider(resource=Resource.create({"service.name": "support-agent"}))
+        self.provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=target, insecure=True)))
+        self.every_s = every_s
+        self.turns = 0
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        tracer = self.provider.get_tracer("agent")
+        while not self._stopping.is_set():
+            good = self.turns % 2 == 0
+            question = f"Can I return a broken kettle? VERDICT:{'yes' if good else 'no'}"
+            answer = "Yes: a damaged item gets a full refund within 30 days." if good else "Please call us."
+            with tracer.start_as_current_span("invoke_agent support") as root:
+                root.set_attribute("gen_ai.operation.name", "invoke_agent")
+                root.set_attribute("gen_ai.input.messages", json.dumps([{"role": "user", "parts": [
+                    {"type": "text", "content": question}]}]))  # fmt: skip
+                root.set_attribute("gen_ai.output.messages", json.dumps([{"role": "assistant", "parts": [
+                    {"type": "text", "content": answer}]}]))  # fmt: skip
+                with tracer.start_as_current_span("chat gpt-4.1-mini") as chat:
+                    chat.set_attribute("gen_ai.operation.name", "chat")
+                    chat.set_attribute("gen_ai.usage.input_tokens", 30)
+            self.turns += 1
+            self._stopping.wait(self.every_s)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join(10)
+        self.provider.shutdown()
+
+
+def panels_without_data(prometheus: Prometheus) -> list[str]:
+    """The panel queries that return no series, or only NaN (a ratio of rates that are both 0)."""
+    missing = []
+    for title, ref, expr in panel_queries():
+        result = prometheus.query(expr)
+        if not result or all(math.isnan(float(series["value"][1])) for series in result):
+            missing.append(f"{title} [{ref}] ({'no series' if not result else 'only NaN'}): {expr}")
+    return missing
 
 
 @pytest.fixture
@@ -285,20 +323,30 @@ def scraped(tmp_path: Path) -> Iterator[tuple[Prometheus, SidecarProcess, str]]:
 def test_every_dashboard_panel_has_data_in_a_real_prometheus_and_the_alert_rules_evaluate(scraped):
     prometheus, sidecar, rejecting_url = scraped
     assert wait_until(lambda: prometheus.value(f'up{{job="{JOB}"}}') == 1, timeout=20), prometheus.log_tail()
-    # Traffic spread over a few scrapes, so counters grow between samples and rates are not 0/0.
-    for batch in range(4):
-        send_turns(sidecar.grpc_target, 4, start=batch * 4)
-        time.sleep(1.2)
+    app = App(sidecar.grpc_target)
+    app.start()
+    started = time.monotonic()
+    try:
+        check_panels_and_alerts(prometheus, sidecar, rejecting_url)
+    finally:
+        app.stop()
+    print(f"checked in {time.monotonic() - started:.1f} s, {app.turns} turns sent")
+
+
+def check_panels_and_alerts(prometheus: Prometheus, sidecar: SidecarProcess, rejecting_url: str) -> None:
     assert post(f"{sidecar.http_url}/v1/traces", b"not a protobuf")[0] == 400  # an invalid request for "Ingest"
 
-    def verdicts() -> dict[str, float]:
+    def verdicts(**labels: str) -> dict[str, float]:
         samples = sidecar.metrics()
-        return {name: samples.get("tracejudge_assessments_total", name=name) for name in SCORERS}
+        return {name: samples.get("tracejudge_assessments_total", name=name, **labels) for name in SCORERS}
 
-    expected = {"mentions_refund": 16, "on_policy": 16, "judge_down": 16, "prod_only": 0}
-    assert wait_until(lambda: verdicts() == expected, timeout=30), (verdicts(), sidecar.log_tail())
-    assert sidecar.metrics().get("tracejudge_assessments_total", name="mentions_refund", label="no") == 8
-    assert sidecar.metric("tracejudge_scoring_skipped_total", scorer="prod_only", reason="filtered") == 16
+    def scored_and_failed() -> bool:
+        done, failed = verdicts(), verdicts(label="no")
+        return min(done["mentions_refund"], done["on_policy"], done["judge_down"]) >= 6 and failed["on_policy"] >= 3
+
+    assert wait_until(scored_and_failed, timeout=30), (verdicts(), sidecar.log_tail())
+    assert wait_until(lambda: sidecar.metric("tracejudge_scoring_skipped_total", reason="filtered") > 0)
+    assert verdicts()["prod_only"] == 0  # its filter matches no trace
 
     # A scoring worker and an archive writer that die, so the restart panel and alerts have something to show.
     assert wait_until(lambda: prometheus.value(f'tracejudge_scoring_worker_restarts_total{{job="{JOB}"}}') == 0)
@@ -309,35 +357,32 @@ def test_every_dashboard_panel_has_data_in_a_real_prometheus_and_the_alert_rules
     restarts = ("tracejudge_scoring_worker_restarts_total", "tracejudge_archive_worker_restarts_total")
     for metric in restarts:
         assert wait_until(lambda m=metric: prometheus.value(f'{m}{{job="{JOB}"}}') == 1, timeout=30), sidecar.log_tail()
-    send_turns(sidecar.grpc_target, 4, start=16)  # the new worker scores again, its verdict counters from zero
-    assert wait_until(lambda: sidecar.metrics().get("tracejudge_assessments_total", name="on_policy") == 4, timeout=30)
-    time.sleep(2.5)  # two more scrapes of the latest counters
 
-    empty, only_nan = [], []
-    for title, ref, expr in panel_queries():
-        result = prometheus.query(expr)
-        if not result:
-            empty.append(f"{title} [{ref}]: {expr}")
-        elif all(math.isnan(float(series["value"][1])) for series in result):
-            only_nan.append(f"{title} [{ref}]: {expr}")
-    assert not empty, "panel queries with no series:\n" + "\n".join(empty)
-    assert not only_nan, "panel queries with only NaN:\n" + "\n".join(only_nan)
+    # Every panel's query returns a series; the app keeps sending, so the new worker's verdicts come in too.
+    assert wait_until(lambda: not panels_without_data(prometheus), timeout=30), "panel queries without data:\n" + (
+        "\n".join(panels_without_data(prometheus))
+    )
 
     # The numbers behind a few panels, as the app produced them.
     rate = VARIABLES["$__rate_interval"]
     pass_rates = {
         s["metric"]["name"]: float(s["value"][1]) for s in prometheus.query(panel_query("Pass rate per scorer"))
     }
-    assert 0.2 < pass_rates["mentions_refund"] < 0.8 and 0.2 < pass_rates["on_policy"] < 0.8, pass_rates
+    # Half of the app's answers fail; over a window this short rate()'s extrapolation moves the ratio, so only
+    # "some pass, some fail" is asserted.
+    assert 0 < pass_rates["mentions_refund"] < 1 and 0 < pass_rates["on_policy"] < 1, pass_rates
     assert "judge_down" not in pass_rates  # only errors: neither a pass nor a fail
-    errors = prometheus.query(panel_query("Judge error rate"))
-    assert {(s["metric"]["name"], s["metric"]["error_type"]) for s in errors} == {("judge_down", "connection")}
+    errors = prometheus.query(panel_query("Judge error rate"))  # refused: "connection" (or "timeout" when slow)
+    assert {s["metric"]["name"] for s in errors} == {"judge_down"}, errors
+    assert "none" not in {s["metric"]["error_type"] for s in errors}
+    assert sum(float(s["value"][1]) for s in errors) == pytest.approx(1.0), errors  # every verdict of it failed
     assert prometheus.value(f'sum(increase(tracejudge_scoring_worker_restarts_total{{job="{JOB}"}}[{rate}]))') > 0
 
-    # Variables: Grafana's label_values() queries list the job and the scorers.
-    jobs = prometheus.api("label/job/values", **{"match[]": "tracejudge_receiver_requests_total"})
-    assert jobs == [JOB]
-    names = prometheus.api("label/name/values", **{"match[]": f'tracejudge_assessments_total{{job=~"{JOB}"}}'})
+    # Variables: the dashboard's label_values() queries, as Grafana runs them, list the job and the scorers.
+    options = {name: prometheus.api(f"label/{label}/values", **{"match[]": selector})
+               for name, selector, label in variable_queries()}  # fmt: skip
+    assert options["job"] == [JOB]
+    names = options["scorer"]
     assert set(names) == set(SCORERS) - {"prod_only"}
 
     # The alert rules loaded, and every one evaluates without error against the real series.
