@@ -124,7 +124,9 @@ def test_every_alert_has_severity_summary_and_description_and_a_firing_and_a_qui
 
 def test_a_broken_expectation_makes_promtool_test_rules_fail(tmp_path):
     """The unit tests can fail: the same tests against rules whose threshold moved do."""
-    (tmp_path / "alerts.yaml").write_text(ALERTS.read_text().replace("> 0.1\n", "> 0.5\n"))
+    rules = ALERTS.read_text()
+    assert rules.count("> 0.1\n") == 1  # the judge error rate's threshold
+    (tmp_path / "alerts.yaml").write_text(rules.replace("> 0.1\n", "> 0.5\n"))
     (tmp_path / "alerts_test.yaml").write_text(ALERTS_TEST.read_text())
     tested = promtool("test", "rules", str(tmp_path / "alerts_test.yaml"))
     assert tested.returncode != 0
@@ -139,6 +141,10 @@ def test_the_dashboard_takes_its_datasource_from_a_variable_and_provisioning_poi
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    wanted = {"Pass rate per scorer", "Score distribution", "Verdicts by label", "Judge latency p50 / p99",
+              "Judge tokens", "Judge error rate", "Skipped rate by reason", "Scoring backlog", "Ingest", "Forward",
+              "Forward queue (write-ahead log)", "Worker and archive restarts"}  # fmt: skip
+    assert wanted <= {p["title"] for p in panels}
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     for panel in panels:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
