@@ -68,6 +68,9 @@ class ParquetArchive:
         self._restarts = meter.create_counter(
             "tracejudge.archive.worker_restarts", description="Archive writer processes restarted after a crash"
         )
+        # Exposed at 0 from the start: Prometheus's increase() cannot see a first restart in a series
+        # that only appears with it (deploy/prometheus/alerts.yaml alerts on that increase).
+        self._restarts.add(0)
         meter.create_observable_gauge(
             "tracejudge.archive.queue_bytes",
             [self._observe_queue],
