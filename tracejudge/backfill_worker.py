@@ -10,11 +10,14 @@ sidecar is stopping). A dead parent is a PAUSE too.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -29,6 +32,8 @@ from tracejudge.model import Signal
 from tracejudge.scoring.config import ScoringConfig
 from tracejudge.scoring.worker_protocol import FORWARD, decode, encode
 from tracejudge.scoring_worker import lower_priority
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,10 +79,26 @@ def _run(order: BackfillOrder, tell: Callable[[BackfillJob], None], forward: Sub
         estimate = backfill.estimate()
         tell(BackfillJob(**{**asdict(order.job), "total_traces": estimate.traces, "estimate": asdict(estimate)}))
         return 0
-    backfill.job.estimate = asdict(backfill.estimate())
     threading.Thread(target=_listen, args=(parent, backfill), name="backfill-orders", daemon=True).start()
-    job = backfill.run(on_job=tell)
+    with _only_worker_of(Path(order.data_dir) / "backfill" / f"{order.job.job_id}.lock"):
+        backfill.job.estimate = asdict(backfill.estimate())
+        job = backfill.run(on_job=tell)
     return 0 if job.status != "failed" else 1
+
+
+@contextlib.contextmanager
+def _only_worker_of(path: Path) -> Iterator[None]:
+    """Held while the job runs. A sidecar killed mid-job leaves its worker finishing what it had in flight
+    (a dead parent is a PAUSE); the next sidecar's worker for the same job waits here for it to exit, and only
+    then reads what the archive holds, so no trace is judged by both."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("backfill %s: waiting for the previous worker of this job to stop", path.stem)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # the lock goes with the process, however it ends
 
 
 def _listen(parent: ParentChannel, backfill: Backfill) -> None:
