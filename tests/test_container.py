@@ -133,6 +133,8 @@ def test_image_scores_what_an_app_sends_reports_healthy_and_drains_on_stop(
     try:
         podman(
             "run", "--detach", "--name", container_name,
+            # As deploy/k8s runs it: a read-only root file system (no tmpfs either), no capabilities.
+            "--read-only", "--read-only-tmpfs=false", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--network", "slirp4netns:allow_host_loopback=true",
             "-p", f"127.0.0.1:{grpc_port}:4317", "-p", f"127.0.0.1:{admin_port}:9464",
             "-v", f"{config}:/etc/tracejudge/tracejudge.yaml:ro", "-v", f"{data}:/var/lib/tracejudge",
