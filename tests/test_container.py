@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from tracejudge.testing import free_port, wait_until
+from tracejudge.testing import SidecarProcess, free_port, wait_until
 
 from archive_reader import query
 from otlp_peers import GrpcSink
@@ -175,3 +176,22 @@ def test_image_scores_what_an_app_sends_reports_healthy_and_drains_on_stop(
     # Everything it accepted is in the volume, closed files included: the archive and the verdicts' rows.
     assert list((data / "archive" / "spans").glob("**/*.parquet"))
     assert query(data / "archive", "assessments", "SELECT count(*) FROM t") == [(2,)]
+
+
+def test_healthcheck_script_asks_readyz_on_the_admin_listener_the_environment_names(tmp_path: Path):
+    """deploy/healthcheck.py without podman: healthy against a serving tracejudge, on the wildcard address
+    the image configures (checked on loopback), unhealthy once it has stopped."""
+    script = [sys.executable, str(ROOT / "deploy" / "healthcheck.py")]
+    sidecar = SidecarProcess(tmp_path / "tj", []).start()
+    try:
+        env = {**os.environ, "TRACEJUDGE_METRICS": f"0.0.0.0:{sidecar.admin_port}"}
+        ready = subprocess.run(script, env=env, capture_output=True, text=True, timeout=30)
+        assert ready.returncode == 0, ready.stderr
+        assert ready.stdout.strip() == f"http://127.0.0.1:{sidecar.admin_port}/readyz: 200"
+    finally:
+        assert sidecar.stop() == 0
+    gone = subprocess.run(script, env=env, capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 1
+    assert f"127.0.0.1:{sidecar.admin_port}/readyz" in gone.stderr
+    off = subprocess.run(script, env={**env, "TRACEJUDGE_METRICS": "off"}, capture_output=True, text=True, timeout=30)
+    assert off.returncode == 1 and "off" in off.stderr
