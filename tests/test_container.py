@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,14 @@ def send_app_traces(endpoint: str) -> list[int]:
     return trace_ids
 
 
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused, reset, 503 (HTTPError), timed out: not yet
+        return False
+
+
 def verdicts(sink: GrpcSink) -> dict[int, dict[str, object]]:
     """trace id -> the gen_ai.evaluation.result event's attributes, from the evaluation spans the sink got."""
     found: dict[int, dict[str, object]] = {}
@@ -148,7 +157,8 @@ def test_image_scores_what_an_app_sends_reports_healthy_and_drains_on_stop(
             result = podman("logs", container_name, check=False)
             return result.stdout + result.stderr
 
-        assert wait_until(lambda: "scorers no_error@1" in logs(), timeout=60), logs()
+        assert wait_until(lambda: ready(f"http://127.0.0.1:{admin_port}/readyz"), timeout=60), logs()
+        assert "no_error@1" in logs()  # the start-up line names the config file's scorer
         assert podman("exec", container_name, "id", "-u").stdout.strip() == "10001"
 
         ok_trace, failed_trace = send_app_traces(f"127.0.0.1:{grpc_port}")
