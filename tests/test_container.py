@@ -188,6 +188,15 @@ def test_image_scores_what_an_app_sends_reports_healthy_and_drains_on_stop(
     assert query(data / "archive", "assessments", "SELECT count(*) FROM t") == [(2,)]
 
 
+def test_image_stops_at_once_when_stopped_while_starting(image: str, container_name: str):
+    """PID 1 gets no signal it has no handler for: a stop in the second before `tracejudge serve` installs
+    its own must still end it (exit 0), not wait out the grace period for a SIGKILL (exit 137)."""
+    podman("run", "--detach", "--name", container_name, "--network", "none", image)
+    podman("stop", "--time", "60", container_name, timeout=90)
+    state = podman("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", container_name).stdout.split()
+    assert state == ["0", "false"], podman("logs", container_name, check=False).stderr
+
+
 def test_healthcheck_script_asks_readyz_on_the_admin_listener_the_environment_names(tmp_path: Path):
     """deploy/healthcheck.py without podman: healthy against a serving tracejudge, on the wildcard address
     the image configures (checked on loopback), unhealthy once it has stopped."""
