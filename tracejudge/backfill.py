@@ -170,7 +170,11 @@ class Backfill:
     ) -> None:
         self._data_dir = Path(data_dir)
         self._config = config or Config(data_dir=self._data_dir)
-        self._archive = self._config.archive.directory or self._data_dir / "archive"
+        archive = self._config.archive.directory or self._data_dir / "archive"
+        if not isinstance(archive, Path):  # object storage: evaluate reads it; backfill writes verdicts locally only
+            raise BackfillError(f"{archive.split('?', 1)[0]}: backfill needs a local archive; "
+                                "evaluate reads one on object storage")  # fmt: skip
+        self._archive = archive
         if not (self._archive / "spans").is_dir():
             raise BackfillError(f"{self._archive}: no archive here (no spans/ directory); give a sidecar's data dir")
         now = datetime.now(timezone.utc)

@@ -253,6 +253,7 @@ class Sidecar:
                 self.wal.cursor("archive"),
                 config.wal.max_size // 4,
                 self.wal,
+                spool=config.data_dir / "archive-spool",
             )
             if config.archive.enabled
             else None
@@ -286,6 +287,7 @@ class Sidecar:
                               export_interval_s=scoring.emit_interval),
             config.archive_dir if self.archive else None,
             on_expectation=self.engine.expect,
+            archive_s3=config.archive.s3,
         )  # fmt: skip
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
         fan_out = FanOut([*summaries, self.feedback, self.engine, *trace_consumers], meter, self._consumer_failed)
