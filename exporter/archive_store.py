@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 __all__ = ["ArchiveUnavailable", "ArchiveUploadError", "S3Options", "TablePlace", "archive_filesystem", "is_uri",
-           "location_text"]  # fmt: skip
+           "location_text", "partition_files"]  # fmt: skip
 
 
 class S3Options(StrictConfig):
@@ -123,6 +123,27 @@ def archive_filesystem(location: str | Path, s3: S3Options | None = None) -> tup
     retries = pafs.AwsStandardS3RetryStrategy(max_attempts=options.retries)
     filesystem = pafs.S3FileSystem(**options.filesystem_arguments(), retry_strategy=retries)
     return filesystem, f"{parts.netloc}{parts.path}".rstrip("/")
+
+
+def partition_files(filesystem: pafs.FileSystem, directory: str, low: str = "", high: str = "~") -> list[str]:
+    """The closed Parquet files of one table (`directory`: `<root>/<table>` on `filesystem`) in the hour
+    partitions from `low` to `high` (`date=YYYY-MM-DD/hour=HH`, inclusive; the defaults leave either end open).
+    Only the date directories and the hours of the dates in range are listed, not every file of the table;
+    hidden files (a writer's open `.tmp` ones) are left out."""
+    import pyarrow.fs as pafs
+
+    def listed(path: str) -> list[pafs.FileInfo]:
+        return sorted(filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True)), key=lambda i: i.path)
+
+    files = []
+    for day in listed(directory):
+        if day.type != pafs.FileType.Directory or not low[:15] <= day.base_name <= high[:15]:
+            continue
+        for hour in listed(day.path):
+            if hour.type == pafs.FileType.Directory and low <= f"{day.base_name}/{hour.base_name}" <= high:
+                files += [f.path for f in listed(hour.path) if f.type == pafs.FileType.File
+                          and f.base_name.endswith(".parquet") and not f.base_name.startswith(".")]  # fmt: skip
+    return files
 
 
 def _merged(s3: S3Options | None, query: str, text: str) -> S3Options:

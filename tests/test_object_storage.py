@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
 from tracejudge.exporter import rows
 from tracejudge.exporter.archive_store import S3Options, archive_filesystem
+from tracejudge.exporter.feedback import FeedbackStore
+from tracejudge.model import Assessment, AssessmentSourceType
 from tracejudge.testing import SidecarProcess, free_port, wait_until
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] (the test extras) runs the S3 server")
@@ -120,14 +122,31 @@ def send_chats(target: str, count: int, tag: str) -> set[str]:
     return sent
 
 
-def archived_span_ids(endpoint: str) -> list[str]:
-    """Every span id in the bucket's `spans` files, as many times as the files hold it (no de-duplication)."""
+def bucket_rows(endpoint: str, table: str, columns: list[str]) -> list[dict[str, Any]]:
+    """The rows of one archive table in the bucket, read straight with pyarrow (no de-duplication)."""
     filesystem, root = archive_filesystem(URI, S3Options(endpoint_override=endpoint))
+    schema = {"spans": rows.SPANS_SCHEMA, "assessments": rows.ASSESSMENTS_SCHEMA}[table]
     try:
-        dataset = ds.dataset(f"{root}/spans", filesystem=filesystem, format="parquet", schema=rows.SPANS_SCHEMA)
+        dataset = ds.dataset(f"{root}/{table}", filesystem=filesystem, format="parquet", schema=schema)
     except (FileNotFoundError, OSError):  # no file yet, or the server not up yet
         return []
-    return [str(span_id) for span_id in dataset.to_table(columns=["span_id"]).column("span_id").to_pylist()]
+    return list(dataset.to_table(columns=columns).to_pylist())
+
+
+def archived_span_ids(endpoint: str) -> list[str]:
+    """Every span id in the bucket's `spans` files, as many times as the files hold it."""
+    return [row["span_id"] for row in bucket_rows(endpoint, "spans", ["span_id"])]
+
+
+class KeptEmitter:
+    def __init__(self) -> None:
+        self.emitted: list[Assessment] = []
+
+    def emit(self, assessments: Sequence[Assessment]) -> None:
+        self.emitted.extend(assessments)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Nothing to stop."""
 
 
 def test_a_sidecar_archives_into_the_bucket_and_evaluate_reads_it_back(s3: S3Server, tmp_path: Path) -> None:
@@ -173,6 +192,31 @@ def test_a_sidecar_archives_into_the_bucket_and_evaluate_reads_it_back(s3: S3Ser
     by_query = tracejudge.ArchivedTraces(f"{URI}?endpoint_override={s3.endpoint}", since="1h")
     again = tracejudge.evaluate(by_query, [{"name": "non_empty", "builtin": "NonEmptyResponse", "sample_rate": 1}])
     assert sorted(a.trace_id for a in again.assessments) == sorted(v["trace_id"] for v in verdicts)
+
+    # Offline backfill over the bucket (the config says where the archive is): verdicts land in the bucket once.
+    def backfill() -> Any:
+        return CliRunner().invoke(main, ["backfill", "--no-progress", "--archive", str(data_dir), "--config",
+                                         str(config), "--scorer", "non_empty=1", "--since", "1h", "--yes"])  # fmt: skip
+
+    first = backfill()
+    assert first.exit_code == 0, first.output
+    backfilled = bucket_rows(s3.endpoint, "assessments", ["trace_id", "name", "value", "metadata"])
+    assert sorted(r["trace_id"] for r in backfilled) == sorted(v["trace_id"] for v in verdicts)
+    assert all(r["value"] == "true" and "backfill_job" in r["metadata"] for r in backfilled)
+    second = backfill()
+    assert second.exit_code == 0 and "already scored" in second.output, second.output
+    assert len(bucket_rows(s3.endpoint, "assessments", ["trace_id"])) == 5  # nothing added
+
+    # Human feedback on an archived trace finds its root span in the bucket.
+    roots = {r["trace_id"]: r["span_id"] for r in bucket_rows(s3.endpoint, "spans", ["trace_id", "span_id", "name"])
+             if r["name"] == "agent"}  # fmt: skip
+    trace_id, root_span = sorted(roots.items())[0]
+    kept = KeptEmitter()
+    store = FeedbackStore(None, kept, URI, archive_s3=S3Options(endpoint_override=s3.endpoint))
+    stored = store.log(Assessment(name="thumbs", trace_id=trace_id, span_id="", value=True,
+                                  source=AssessmentSourceType.HUMAN, source_id="user-42"))  # fmt: skip
+    assert stored.span_id == root_span and kept.emitted == [stored]
+    assert {a.name for a, valid in store.assessments(trace_id) if valid} == {"thumbs", "non_empty"}
 
 
 def test_an_unreachable_store_is_reported_the_sidecar_keeps_serving_and_the_log_keeps_the_spans(

@@ -139,7 +139,8 @@ def backfill_command(data_dir: Path, scorers: tuple[str, ...], since: str | None
 
     if not isinstance(data_dir, Path):
         raise click.ClickException(f"--archive {data_dir.split('?', 1)[0]}: backfill needs the data directory "
-                                   "(its jobs and registry), not a URI")  # fmt: skip
+                                   "(its jobs and registry); an archive on object storage goes in --config's "
+                                   "archive.directory")  # fmt: skip
     if list_jobs:
         for job in BackfillJob.list(data_dir / "backfill"):
             verdicts = sum(job.assessments.values())
