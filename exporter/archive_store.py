@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 __all__ = ["ArchiveUnavailable", "ArchiveUploadError", "S3Options", "TablePlace", "archive_filesystem", "is_uri",
-           "location_text", "partition_files"]  # fmt: skip
+           "location_text", "partition_files", "store_problem"]  # fmt: skip
 
 
 class S3Options(StrictConfig):
@@ -123,6 +123,25 @@ def archive_filesystem(location: str | Path, s3: S3Options | None = None) -> tup
     retries = pafs.AwsStandardS3RetryStrategy(max_attempts=options.retries)
     filesystem = pafs.S3FileSystem(**options.filesystem_arguments(), retry_strategy=retries)
     return filesystem, f"{parts.netloc}{parts.path}".rstrip("/")
+
+
+def store_problem(location: str | Path, s3: S3Options | None = None) -> str | None:
+    """Why the archive at `location` cannot take files now (unreachable, credentials refused, no such bucket),
+    or None when it can (always, for a local archive). One or two requests: the writer asks before it starts."""
+    if not is_uri(location):
+        return None
+    import pyarrow.fs as pafs
+
+    filesystem, root = archive_filesystem(location, s3)
+    bucket = root.split("/", 1)[0]
+    try:
+        on_s3 = isinstance(filesystem, pafs.S3FileSystem)
+        if on_s3 and filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+            return f"cannot write to {location_text(location)}: bucket {bucket!r} does not exist"
+        filesystem.get_file_info(root)
+    except OSError as exc:
+        return f"cannot reach {location_text(location)}: {exc}"
+    return None
 
 
 def partition_files(filesystem: pafs.FileSystem, directory: str, low: str = "", high: str = "~") -> list[str]:

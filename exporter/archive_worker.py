@@ -7,7 +7,9 @@ closes the files the same way as an orderly stop.
 On object storage (`--directory s3://...`, exporter/archive_store.py) files are written in `--spool` and
 uploaded when closed. An upload that fails ends this process (exit code 3) after saying why: the parent
 then restarts it and sends again, from the write-ahead log, everything since its cursor's last commit, which
-never moved past a file that was not uploaded. So nothing acknowledged is lost while the store is away.
+never moved past a file that was not uploaded. So nothing acknowledged is lost while the store is away. A
+new writer first waits, with backoff, until the store answers: rows are built only when they can be uploaded,
+not again every roll interval of an outage (the parent holds at most archive.max_queue bytes meanwhile).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tracejudge.child_process import ParentChannel
 from tracejudge.exporter import rows
 from tracejudge.exporter.archive_protocol import ACK, CLOSE, FLUSH, LOGS, SPANS, TABLES, decode_rows
-from tracejudge.exporter.archive_store import ArchiveUploadError, S3Options, TablePlace, is_uri, location_text
+from tracejudge.exporter.archive_store import (
+    ArchiveUploadError,
+    S3Options,
+    TablePlace,
+    is_uri,
+    location_text,
+    store_problem,
+)
 from tracejudge.logs import configure_logging
 
 log = logging.getLogger("tracejudge.archive")
@@ -57,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.spool is not None and args.spool.is_dir():
         shutil.rmtree(args.spool)  # a dead writer's files, open or not uploaded: their rows come again from the log
     s3 = S3Options.model_validate(json.loads(args.s3))
+    _wait_for_store(location, s3)
     places = {kind: TablePlace.of(location, name, s3, args.spool) for kind, name in TABLES.items()}
     tables = {kind: TableWriter(place, SCHEMAS[TABLES[kind]], args.roll_size, args.roll_interval)
               for kind, place in places.items()}  # fmt: skip
@@ -70,6 +80,15 @@ def main(argv: list[str] | None = None) -> None:
             location_text(location),
         )
         sys.exit(3)
+
+
+def _wait_for_store(location: str | Path, s3: S3Options, longest_s: float = 30.0) -> None:
+    delay = 1.0
+    while (problem := store_problem(location, s3)) is not None:
+        log.error("archive: %s; trying again in %.0fs (the write-ahead log keeps what arrives meanwhile)", problem,
+                  delay)  # fmt: skip
+        time.sleep(delay)
+        delay = min(delay * 2, longest_s)
 
 
 def serve(channel: ParentChannel, tables: dict[bytes, TableWriter]) -> None:

@@ -45,18 +45,22 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
 
 
 class S3Server:
-    """moto's S3 server on 127.0.0.1:`port`; it can be started later (nothing listens there until then)."""
+    """moto's S3 server on 127.0.0.1:`port`; it can be started later (nothing listens there until then), and
+    stopped and started again on the same port."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.endpoint = f"http://127.0.0.1:{port}"
         self._server: Any = None
 
-    def start(self) -> S3Server:
-        """Start with no buckets: moto keeps its state in this process, so a test would see the last one's."""
+    def start(self, reset: bool = True) -> S3Server:
+        """`reset`: start with no buckets (moto keeps its state in this process, so a test would see the last
+        one's); without, a restart keeps what the store held, as a real store does across an outage."""
         self._server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
-        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"), timeout=10)
+        if reset:
+            request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+            urllib.request.urlopen(request, timeout=10).close()
         return self
 
     def stop(self) -> None:
@@ -125,7 +129,7 @@ def send_chats(target: str, count: int, tag: str) -> set[str]:
 def bucket_rows(endpoint: str, table: str, columns: list[str]) -> list[dict[str, Any]]:
     """The rows of one archive table in the bucket, read straight with pyarrow (no de-duplication)."""
     filesystem, root = archive_filesystem(URI, S3Options(endpoint_override=endpoint))
-    schema = {"spans": rows.SPANS_SCHEMA, "assessments": rows.ASSESSMENTS_SCHEMA}[table]
+    schema = {"spans": rows.SPANS_SCHEMA, "assessments": rows.ASSESSMENTS_SCHEMA, "traces": rows.TRACES_SCHEMA}[table]
     try:
         dataset = ds.dataset(f"{root}/{table}", filesystem=filesystem, format="parquet", schema=schema)
     except (FileNotFoundError, OSError):  # no file yet, or the server not up yet
@@ -219,26 +223,37 @@ def test_a_sidecar_archives_into_the_bucket_and_evaluate_reads_it_back(s3: S3Ser
     assert {a.name for a, valid in store.assessments(trace_id) if valid} == {"thumbs", "non_empty"}
 
 
-def test_an_unreachable_store_is_reported_the_sidecar_keeps_serving_and_the_log_keeps_the_spans(
+def test_a_store_that_cannot_be_reached_is_reported_the_sidecar_keeps_serving_and_the_log_keeps_the_spans(
     tmp_path: Path,
 ) -> None:
     s3 = S3Server(free_port())  # nothing listens there yet
     data_dir = tmp_path / "data"
     sidecar = SidecarProcess(data_dir, [], sidecar_config(s3.endpoint), env=AWS_ENV).start()
     try:
-        early = send_chats(sidecar.grpc_target, 3, "early")  # acknowledged: SimpleSpanProcessor raised nothing
-        assert wait_until(lambda: "could not upload" in sidecar.log(), 30, 0.2), sidecar.log_tail()
-        logged = sidecar.log()
-        assert f"s3://{BUCKET}/{PREFIX}/spans" in logged and "127.0.0.1" in logged, sidecar.log_tail()
-        assert "written again from the write-ahead log" in logged
-        sidecar.check_alive()
-        late = send_chats(sidecar.grpc_target, 3, "late")  # still accepting while the store is away
-        assert wait_until(lambda: sidecar.metric("tracejudge_archive_worker_restarts_total") >= 1, 15, 0.2)
-
+        # Down from the start: the writer says so and waits; spans are acknowledged and kept in the log.
+        early = send_chats(sidecar.grpc_target, 3, "early")  # SimpleSpanProcessor: each export acknowledged
+        assert wait_until(lambda: f"cannot reach {URI}" in sidecar.log(), 30, 0.2), sidecar.log_tail()
+        assert "127.0.0.1" in sidecar.log()  # the store's own error names the endpoint it tried
         s3.start()
         s3.client().create_bucket(Bucket=BUCKET)
-        wanted = Counter(early | late)
-        assert wait_until(lambda: Counter(archived_span_ids(s3.endpoint)) == wanted, 40, 0.3), sidecar.log_tail()
+        assert wait_until(lambda: Counter(archived_span_ids(s3.endpoint)) == Counter(early), 40, 0.3), (
+            sidecar.log_tail()
+        )
+        assert wait_until(lambda: len(bucket_rows(s3.endpoint, "traces", ["trace_id"])) == 3, 30, 0.3)
+
+        # Gone mid-run: the upload fails, the writer says why and starts again; the sidecar keeps serving.
+        s3.stop()
+        late = send_chats(sidecar.grpc_target, 3, "late")
+        assert wait_until(lambda: "could not upload" in sidecar.log(), 30, 0.2), sidecar.log_tail()
+        logged = sidecar.log()
+        assert f"to {URI}/spans" in logged and "written again from the write-ahead log" in logged
+        assert wait_until(lambda: sidecar.metric("tracejudge_archive_worker_restarts_total") >= 1, 15, 0.2)
+        sidecar.check_alive()
+        more = send_chats(sidecar.grpc_target, 2, "more")  # still accepted while the store is away
+
+        s3.start(reset=False)  # back, with the bucket and what it held
+        wanted = Counter(early | late | more)
+        assert wait_until(lambda: Counter(archived_span_ids(s3.endpoint)) == wanted, 60, 0.3), sidecar.log_tail()
         assert sidecar.stop() == 0, sidecar.log_tail()
         assert Counter(archived_span_ids(s3.endpoint)) == wanted  # each exactly once, none lost
     finally:
