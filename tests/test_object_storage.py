@@ -28,7 +28,7 @@ from tracejudge.cli import main
 from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
 from tracejudge.exporter import rows
-from tracejudge.exporter.archive_store import S3Options, archive_filesystem
+from tracejudge.exporter.archive_store import S3Options, archive_filesystem, partition_files
 from tracejudge.exporter.feedback import FeedbackStore
 from tracejudge.model import Assessment, AssessmentSourceType
 from tracejudge.testing import SidecarProcess, free_port, wait_until
@@ -302,3 +302,19 @@ def test_archive_directory_takes_a_path_as_before_or_a_validated_uri(tmp_path: P
         archive_filesystem(f"{URI}?endpoint_overide=127.0.0.1:1")
     with pytest.raises(ConfigError, match=r"\['region'\] set both"):
         archive_filesystem(f"{URI}?region=eu-west-1", S3Options(region="us-east-1"))
+
+
+def test_partition_files_lists_only_the_hours_in_range_and_no_open_file(tmp_path: Path) -> None:
+    """The listing backfill uses (and a Ray reader can): the same on local disk as on a bucket."""
+    table = tmp_path / "assessments"
+    for hour in ("date=2026-12-01/hour=22", "date=2026-12-01/hour=23", "date=2026-12-02/hour=00",
+                 "date=2026-12-02/hour=01", "date=2026-12-03/hour=00"):  # fmt: skip
+        (table / hour).mkdir(parents=True)
+        (table / hour / "part-1.parquet").write_bytes(b"")
+        (table / hour / ".part-2.parquet.tmp").write_bytes(b"")  # a writer's open file
+    filesystem, root = archive_filesystem(tmp_path)
+    listed = partition_files(filesystem, f"{root}/assessments", "date=2026-12-01/hour=23", "date=2026-12-02/hour=00")
+    assert [Path(f).relative_to(table).as_posix() for f in listed] == [
+        "date=2026-12-01/hour=23/part-1.parquet", "date=2026-12-02/hour=00/part-1.parquet"]  # fmt: skip
+    assert len(partition_files(filesystem, f"{root}/assessments")) == 5
+    assert partition_files(filesystem, f"{root}/nothing-here") == []
