@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 __all__ = ["ArchiveUnavailable", "ArchiveUploadError", "S3Options", "TablePlace", "archive_filesystem", "is_uri",
-           "location_text", "partition_files", "store_problem"]  # fmt: skip
+           "location_text", "partition_files", "s3_options", "store_problem"]  # fmt: skip
 
 
 class S3Options(StrictConfig):
@@ -119,7 +119,7 @@ def archive_filesystem(location: str | Path, s3: S3Options | None = None) -> tup
         return filesystem, path.rstrip("/")
     if not parts.netloc:
         raise ConfigError(f"archive.directory {location_text(text)}: no bucket; give s3://bucket/prefix")
-    options = _merged(s3, parts.query, text)
+    options = s3_options(s3, text)
     retries = pafs.AwsStandardS3RetryStrategy(max_attempts=options.retries)
     filesystem = pafs.S3FileSystem(**options.filesystem_arguments(), retry_strategy=retries)
     return filesystem, f"{parts.netloc}{parts.path}".rstrip("/")
@@ -165,8 +165,9 @@ def partition_files(filesystem: pafs.FileSystem, directory: str, low: str = "", 
     return files
 
 
-def _merged(s3: S3Options | None, query: str, text: str) -> S3Options:
-    given = dict(parse_qsl(query, keep_blank_values=True))
+def s3_options(s3: S3Options | None, text: str) -> S3Options:
+    """The options of an s3:// URI: `s3` (archive.s3) with its query string's; ConfigError naming a bad one."""
+    given = dict(parse_qsl(urlsplit(text).query, keep_blank_values=True))
     if not given:
         return s3 or S3Options()
     both = sorted(given.keys() & (s3.model_fields_set if s3 is not None else set()))

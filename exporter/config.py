@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
-from tracejudge.config import ByteSize, Duration, OtlpUrl, StrictConfig, TlsClientConfig
-from tracejudge.exporter.archive_store import S3Options, is_uri
+from tracejudge.config import ByteSize, ConfigError, Duration, OtlpUrl, StrictConfig, TlsClientConfig
+from tracejudge.exporter.archive_store import S3Options, is_uri, s3_options
 
 
 class RetryConfig(StrictConfig):
@@ -54,6 +54,13 @@ def _archive_location(value: str | Path) -> str | Path:
     parts = urlsplit(text)
     if not parts.scheme.isidentifier() or not parts.netloc:
         raise ValueError(f"{text.split('?', 1)[0]!r}: give a path, or a URI such as s3://bucket/prefix")
+    if parts.scheme != "s3":
+        raise ValueError(f"{text.split('?', 1)[0]!r}: object storage is s3:// (S3, or an S3-compatible store "
+                         "through archive.s3.endpoint_override)")  # fmt: skip
+    try:
+        s3_options(None, text)  # the query string's options, checked now rather than in the writer process
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
     return text
 
 

@@ -290,6 +290,9 @@ def test_archive_directory_takes_a_path_as_before_or_a_validated_uri(tmp_path: P
     bad = {
         "s3://": "give a path, or a URI",
         "s3:///no-bucket": "give a path, or a URI",
+        "gs://bucket/prefix": "object storage is s3://",
+        f"{URI}?endpoint_overide=127.0.0.1:1": "endpoint_overide",  # a misspelt option in the URI, named
+        f"{URI}?retries=0": "retries",
     }
     for directory, message in bad.items():
         with pytest.raises(ConfigError, match=message):
