@@ -75,6 +75,7 @@ class ParquetArchive:
         self._draining = threading.Event()
         self._rewind = threading.Event()
         self._deaths = 0  # writer processes lost: a flush across one does not prove the rows closed
+        self._store_down = threading.Event()  # the writer waits for an object store (until it acknowledges again)
         self._flushes: deque[threading.Event] = deque()  # FLUSH frames sent, in order, not yet acknowledged
         self._lock = threading.Lock()
         self._written = meter.create_counter(
@@ -118,7 +119,11 @@ class ParquetArchive:
         with self._lock:
             self._flushes.append(done)
             self._writer.send(protocol.FLUSH)
-        return done.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or (self._draining.is_set() and self._store_down.is_set()):
+                return False  # a stop does not wait for an object store that is away: the log keeps the rows
+        return True
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Archive everything logged, close the files, commit the cursor; kill the writer if it takes
@@ -128,6 +133,9 @@ class ParquetArchive:
         if self._feeder.is_alive():
             self._feeder.join(max(0.0, deadline - time.monotonic()))
         sent_until = self._cursor.position if self._cursor is not None else 0
+        if self._store_down.is_set():  # it cannot upload: stop it now, not at the deadline; the log keeps the rows
+            log.warning("archive: the object store is away; what was not uploaded is archived after the next start")
+            deadline = time.monotonic() + 1.0
         code = self._writer.shutdown(protocol.CLOSE, max(1.0, deadline - time.monotonic()))
         if code == 0 and self._cursor is not None and not self._feeder.is_alive():
             self._cursor.commit(sent_until)
@@ -178,7 +186,10 @@ class ParquetArchive:
         return logged | protocol.ROW_KINDS if self._wal is not None else logged
 
     def _acknowledged(self, frame: bytes) -> None:
-        if frame == protocol.ACK:
+        if frame == protocol.STORE_DOWN:
+            self._store_down.set()
+        elif frame == protocol.ACK:
+            self._store_down.clear()
             with self._lock:
                 if self._flushes:
                     self._flushes.popleft().set()

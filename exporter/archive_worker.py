@@ -33,7 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tracejudge.child_process import ParentChannel
 from tracejudge.exporter import rows
-from tracejudge.exporter.archive_protocol import ACK, CLOSE, FLUSH, LOGS, SPANS, TABLES, decode_rows
+from tracejudge.exporter.archive_protocol import ACK, CLOSE, FLUSH, LOGS, SPANS, STORE_DOWN, TABLES, decode_rows
 from tracejudge.exporter.archive_store import (
     ArchiveUploadError,
     S3Options,
@@ -66,12 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.spool is not None and args.spool.is_dir():
         shutil.rmtree(args.spool)  # a dead writer's files, open or not uploaded: their rows come again from the log
     s3 = S3Options.model_validate(json.loads(args.s3))
-    _wait_for_store(location, s3)
+    channel = ParentChannel(args.fd)
+    _wait_for_store(location, s3, channel)
     places = {kind: TablePlace.of(location, name, s3, args.spool) for kind, name in TABLES.items()}
     tables = {kind: TableWriter(place, SCHEMAS[TABLES[kind]], args.roll_size, args.roll_interval)
               for kind, place in places.items()}  # fmt: skip
     try:
-        serve(ParentChannel(args.fd), tables)
+        serve(channel, tables)
     except ArchiveUploadError as exc:
         log.error(
             "archive: %s; the writer stops and starts again, and the rows it held are written again "
@@ -82,9 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(3)
 
 
-def _wait_for_store(location: str | Path, s3: S3Options, longest_s: float = 30.0) -> None:
+def _wait_for_store(location: str | Path, s3: S3Options, channel: ParentChannel, longest_s: float = 30.0) -> None:
+    """Until the store answers; the parent is told, so that a stop meanwhile does not wait for this writer."""
     delay = 1.0
     while (problem := store_problem(location, s3)) is not None:
+        if delay == 1.0:
+            channel.send(STORE_DOWN)
         log.error("archive: %s; trying again in %.0fs (the write-ahead log keeps what arrives meanwhile)", problem,
                   delay)  # fmt: skip
         time.sleep(delay)

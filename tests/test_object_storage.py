@@ -234,6 +234,11 @@ def test_a_store_that_cannot_be_reached_is_reported_the_sidecar_keeps_serving_an
         early = send_chats(sidecar.grpc_target, 3, "early")  # SimpleSpanProcessor: each export acknowledged
         assert wait_until(lambda: f"cannot reach {URI}" in sidecar.log(), 30, 0.2), sidecar.log_tail()
         assert "127.0.0.1" in sidecar.log()  # the store's own error names the endpoint it tried
+        # A stop meanwhile does not wait for the store (the feeder's flush would wait roll_interval + 30 s;
+        # stop() raises past 25 s), and the next start archives what the log kept.
+        assert sidecar.stop(timeout=25) == 0, sidecar.log_tail()
+        assert "the object store is away" in sidecar.log()
+        sidecar = SidecarProcess(data_dir, [], sidecar_config(s3.endpoint), env=AWS_ENV).start()
         s3.start()
         s3.client().create_bucket(Bucket=BUCKET)
         assert wait_until(lambda: Counter(archived_span_ids(s3.endpoint)) == Counter(early), 40, 0.3), (
