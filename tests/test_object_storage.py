@@ -28,7 +28,13 @@ from tracejudge.cli import main
 from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
 from tracejudge.exporter import rows
-from tracejudge.exporter.archive_store import S3Options, archive_filesystem, partition_files
+from tracejudge.exporter.archive_store import (
+    ArchiveUploadError,
+    S3Options,
+    TablePlace,
+    archive_filesystem,
+    partition_files,
+)
 from tracejudge.exporter.feedback import FeedbackStore
 from tracejudge.model import Assessment, AssessmentSourceType
 from tracejudge.testing import SidecarProcess, free_port, wait_until
@@ -326,3 +332,22 @@ def test_partition_files_lists_only_the_hours_in_range_and_no_open_file(tmp_path
         "date=2026-12-01/hour=23/part-1.parquet", "date=2026-12-02/hour=00/part-1.parquet"]  # fmt: skip
     assert len(partition_files(filesystem, f"{root}/assessments")) == 5
     assert partition_files(filesystem, f"{root}/nothing-here") == []
+
+
+def test_a_failed_upload_raises_and_keeps_the_file_and_a_good_one_lands_whole(s3: S3Server, tmp_path: Path) -> None:
+    """The writer counts a file as closed only when publish returns: a failure must raise, never be swallowed
+    (pyarrow's copy_files only prints a PutObject that fails at close)."""
+    dead = TablePlace.of(URI, "spans", S3Options(endpoint_override=f"http://127.0.0.1:{free_port()}", retries=1),
+                         tmp_path / "spool")  # fmt: skip
+    temp = tmp_path / "spool" / "spans" / ".part-1.parquet.tmp"
+    temp.parent.mkdir(parents=True)
+    temp.write_bytes(b"PAR1 not really")
+    with pytest.raises(ArchiveUploadError, match=rf"could not upload date=x/part-1.parquet to {URI}/spans"):
+        dead.publish(temp, "date=x", "part-1.parquet")
+    assert temp.exists()  # kept: its rows are not in the archive
+
+    live = TablePlace.of(URI, "spans", S3Options(endpoint_override=s3.endpoint), tmp_path / "spool")
+    live.publish(temp, "date=x", "part-1.parquet")
+    assert not temp.exists()
+    body = s3.client().get_object(Bucket=BUCKET, Key=f"{PREFIX}/spans/date=x/part-1.parquet")["Body"].read()
+    assert body == b"PAR1 not really"
