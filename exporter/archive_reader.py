@@ -71,6 +71,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tracejudge.exporter import rows
+from tracejudge.exporter.archive_store import ArchiveUnavailable, S3Options, archive_filesystem, location_text
 from tracejudge.model import BufferedLog, BufferedSpan, CompletionReason, Trace
 from tracejudge.otlp import add_attributes, is_genai_event, is_local_root, set_any_value
 
@@ -121,8 +122,9 @@ class _Pending:
 
 class ArchiveTraceSource:
     """The traces of [start, end) in the archive at `archive_dir` (a local path, or a URI pyarrow.fs knows,
-    such as s3://bucket/prefix; or a path on `filesystem`). A TraceSource: batches() yields lists of at most
-    `batch_size` traces, in windows of an hour, each ordered by start; nothing at all for an empty window."""
+    such as s3://bucket/prefix, with `s3` its archive.s3 options; or a path on `filesystem`). A TraceSource:
+    batches() yields lists of at most `batch_size` traces, in windows of an hour, each ordered by start; nothing
+    at all for an empty window."""
 
     def __init__(
         self,
@@ -132,6 +134,7 @@ class ArchiveTraceSource:
         lateness: timedelta = DEFAULT_LATENESS,
         *,
         filesystem: pafs.FileSystem | None = None,
+        s3: S3Options | None = None,
         batch_size: int = 1000,
     ) -> None:
         if start.tzinfo is None or end.tzinfo is None:
@@ -140,7 +143,8 @@ class ArchiveTraceSource:
             raise ValueError(f"empty window: end {end.isoformat()} is not after start {start.isoformat()}")
         if lateness < timedelta(0) or batch_size < 1:
             raise ValueError("lateness must be >= 0 and batch_size >= 1")
-        self._fs, self._root = _filesystem(archive_dir, filesystem)
+        self._fs, self._root = _filesystem(archive_dir, filesystem, s3)
+        self._shown = location_text(archive_dir)
         self._start, self._end = _ns(start), _ns(end)
         self._lateness = int(lateness.total_seconds() * 1e9)
         self._batch_size = batch_size
@@ -224,10 +228,13 @@ class ArchiveTraceSource:
         """One hour partition of one table, read with today's schema (a column older files lack is null);
         None when the partition does not exist. Hidden files (the writer's open .tmp files) are skipped."""
         directory = f"{self._root}/{table}/{rows.partition_of(hour / 1e9)}"
-        if self._fs.get_file_info(directory).type != pafs.FileType.Directory:
-            return None
-        dataset = ds.dataset(directory, schema=schema, format="parquet", filesystem=self._fs)
-        return dataset.to_table(columns=columns, filter=where)
+        try:
+            if self._fs.get_file_info(directory).type != pafs.FileType.Directory:
+                return None
+            dataset = ds.dataset(directory, schema=schema, format="parquet", filesystem=self._fs)
+            return dataset.to_table(columns=columns, filter=where)
+        except OSError as exc:
+            raise ArchiveUnavailable(f"cannot read the archive at {self._shown} ({table}): {exc}") from exc
 
 
 def span_from_row(row: Sequence[Any]) -> BufferedSpan:
@@ -331,10 +338,8 @@ def _ns(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def _filesystem(archive_dir: str | Path, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+def _filesystem(archive_dir: str | Path, filesystem: pafs.FileSystem | None, s3: S3Options | None
+                ) -> tuple[pafs.FileSystem, str]:  # fmt: skip
     if filesystem is not None:
         return filesystem, str(archive_dir).rstrip("/")
-    if isinstance(archive_dir, Path) or "://" not in archive_dir:
-        return pafs.LocalFileSystem(), str(Path(archive_dir).resolve())
-    fs, path = pafs.FileSystem.from_uri(archive_dir)
-    return fs, path.rstrip("/")
+    return archive_filesystem(archive_dir, s3)

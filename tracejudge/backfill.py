@@ -41,6 +41,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -49,6 +50,7 @@ from tracejudge.client.backfill import BackfillScorerConfig
 from tracejudge.config_file import Config
 from tracejudge.exporter import rows as archive_rows
 from tracejudge.exporter.archive_reader import DEFAULT_LATENESS, ArchiveTraceSource
+from tracejudge.exporter.archive_store import TablePlace, archive_filesystem, location_text, partition_files
 from tracejudge.exporter.archive_worker import TableWriter
 from tracejudge.exporter.emitter import AssessmentEmitter, assessment_row
 from tracejudge.exporter.feedback import logged_assessments
@@ -117,9 +119,11 @@ class Backfill:
         relays them to the sidecar)."""
         self._data_dir = Path(data_dir)
         self._config = config or Config(data_dir=self._data_dir)
-        self._archive = self._config.archive.directory or self._data_dir / "archive"
-        if not (self._archive / "spans").is_dir():
-            raise BackfillError(f"{self._archive}: no archive here (no spans/ directory); give a sidecar's data dir")
+        self._archive = self._config.archive.directory or self._data_dir / "archive"  # a path, or s3://...
+        self._store = archive_filesystem(self._archive, self._config.archive.s3)
+        if self._store[0].get_file_info(f"{self._store[1]}/spans").type != pafs.FileType.Directory:
+            raise BackfillError(f"{location_text(self._archive)}: no archive here (no spans/ directory); "
+                                "give a sidecar's data dir")  # fmt: skip
         self._start, self._end = window(start_time, end_time)
         registered = {spec.name: spec for spec in ScorerRegistry(self._data_dir / "scorers.json").all()}
         registered.update({spec.name: spec for spec in self._config.scorers})  # the config wins, as at a start
@@ -198,7 +202,8 @@ class Backfill:
         job.status, job.error = "running", None
         job.total_traces = len(self._window_traces())
         job.save(self.jobs_dir)
-        writer = _VerdictFiles(self._archive / "assessments")
+        writer = _VerdictFiles(TablePlace.of(self._archive, "assessments", self._config.archive.s3,
+                                             self.jobs_dir / "spool"))  # fmt: skip
         emitter = AssessmentEmitter(self._exporters, None) if self._exporters else None
         bar = _progress_bar(job.total_traces, progress)
         last_save = last_told = time.monotonic()
@@ -230,7 +235,7 @@ class Backfill:
                                expectations=logged,
                                max_concurrency=self._max_concurrency, code_workers=self._config.scoring.code_workers,
                                code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
-        source = ArchiveTraceSource(self._archive, self._start, self._end)
+        source = ArchiveTraceSource(self._archive, self._start, self._end, s3=self._config.archive.s3)
         try:
             counts = asyncio.run(scoring.run(source.batches(), emit, on_progress, stop=self._cancelled))
             self._record(counts)
@@ -279,7 +284,7 @@ class Backfill:
     def _window_traces(self) -> dict[str, tuple[int, str | None]]:
         """Trace id -> (start, session id) of every trace in the `traces` table whose start is in the window."""
         start, end = _ns(self._start), _ns(self._end)
-        table = _read(self._archive / "traces", self._start - DEFAULT_LATENESS, self._end + DEFAULT_LATENESS,
+        table = _read(self._store, "traces", self._start - DEFAULT_LATENESS, self._end + DEFAULT_LATENESS,
                       ["trace_id", "start_time", "session_id"])  # fmt: skip
         out: dict[str, tuple[int, str | None]] = {}
         if table is None:
@@ -295,7 +300,7 @@ class Backfill:
         """(trace id, scorer, version) of every verdict without an error the archive holds for the job's scorers,
         written from the window's start on (a verdict is written after its trace started)."""
         names = [spec.name for spec in self._specs]
-        table = _read(self._archive / "assessments", self._start - DEFAULT_LATENESS, None,
+        table = _read(self._store, "assessments", self._start - DEFAULT_LATENESS, None,
                       ["trace_id", "name", "scorer_version", "error"], pc.field("name").isin(names))  # fmt: skip
         if table is None:
             return set()
@@ -303,7 +308,7 @@ class Backfill:
                                                 strict=True) if e is None}  # fmt: skip
 
     def _skipped_table(self) -> set[tuple[str, str]]:
-        table = _read(self._archive / "skipped", self._start - DEFAULT_LATENESS, None, ["trace_id", "scorers"])
+        table = _read(self._store, "skipped", self._start - DEFAULT_LATENESS, None, ["trace_id", "scorers"])
         if table is None:
             return set()
         return {(t, name) for t, names in zip(table.column("trace_id").to_pylist(),
@@ -314,7 +319,7 @@ class Backfill:
         names = list(names)
         if not names:
             return {}
-        table = _read(self._archive / "assessments", None, None, ["name", "judge_input_tokens", "judge_output_tokens"],
+        table = _read(self._store, "assessments", None, None, ["name", "judge_input_tokens", "judge_output_tokens"],
                       pc.field("name").isin(names) & pc.field("judge_input_tokens").is_valid())  # fmt: skip
         if table is None:
             return {}
@@ -331,7 +336,7 @@ class _VerdictFiles:
     """Verdict rows into the archive's `assessments` table, each small file closed (renamed into place) every
     FLUSH_ROWS rows or FLUSH_INTERVAL_S: a closed file is the job's checkpoint."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path | TablePlace) -> None:
         self._writer = TableWriter(directory, archive_rows.ASSESSMENTS_SCHEMA, roll_size=64 * 2**20,
                                    roll_interval=float("inf"))  # fmt: skip
         self._rows = 0
@@ -371,20 +376,17 @@ def _marked(assessment: Assessment, job_id: str) -> Assessment:
     return replace(assessment, metadata={**assessment.metadata, BACKFILL_KEY: job_id})
 
 
-def _read(directory: Path, since: datetime | None, until: datetime | None, columns: list[str],
-          where: ds.Expression | None = None) -> pa.Table | None:  # fmt: skip
+def _read(store: tuple[pafs.FileSystem, str], table: str, since: datetime | None, until: datetime | None,
+          columns: list[str], where: ds.Expression | None = None) -> pa.Table | None:  # fmt: skip
     """The hour partitions of one table between `since` and `until` (either open), read with today's schema."""
-    if not directory.is_dir():
-        return None
+    filesystem, root = store
     low = since.strftime("date=%Y-%m-%d/hour=%H") if since else ""
     high = until.strftime("date=%Y-%m-%d/hour=%H") if until else "~"
-    paths = [str(f) for hour in sorted(directory.glob("date=*/hour=*"))
-             if low <= hour.relative_to(directory).as_posix() <= high
-             for f in hour.glob("*.parquet")]  # fmt: skip
+    paths = partition_files(filesystem, f"{root}/{table}", low, high)
     if not paths:
         return None
-    schema = archive_rows.ASSESSMENTS_SCHEMA if directory.name == "assessments" else _SCHEMAS[directory.name]
-    return ds.dataset(paths, schema=schema, format="parquet").to_table(columns=columns, filter=where)
+    dataset = ds.dataset(paths, schema=_SCHEMAS[table], format="parquet", filesystem=filesystem)
+    return dataset.to_table(columns=columns, filter=where)
 
 
 _SCHEMAS: Mapping[str, pa.Schema] = {"traces": archive_rows.TRACES_SCHEMA, "skipped": archive_rows.SKIPPED_SCHEMA,

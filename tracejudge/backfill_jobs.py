@@ -39,6 +39,7 @@ from typing import Any
 from tracejudge.child_process import start_worker
 from tracejudge.client.backfill import BackfillScorerConfig
 from tracejudge.config import parse_moment
+from tracejudge.exporter.config import ArchiveConfig
 from tracejudge.model import Signal
 from tracejudge.scoring.config import BackfillConfig, JudgeEndpointConfig
 from tracejudge.scoring.registry import ScorerRegistry
@@ -174,7 +175,7 @@ class BackfillOrder:
     job: BackfillJob
     specs: list[ScorerSpec]
     data_dir: str
-    archive_dir: str
+    archive: ArchiveConfig  # its directory set: the sidecar's archive, a path or s3://
     judges: dict[str, JudgeEndpointConfig]
     max_concurrency: int
     code_workers: int
@@ -191,7 +192,8 @@ class BackfillJobs:
     def __init__(
         self,
         data_dir: Path,
-        archive_dir: Path,
+        archive: ArchiveConfig,
+        archive_dir: str | Path,
         registry: ScorerRegistry,
         settings: BackfillConfig,
         judges: Mapping[str, JudgeEndpointConfig],
@@ -200,6 +202,7 @@ class BackfillJobs:
         on_forward: Callable[[Signal, bytes, int], None] | None,
     ) -> None:
         self._data_dir = data_dir
+        self._archive = archive.model_copy(update={"directory": archive_dir})
         self._archive_dir = archive_dir
         self._registry = registry
         self._settings = settings
@@ -243,8 +246,9 @@ class BackfillJobs:
         """Queue a job (or, `dry_run`, only estimate it); BackfillError when it cannot run as asked."""
         start, end = window(start_time, end_time)
         specs, rates = resolve_scorers(scorers, {spec.name: spec for spec in self._registry.all()})
-        if not (self._archive_dir / "spans").is_dir():
+        if isinstance(self._archive_dir, Path) and not (self._archive_dir / "spans").is_dir():
             raise BackfillError(f"{self._archive_dir}: nothing archived yet (the archive has no spans)")
+        # (an archive on object storage is looked at by the job's worker: this process holds no pyarrow)
         job = BackfillJob.new(rates, start, end, rescore, skipped_only, runner="sidecar")
         if dry_run:  # a worker's start-up alone takes seconds: the estimate comes as the job's next state
             job = replace(job, status="estimating")
@@ -338,7 +342,7 @@ class BackfillJobs:
             self._jobs[job.job_id] = done
 
     def _order(self, job: BackfillJob, specs: list[ScorerSpec]) -> BackfillOrder:
-        return BackfillOrder(job, specs, str(self._data_dir), str(self._archive_dir), self._judges,
+        return BackfillOrder(job, specs, str(self._data_dir), self._archive, self._judges,
                              self._settings.max_concurrency, *self._code, list(sys.path))  # fmt: skip
 
     def _current_specs(self, job: BackfillJob) -> list[ScorerSpec]:

@@ -25,7 +25,6 @@ from tracejudge.backfill import Backfill
 from tracejudge.backfill_jobs import CANCEL, JOB, ORDER, PAUSE, BackfillJob, BackfillOrder
 from tracejudge.child_process import ParentChannel
 from tracejudge.config_file import Config
-from tracejudge.exporter.config import ArchiveConfig
 from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter, Submit
 from tracejudge.logs import configure_logging
 from tracejudge.model import Signal
@@ -69,8 +68,7 @@ def run(order: BackfillOrder, parent: ParentChannel) -> int:
 
 
 def _run(order: BackfillOrder, tell: Callable[[BackfillJob], None], forward: Submit, parent: ParentChannel) -> int:
-    config = Config(data_dir=Path(order.data_dir), archive=ArchiveConfig(directory=Path(order.archive_dir)),
-                    judges=order.judges,
+    config = Config(data_dir=Path(order.data_dir), archive=order.archive, judges=order.judges,
                     scorers=order.specs, scoring=ScoringConfig(code_workers=order.code_workers,
                                                                code_timeout=order.code_timeout_s))  # fmt: skip
     backfill = Backfill.of(order.job, order.data_dir, config=config, max_concurrency=order.max_concurrency,

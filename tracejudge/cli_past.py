@@ -33,15 +33,28 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class _Location(click.ParamType):  # type: ignore[type-arg]
+    """A directory as a Path, or a URI (s3://bucket/prefix) kept as text: Path would fold its '//'."""
+
+    name = "DIR|URI"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, str) and "://" in value:
+            return value
+        return Path(value)
+
+
 _DATA_DIR = click.option(
     "--archive",
     "data_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_Location(),
     envvar="TRACEJUDGE_DATA_DIR",
-    default=Path("./data"),
+    default="./data",
     show_default=True,
-    help="The data directory a sidecar wrote (its archive/ and scorers.json), or an archive directory. "
-    "Env: TRACEJUDGE_DATA_DIR",
+    help="The data directory a sidecar wrote (its archive/ and scorers.json), an archive directory, or an "
+    "archive on object storage (s3://bucket/prefix; archive.s3 options from --config). Env: TRACEJUDGE_DATA_DIR",
 )
 
 
@@ -52,17 +65,18 @@ def _reported(command: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ConfigError, ValueError, TypeError, FileNotFoundError) as exc:  # BackfillError is a ValueError
+        except (ConfigError, ValueError, TypeError, OSError) as exc:  # BackfillError is a ValueError; OSError:
+            # a missing file, or an archive on object storage that cannot be reached (its message says which)
             raise click.ClickException(str(exc)) from None
 
     return run  # type: ignore[return-value]
 
 
-def _config(path: Path | None, data_dir: Path) -> Config:
+def _config(path: Path | None, data_dir: Path | str) -> Config:
     config = load_config(path) if path is not None else Config()
     return (
         config
-        if path is not None and "data_dir" in config.model_fields_set
+        if (path is not None and "data_dir" in config.model_fields_set) or isinstance(data_dir, str)
         else config.model_copy(update={"data_dir": data_dir})
     )
 
@@ -83,7 +97,7 @@ def _config(path: Path | None, data_dir: Path) -> Config:
               help="Write every verdict here: .parquet or .jsonl")  # fmt: skip
 @click.option("--otlp-endpoint", metavar="URL", help="Also emit the verdicts there, as live ones (default: nowhere)")
 @_reported
-def evaluate_command(data_dir: Path, data_file: Path | None, since: str | None, until: str | None,
+def evaluate_command(data_dir: Path | str, data_file: Path | None, since: str | None, until: str | None,
                      filter_string: str | None, config_path: Path | None, names: tuple[str, ...], out: Path | None,
                      otlp_endpoint: str | None) -> None:  # fmt: skip
     """Judge archived traces, or a file of traces or dataset rows, with the production scorers; print the
@@ -94,7 +108,7 @@ def evaluate_command(data_dir: Path, data_file: Path | None, since: str | None, 
     config = _config(config_path, data_dir)
     data: Any = data_file if data_file is not None else ArchivedTraces(data_dir, since, until, filter_string)
     specs: Sequence[Any] | None = list(names) if names else None
-    if specs is None and not config.scorers:
+    if specs is None and not config.scorers and isinstance(data_dir, Path):
         specs = [spec for spec in ScorerRegistry(data_dir / "scorers.json").all()] or None
     result = evaluate(data, specs, config=config, output_path=out, otlp_endpoint=otlp_endpoint)
     _print_summary(result)
@@ -149,6 +163,10 @@ def backfill_command(data_dir: Path | None, endpoint: str | None, token: str | N
         raise click.UsageError("--cancel is for a sidecar's jobs (no --archive); an offline job stops with Ctrl-C")
     from tracejudge.backfill import Backfill, BackfillJob
 
+    if not isinstance(data_dir, Path):
+        raise click.ClickException(f"--archive {data_dir.split('?', 1)[0]}: backfill needs the data directory "
+                                   "(its jobs and registry); an archive on object storage goes in --config's "
+                                   "archive.directory")  # fmt: skip
     if list_jobs:
         for job in BackfillJob.list(data_dir / "backfill"):
             verdicts = sum(job.assessments.values())
@@ -256,7 +274,7 @@ def _echo_result(status: str, traces: int, assessments: dict[str, int], tokens: 
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               envvar="TRACEJUDGE_CONFIG", help="tracejudge.yaml: its scorers: and judges:")  # fmt: skip
 @_reported
-def try_command(name: str, data_dir: Path, last: int, trace_ids: tuple[str, ...], since: str | None,
+def try_command(name: str, data_dir: Path | str, last: int, trace_ids: tuple[str, ...], since: str | None,
                 config_path: Path | None) -> None:  # fmt: skip
     """Run scorer NAME (registered, in the config, or a builtin such as Safety) on recent archived traces and
     show each verdict and rationale next to the trace's request and response. Emits and records nothing."""
@@ -295,7 +313,7 @@ def dataset() -> None:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The dataset file: .jsonl, or .parquet")  # fmt: skip
 @_reported
-def dataset_export(data_dir: Path, since: str | None, until: str | None, filter_string: str | None,
+def dataset_export(data_dir: Path | str, since: str | None, until: str | None, filter_string: str | None,
                    with_feedback: bool, out: Path) -> None:  # fmt: skip
     """Write archived traces as dataset rows (inputs, outputs, expectations, tags, and feedback) that
     `tracejudge evaluate --data FILE` reads back. Expectations logged for a trace are joined in."""
@@ -306,14 +324,15 @@ def dataset_export(data_dir: Path, since: str | None, until: str | None, filter_
     click.echo(f"{written} rows written to {out}")
 
 
-def _find_spec(name: str, config: Config, data_dir: Path) -> ScorerSpec:
+def _find_spec(name: str, config: Config, data_dir: Path | str) -> ScorerSpec:
     from tracejudge.scoring.registry import ScorerRegistry
     from tracejudge.scoring.spec import ScorerSpec
 
     for spec in config.scorers:
         if spec.name == name:
             return spec
-    for spec in ScorerRegistry(data_dir / "scorers.json").all():
+    registered = ScorerRegistry(data_dir / "scorers.json").all() if isinstance(data_dir, Path) else []
+    for spec in registered:
         if spec.name == name:
             return spec
     if name in BUILTINS:

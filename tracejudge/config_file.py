@@ -70,7 +70,8 @@ class Config(StrictConfig):
         return self.scoring.otlp_endpoint or (self.forward[0].url if self.forward else None)
 
     @property
-    def archive_dir(self) -> Path:
+    def archive_dir(self) -> str | Path:
+        """The archive: a path, or a URI such as s3://bucket/prefix (exporter/archive_store.py reads either)."""
         return self.archive.directory or self.data_dir / "archive"
 
     @property

@@ -22,7 +22,7 @@ import logging
 import math
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tracejudge.config import parse_moment
 from tracejudge.config_file import Config, load_config, spec_of
 from tracejudge.exporter import rows as archive_rows
 from tracejudge.exporter.archive_reader import ArchiveTraceSource
+from tracejudge.exporter.archive_store import S3Options
 from tracejudge.exporter.emitter import AssessmentEmitter, assessment_row
 from tracejudge.exporter.feedback import logged_assessments
 from tracejudge.model import Assessment, Trace
@@ -69,6 +70,7 @@ class ArchivedTraces:
     filter_string: str | None = None
     trace_ids: tuple[str, ...] = ()  # only these traces (hex), if any
     last: int | None = None  # only the most recent `last` complete traces with GenAI data (widening back from 1 h)
+    s3: S3Options | None = None  # how to reach an s3:// archive (archive.s3; evaluate() takes its config's)
 
     def window(self, now: datetime | None = None) -> tuple[datetime, datetime]:
         now = now or datetime.now(timezone.utc)
@@ -78,7 +80,7 @@ class ArchivedTraces:
 
     def source(self) -> ArchiveTraceSource:
         since, until = self.window()
-        return ArchiveTraceSource(archive_directory(self.directory), since, until)
+        return ArchiveTraceSource(archive_directory(self.directory), since, until, s3=self.s3)
 
     def batches(self) -> Iterator[list[Trace]]:
         if self.last is not None:
@@ -96,7 +98,7 @@ class ArchivedTraces:
         for span in (timedelta(hours=1), timedelta(days=1), until - since):
             start = max(since, until - span)
             recent.clear()
-            for batch in ArchiveTraceSource(archive_directory(self.directory), start, until).batches():
+            for batch in ArchiveTraceSource(archive_directory(self.directory), start, until, s3=self.s3).batches():
                 recent.extend(t for t in batch if t.complete and extract(t).has_genai)
             if len(recent) >= count or start == since:
                 break
@@ -161,6 +163,8 @@ def evaluate(
     loaded = _config(config)
     judge_config = loaded.judges if judges is None else Config.model_validate({"judges": dict(judges)}).judges
     specs = resolve_specs(scorers, loaded)
+    if isinstance(data, ArchivedTraces) and data.s3 is None and loaded.archive.s3 is not None:
+        data = replace(data, s3=loaded.archive.s3)
     where = data.filter_string if isinstance(data, ArchivedTraces) else None
     logged = logged_assessments(data.directory).expectations if isinstance(data, ArchivedTraces) else {}
     code = loaded.scoring

@@ -260,6 +260,7 @@ class Sidecar:
                 self.wal.cursor("archive"),
                 config.wal.max_size // 4,
                 self.wal,
+                spool=config.data_dir / "archive-spool",
             )
             if config.archive.enabled
             else None
@@ -300,9 +301,11 @@ class Sidecar:
                               export_interval_s=scoring.emit_interval),
             config.archive_dir if self.archive else None,
             on_expectation=self.engine.expect,
+            archive_s3=config.archive.s3,
         )  # fmt: skip
         # Backfill jobs over this sidecar's archive, in a process of their own; verdicts through the log too.
-        self.backfills = BackfillJobs(config.data_dir, config.archive_dir, self.registry, config.backfill,
+        self.backfills = BackfillJobs(config.data_dir, config.archive, config.archive_dir, self.registry,
+                                      config.backfill,
                                       config.judges, scoring.code_workers, scoring.code_timeout,
                                       self._log_verdicts if verdicts_to else None)  # fmt: skip
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
