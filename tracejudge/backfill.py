@@ -167,6 +167,7 @@ class Backfill:
         otlp_endpoint: str | None = None,
         job_id: str | None = None,
         max_concurrency: int = 16,
+        engine: str | None = None,
     ) -> None:
         self._data_dir = Path(data_dir)
         self._config = config or Config(data_dir=self._data_dir)
@@ -183,6 +184,7 @@ class Backfill:
         self._rescore, self._skipped_only = rescore, skipped_only
         self._otlp_endpoint = otlp_endpoint
         self._max_concurrency = max_concurrency
+        self._engine = None if engine in (None, "local") else engine  # "ray[=ADDRESS]": tracejudge/ray_engine.py
         self.jobs_dir = self._data_dir / "backfill"
         job_id = job_id or f"bf-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
         self.job = BackfillJob(job_id, dict(self._rates), self._start.isoformat(), self._end.isoformat(), rescore,
@@ -193,12 +195,13 @@ class Backfill:
 
     @classmethod
     def resume(cls, data_dir: str | Path, job_id: str, *, config: Config | None = None,
-               otlp_endpoint: str | None = None) -> Backfill:  # fmt: skip
+               otlp_endpoint: str | None = None, engine: str | None = None) -> Backfill:  # fmt: skip
         """The job `job_id` again, as it was asked for: what its closed files hold is not judged again."""
         job = BackfillJob.load(Path(data_dir) / "backfill", job_id)
         scorers = [BackfillScorerConfig(name, rate) for name, rate in job.scorers.items()]
         backfill = cls(data_dir, scorers, config=config, start_time=job.start_time, end_time=job.end_time,
-                       skipped_only=job.skipped_only, otlp_endpoint=otlp_endpoint, job_id=job_id)  # fmt: skip
+                       skipped_only=job.skipped_only, otlp_endpoint=otlp_endpoint, job_id=job_id,
+                       engine=engine)  # fmt: skip
         backfill.job.created_at = job.created_at
         return backfill
 
@@ -271,7 +274,10 @@ class Backfill:
                                code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
         source = ArchiveTraceSource(self._archive, self._start, self._end)
         try:
-            counts = asyncio.run(scoring.run(source.batches(), emit, on_progress, stop=self._cancelled))
+            if self._engine is not None:
+                counts = self._run_on_ray(logged, emit, on_progress)
+            else:
+                counts = asyncio.run(scoring.run(source.batches(), emit, on_progress, stop=self._cancelled))
             self._record(counts)
             job.status = "cancelled" if self._cancelled.is_set() else "succeeded"
         except Exception as exc:
@@ -286,6 +292,19 @@ class Backfill:
             job.finished_at = time.time()
             job.save(self.jobs_dir)
         return job
+
+    def _run_on_ray(self, logged: Mapping[str, Mapping[str, Any]], emit: Any, on_progress: Any) -> BatchCounts:
+        """The same scorers, sampler and idempotence on a Ray cluster; verdicts come back here to `emit`."""
+        from tracejudge.ray_engine import PairFilter, score_archive
+
+        done = None if self._rescore else frozenset(self._already_done())
+        exclude = PairFilter(done, frozenset(self._skipped_table()) if self._skipped_only else None)
+        assert self._engine is not None
+        return score_archive(self._engine, self._archive, self._start, self._end, self._specs, self._config.judges,
+                             emit, on_progress, self._cancelled, sample=True, rates=self._rates, exclude=exclude,
+                             expectations=logged, max_concurrency=self._max_concurrency,
+                             code_workers=self._config.scoring.code_workers,
+                             code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
 
     # --- what to judge ------------------------------------------------------------------------------
 

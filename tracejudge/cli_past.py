@@ -41,6 +41,26 @@ _DATA_DIR = click.option(
 )
 
 
+def _engine(_context: click.Context, _parameter: click.Parameter, value: str) -> str | None:
+    name, sep, address = value.partition("=")
+    if value == "local":
+        return None
+    if name != "ray" or (sep and not address):
+        raise click.BadParameter(f"{value!r}: give local, ray, or ray=ADDRESS (e.g. ray=ray://head:10001)")
+    return value
+
+
+_ENGINE = click.option(
+    "--engine",
+    default="local",
+    show_default=True,
+    metavar="local|ray[=ADDRESS]",
+    callback=_engine,
+    help="Where the scorers run: this process, or a Ray cluster reading the archive with Ray Data (ray: a local "
+    "Ray, or RAY_ADDRESS's cluster; ray=ADDRESS: that one). Needs the extra tracejudge[ray]",
+)
+
+
 def _reported(command: F) -> F:
     """What the user asked for wrong, as one line on stderr and exit code 1."""
 
@@ -48,7 +68,7 @@ def _reported(command: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ConfigError, ValueError, TypeError, FileNotFoundError) as exc:  # BackfillError is a ValueError
+        except (ConfigError, ValueError, TypeError, FileNotFoundError, ImportError) as exc:  # BackfillError: ValueError
             raise click.ClickException(str(exc)) from None
 
     return run  # type: ignore[return-value]
@@ -78,10 +98,11 @@ def _config(path: Path | None, data_dir: Path) -> Config:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every verdict here: .parquet or .jsonl")  # fmt: skip
 @click.option("--otlp-endpoint", metavar="URL", help="Also emit the verdicts there, as live ones (default: nowhere)")
+@_ENGINE
 @_reported
 def evaluate_command(data_dir: Path, data_file: Path | None, since: str | None, until: str | None,
                      filter_string: str | None, config_path: Path | None, names: tuple[str, ...], out: Path | None,
-                     otlp_endpoint: str | None) -> None:  # fmt: skip
+                     otlp_endpoint: str | None, engine: str | None) -> None:  # fmt: skip
     """Judge archived traces, or a file of traces or dataset rows, with the production scorers; print the
     aggregates per scorer and write each verdict to --out. Emits nothing unless --otlp-endpoint."""
     from tracejudge.evaluation import ArchivedTraces, evaluate
@@ -92,7 +113,7 @@ def evaluate_command(data_dir: Path, data_file: Path | None, since: str | None, 
     specs: Sequence[Any] | None = list(names) if names else None
     if specs is None and not config.scorers:
         specs = [spec for spec in ScorerRegistry(data_dir / "scorers.json").all()] or None
-    result = evaluate(data, specs, config=config, output_path=out, otlp_endpoint=otlp_endpoint)
+    result = evaluate(data, specs, config=config, output_path=out, otlp_endpoint=otlp_endpoint, engine=engine)
     _print_summary(result)
     if out is not None:
         click.echo(f"{len(result.rows)} verdicts written to {out}")
@@ -115,10 +136,12 @@ def evaluate_command(data_dir: Path, data_file: Path | None, since: str | None, 
 @click.option("--resume", "resume_id", metavar="JOB_ID", help="Run a job that did not finish again, as it was asked")
 @click.option("--list", "list_jobs", is_flag=True, help="List this data directory's backfill jobs and exit")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr")
+@_ENGINE
 @_reported
 def backfill_command(data_dir: Path, scorers: tuple[str, ...], since: str | None, until: str | None,
                      config_path: Path | None, rescore: bool, skipped_only: bool, otlp_endpoint: str | None,
-                     yes: bool, resume_id: str | None, list_jobs: bool, progress: bool) -> None:  # fmt: skip
+                     yes: bool, resume_id: str | None, list_jobs: bool, progress: bool,
+                     engine: str | None) -> None:  # fmt: skip
     """Apply registered scorers to the archive's past traces (default: the last 7 days), with the live
     sampler; a second run adds nothing unless --rescore; a scorer whose version changed is judged again."""
     from tracejudge.backfill import Backfill, BackfillJob
@@ -131,11 +154,11 @@ def backfill_command(data_dir: Path, scorers: tuple[str, ...], since: str | None
         return
     config = _config(config_path, data_dir)
     if resume_id is not None:
-        backfill = Backfill.resume(data_dir, resume_id, config=config, otlp_endpoint=otlp_endpoint)
+        backfill = Backfill.resume(data_dir, resume_id, config=config, otlp_endpoint=otlp_endpoint, engine=engine)
     else:
         wanted = [_scorer_rate(text) for text in scorers]
         backfill = Backfill(data_dir, wanted, config=config, start_time=since, end_time=until, rescore=rescore,
-                            skipped_only=skipped_only, otlp_endpoint=otlp_endpoint)  # fmt: skip
+                            skipped_only=skipped_only, otlp_endpoint=otlp_endpoint, engine=engine)  # fmt: skip
     estimate = backfill.estimate()
     click.echo(f"backfill {backfill.job.job_id}: {backfill.job.start_time} .. {backfill.job.end_time}")
     click.echo(estimate.describe())
