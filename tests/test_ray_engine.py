@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,10 @@ from mock_openai import MockOpenAI
 
 import tracejudge
 from tracejudge.cli import main
+from tracejudge.exporter import rows
+from tracejudge.exporter.archive_worker import TableWriter
 from tracejudge.scoring.sampling import sampled
+from tracejudge.synthetic import genai_trace_spans
 from tracejudge.testing import SidecarProcess, wait_until
 
 from archive_reader import query
@@ -144,6 +149,46 @@ def test_evaluate_on_ray_equals_evaluate_here(archive: Path, judge: MockOpenAI, 
                             engine="ray")  # fmt: skip
     refused = CliRunner().invoke(main, ["evaluate", "--archive", str(archive), "--engine", "spark"])
     assert refused.exit_code == 2 and "give local, ray, or ray=ADDRESS" in refused.output
+
+
+def test_a_trace_whose_spans_straddle_hour_partitions_is_rebuilt_whole_on_ray(tmp_path: Path, local_ray: None) -> None:
+    """Each trace's child spans in one hour's file, its root in the next hour's (and one child again there, as a
+    client's retry writes it): grouped by trace id, each is one whole trace, as the local reader rebuilds it."""
+    hour = (time.time() // 3600 - 3) * 3600  # three hours ago, on the hour
+    clock = [hour + 3360.0]  # HH:56
+    spans = TableWriter(tmp_path / "archive" / "spans", rows.SPANS_SCHEMA, 2**26, float("inf"), lambda: clock[0])
+    traces = [genai_trace_spans(os.urandom(16), int((hour + 3300 + i) * 1e9), f"s-{i}") for i in range(4)]
+    spans.append(rows.spans_batch(_request([span for trace in traces for span in trace[1:]])))
+    spans.close()
+    clock[0] = hour + 3600 + 180  # the next hour, 3 minutes in: within the reader's lateness
+    spans.append(rows.spans_batch(_request([span for trace in traces for span in trace[:2]])))
+    spans.close()
+    assert len(list((tmp_path / "archive" / "spans").glob("date=*/hour=*/*.parquet"))) == 2
+
+    data = tracejudge.ArchivedTraces(tmp_path / "archive", since=_utc(hour), until=_utc(hour + 7200))
+    scorers = [{"name": "non_empty", "builtin": "NonEmptyResponse"}, {"name": "no_error", "builtin": "NoError"}]
+    here = tracejudge.evaluate(data, scorers)
+    there = tracejudge.evaluate(data, scorers, engine="ray")
+    assert here.traces == there.traces == 4 and not here.skipped and not there.skipped
+    assert sorted(map(_verdict, there.rows)) == sorted(map(_verdict, here.rows))
+    assert {(r["name"], r["value"]) for r in there.rows} == {("non_empty", "true"), ("no_error", "true")}
+
+
+def _request(spans: list[Any]) -> Any:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    scope.spans.extend(spans)
+    return request
+
+
+def _verdict(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["trace_id"], row["name"], row["value"], row["request"], row["response"]
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
 def _config(judge: MockOpenAI, data_dir: Path) -> Any:

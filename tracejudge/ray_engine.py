@@ -155,7 +155,20 @@ def score_archive(
     finally:
         ray.data.DataContext._set_current(previous)
     counts = BatchCounts()
-    for block in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+    blocks = iter(scored.iter_batches(batch_format="pyarrow", batch_size=None))
+    try:
+        _drain(blocks, counts, emit, progress, stop)
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()  # ends the run on the cluster now, when `stop` cut it short
+    return counts
+
+
+def _drain(blocks: Iterator[Any], counts: BatchCounts, emit: Emit, progress: Callable[[BatchCounts], None] | None,
+           stop: threading.Event | None) -> None:  # fmt: skip
+    """Hand each verdict to `emit` and add up the counts, until the end or `stop`."""
+    for block in blocks:
         batch = cast(pa.Table, block)
         for kind, payload in zip(batch.column("kind").to_pylist(), batch.column("payload").to_pylist(), strict=True):
             if kind == "verdicts":
@@ -166,8 +179,7 @@ def score_archive(
         if progress is not None:
             progress(counts)
         if stop is not None and stop.is_set():
-            break
-    return counts
+            return
 
 
 def _pipeline(fs: pafs.FileSystem, files: dict[str, list[str]], plan: _Plan, specs: list[ScorerSpec],
