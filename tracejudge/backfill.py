@@ -114,6 +114,7 @@ class Backfill:
         max_concurrency: int = 16,
         exporters: tuple[SpanExporter, LogRecordExporter] | None = None,
         runner: str = "offline",
+        engine: str | None = None,
     ) -> None:
         """`exporters`: where verdicts are emitted instead of `otlp_endpoint` (a sidecar's backfill worker
         relays them to the sidecar)."""
@@ -131,6 +132,7 @@ class Backfill:
         self._rescore, self._skipped_only = rescore, skipped_only
         self._exporters = exporters or (span_and_log_exporters(otlp_endpoint) if otlp_endpoint else None)
         self._max_concurrency = max_concurrency
+        self._engine = None if engine in (None, "local") else engine  # "ray[=ADDRESS]": tracejudge/ray_engine.py
         self.jobs_dir = self._data_dir / "backfill"
         self.job = BackfillJob.new(self._rates, self._start, self._end, rescore, skipped_only, runner, job_id)
         self._cancelled = threading.Event()
@@ -140,10 +142,10 @@ class Backfill:
 
     @classmethod
     def resume(cls, data_dir: str | Path, job_id: str, *, config: Config | None = None,
-               otlp_endpoint: str | None = None) -> Backfill:  # fmt: skip
+               otlp_endpoint: str | None = None, engine: str | None = None) -> Backfill:  # fmt: skip
         """The job `job_id` again, as it was asked for: what its closed files hold is not judged again."""
         return cls.of(BackfillJob.load(Path(data_dir) / "backfill", job_id), data_dir, config=config,
-                      otlp_endpoint=otlp_endpoint)  # fmt: skip
+                      otlp_endpoint=otlp_endpoint, engine=engine)  # fmt: skip
 
     @classmethod
     def of(cls, job: BackfillJob, data_dir: str | Path, **options: Any) -> Backfill:
@@ -237,7 +239,10 @@ class Backfill:
                                code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
         source = ArchiveTraceSource(self._archive, self._start, self._end, s3=self._config.archive.s3)
         try:
-            counts = asyncio.run(scoring.run(source.batches(), emit, on_progress, stop=self._cancelled))
+            if self._engine is not None:
+                counts = self._run_on_ray(logged, emit, on_progress)
+            else:
+                counts = asyncio.run(scoring.run(source.batches(), emit, on_progress, stop=self._cancelled))
             self._record(counts)
             job.status = "running" if self._paused else "cancelled" if self._cancelled.is_set() else "succeeded"
         except Exception as exc:
@@ -254,6 +259,19 @@ class Backfill:
             if on_job is not None:
                 on_job(job)
         return job
+
+    def _run_on_ray(self, logged: Mapping[str, Mapping[str, Any]], emit: Any, on_progress: Any) -> BatchCounts:
+        """The same scorers, sampler and idempotence on a Ray cluster; verdicts come back here to `emit`."""
+        from tracejudge.ray_engine import PairFilter, score_archive
+
+        done = None if self._rescore else frozenset(self._already_done())
+        exclude = PairFilter(done, frozenset(self._skipped_table()) if self._skipped_only else None)
+        assert self._engine is not None
+        return score_archive(self._engine, self._archive, self._start, self._end, self._specs, self._config.judges,
+                             emit, on_progress, self._cancelled, sample=True, rates=self._rates, exclude=exclude,
+                             expectations=logged, max_concurrency=self._max_concurrency,
+                             code_workers=self._config.scoring.code_workers,
+                             code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
 
     # --- what to judge ------------------------------------------------------------------------------
 

@@ -58,6 +58,26 @@ _DATA_DIR = click.option(
 )
 
 
+def _engine(_context: click.Context, _parameter: click.Parameter, value: str) -> str | None:
+    name, sep, address = value.partition("=")
+    if value == "local":
+        return None
+    if name != "ray" or (sep and not address):
+        raise click.BadParameter(f"{value!r}: give local, ray, or ray=ADDRESS (e.g. ray=ray://head:10001)")
+    return value
+
+
+_ENGINE = click.option(
+    "--engine",
+    default="local",
+    show_default=True,
+    metavar="local|ray[=ADDRESS]",
+    callback=_engine,
+    help="Where the scorers run: this process, or a Ray cluster reading the archive with Ray Data (ray: a local "
+    "Ray, or RAY_ADDRESS's cluster; ray=ADDRESS: that one). Needs the extra tracejudge[ray]",
+)
+
+
 def _reported(command: F) -> F:
     """What the user asked for wrong, as one line on stderr and exit code 1."""
 
@@ -65,8 +85,9 @@ def _reported(command: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ConfigError, ValueError, TypeError, OSError) as exc:  # BackfillError is a ValueError; OSError:
-            # a missing file, or an archive on object storage that cannot be reached (its message says which)
+        except (ConfigError, ValueError, TypeError, OSError, ImportError) as exc:  # BackfillError is a ValueError;
+            # OSError: a missing file, or an archive on object storage that cannot be reached (its message says
+            # which); ImportError: --engine ray without the extra
             raise click.ClickException(str(exc)) from None
 
     return run  # type: ignore[return-value]
@@ -96,10 +117,11 @@ def _config(path: Path | None, data_dir: Path | str) -> Config:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every verdict here: .parquet or .jsonl")  # fmt: skip
 @click.option("--otlp-endpoint", metavar="URL", help="Also emit the verdicts there, as live ones (default: nowhere)")
+@_ENGINE
 @_reported
 def evaluate_command(data_dir: Path | str, data_file: Path | None, since: str | None, until: str | None,
                      filter_string: str | None, config_path: Path | None, names: tuple[str, ...], out: Path | None,
-                     otlp_endpoint: str | None) -> None:  # fmt: skip
+                     otlp_endpoint: str | None, engine: str | None) -> None:  # fmt: skip
     """Judge archived traces, or a file of traces or dataset rows, with the production scorers; print the
     aggregates per scorer and write each verdict to --out. Emits nothing unless --otlp-endpoint."""
     from tracejudge.evaluation import ArchivedTraces, evaluate
@@ -110,7 +132,7 @@ def evaluate_command(data_dir: Path | str, data_file: Path | None, since: str | 
     specs: Sequence[Any] | None = list(names) if names else None
     if specs is None and not config.scorers and isinstance(data_dir, Path):
         specs = [spec for spec in ScorerRegistry(data_dir / "scorers.json").all()] or None
-    result = evaluate(data, specs, config=config, output_path=out, otlp_endpoint=otlp_endpoint)
+    result = evaluate(data, specs, config=config, output_path=out, otlp_endpoint=otlp_endpoint, engine=engine)
     _print_summary(result)
     if out is not None:
         click.echo(f"{len(result.rows)} verdicts written to {out}")
@@ -139,17 +161,24 @@ def evaluate_command(data_dir: Path | str, data_file: Path | None, since: str | 
 @click.option("--cancel", "cancel_id", metavar="JOB_ID", help="Cancel the sidecar's job JOB_ID and exit")
 @click.option("--list", "list_jobs", is_flag=True, help="List the backfill jobs (of --archive, or the sidecar's)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr")
+@_ENGINE
 @_reported
 def backfill_command(data_dir: Path | None, endpoint: str | None, token: str | None, ca_file: str | None,
                      cert_file: str | None, key_file: str | None, timeout: float, scorers: tuple[str, ...],
                      since: str | None, until: str | None, config_path: Path | None, rescore: bool,
                      skipped_only: bool, otlp_endpoint: str | None, yes: bool, resume_id: str | None,
-                     cancel_id: str | None, list_jobs: bool, progress: bool) -> None:  # fmt: skip
+                     cancel_id: str | None, list_jobs: bool, progress: bool,
+                     engine: str | None) -> None:  # fmt: skip
     """Apply registered scorers to past traces (default: the last 7 days), with the live sampler; a second
     run adds nothing unless --rescore; a scorer whose version changed is judged again. Without --archive the
     running sidecar runs the job, below live scoring's priority, and its verdicts are emitted as live ones."""
     if data_dir is None:
-        for given, name in ((config_path, "--config"), (otlp_endpoint, "--otlp-endpoint"), (resume_id, "--resume")):
+        for given, name in (
+            (config_path, "--config"),
+            (otlp_endpoint, "--otlp-endpoint"),
+            (resume_id, "--resume"),
+            (engine, "--engine"),
+        ):
             if given is not None:
                 raise click.UsageError(f"{name} needs --archive (a sidecar runs its jobs with its own settings)")
         client = _connect(endpoint, token, timeout, ca_file, cert_file, key_file)
@@ -174,11 +203,11 @@ def backfill_command(data_dir: Path | None, endpoint: str | None, token: str | N
         return
     config = _config(config_path, data_dir)
     if resume_id is not None:
-        backfill = Backfill.resume(data_dir, resume_id, config=config, otlp_endpoint=otlp_endpoint)
+        backfill = Backfill.resume(data_dir, resume_id, config=config, otlp_endpoint=otlp_endpoint, engine=engine)
     else:
         wanted = [_scorer_rate(text) for text in scorers]
         backfill = Backfill(data_dir, wanted, config=config, start_time=since, end_time=until, rescore=rescore,
-                            skipped_only=skipped_only, otlp_endpoint=otlp_endpoint)  # fmt: skip
+                            skipped_only=skipped_only, otlp_endpoint=otlp_endpoint, engine=engine)  # fmt: skip
     estimate = backfill.estimate()
     click.echo(f"backfill {backfill.job.job_id}: {backfill.job.start_time} .. {backfill.job.end_time}")
     click.echo(estimate.describe())
