@@ -85,21 +85,21 @@ _HANDED_ON_CACHE = 200_000
 _KINDS = {name: value for value, name in rows.KINDS.items()}
 _STATUS = {name: value for value, name in rows.STATUS_CODES.items()}
 
-_SPAN_COLUMNS = ["trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind", "start_time", "end_time",
+SPAN_COLUMNS = ["trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind", "start_time", "end_time",
                  "status_code", "status_message", "scope_name", "scope_version", "attributes",
                  "resource_attributes", "events", "links", "received_at", "flags"]  # fmt: skip
-_LOG_COLUMNS = ["trace_id", "span_id", "time", "observed_time", "severity_number", "severity_text", "event_name",
+LOG_COLUMNS = ["trace_id", "span_id", "time", "observed_time", "severity_number", "severity_text", "event_name",
                 "body", "attributes", "resource_attributes", "received_at"]  # fmt: skip
-_TRACE_COLUMNS = ["trace_id", "complete", "completion_reason", "decided_at"]
+TRACE_COLUMNS = ["trace_id", "complete", "completion_reason", "decided_at"]
 # Log rows worth parsing: a GenAI event name, or none with an event.name attribute (older SDKs put it there).
-_LOG_FILTER = (ds.field("trace_id") != "") & (
+LOG_FILTER = (ds.field("trace_id") != "") & (
     pc.starts_with(ds.field("event_name"), pattern="gen_ai.")
     | ((ds.field("event_name") == "") & pc.match_substring(ds.field("attributes"), pattern='"event.name"'))
 )
 
 
 @dataclass(slots=True)
-class _Pending:
+class PendingTrace:
     """One trace's rows so far, kept as read and rebuilt into spans only if the trace is in the window. `horizon`
     is never later than the trace's start: its earliest span read so far, or the earliest arrival of any of its
     rows (nothing arrives before its trace starts)."""
@@ -156,7 +156,7 @@ class ArchiveTraceSource:
         return [hour * _HOUR_NS for hour in range(first, last + 1)]
 
     def batches(self) -> Iterator[list[Trace]]:
-        pending: dict[bytes, _Pending] = {}
+        pending: dict[bytes, PendingTrace] = {}
         handed_on: dict[bytes, None] = {}
         hours = self.hours()
         for hour in hours:
@@ -168,7 +168,7 @@ class ArchiveTraceSource:
             done_before = hour + _HOUR_NS - self._lateness if hour != hours[-1] else None
             yield from self._chunks(self._finish(pending, done_before, handed_on))
 
-    def _finish(self, pending: dict[bytes, _Pending], done_before: int | None, handed_on: dict[bytes, None]
+    def _finish(self, pending: dict[bytes, PendingTrace], done_before: int | None, handed_on: dict[bytes, None]
                 ) -> list[Trace]:  # fmt: skip
         """Hand on the traces no later partition can add to (their horizon + lateness is before the end of the
         hour just read; all of them after the last hour), keeping those of the window, in order of start."""
@@ -178,7 +178,7 @@ class ArchiveTraceSource:
             trace = pending.pop(trace_id)
             handed_on[trace_id] = None
             if trace.start is not None and self._start <= trace.start < self._end:
-                traces.append((trace.start, _trace(trace_id, trace)))
+                traces.append((trace.start, rebuilt_trace(trace_id, trace)))
         while len(handed_on) > _HANDED_ON_CACHE:
             del handed_on[next(iter(handed_on))]
         traces.sort(key=lambda item: item[0])
@@ -188,11 +188,11 @@ class ArchiveTraceSource:
         for offset in range(0, len(traces), self._batch_size):
             yield traces[offset : offset + self._batch_size]
 
-    def _read_spans(self, hour: int, pending: dict[bytes, _Pending]) -> None:
-        table = self._read("spans", rows.SPANS_SCHEMA, hour, _SPAN_COLUMNS)
+    def _read_spans(self, hour: int, pending: dict[bytes, PendingTrace]) -> None:
+        table = self._read("spans", rows.SPANS_SCHEMA, hour, SPAN_COLUMNS)
         if table is None:
             return
-        for row in zip(*_pylists(table, _SPAN_COLUMNS), strict=True):
+        for row in zip(*pylists(table, SPAN_COLUMNS), strict=True):
             start = row[6]
             trace = _pending(pending, bytes.fromhex(row[0]), start)
             trace.saw(row[16])
@@ -200,27 +200,27 @@ class ArchiveTraceSource:
             trace.horizon = min(trace.horizon, start)
             trace.spans.setdefault(row[1], row)
 
-    def _read_logs(self, hour: int, pending: dict[bytes, _Pending]) -> None:
-        table = self._read("logs", rows.LOGS_SCHEMA, hour, _LOG_COLUMNS, _LOG_FILTER)
+    def _read_logs(self, hour: int, pending: dict[bytes, PendingTrace]) -> None:
+        table = self._read("logs", rows.LOGS_SCHEMA, hour, LOG_COLUMNS, LOG_FILTER)
         if table is None:
             return
-        for row in zip(*_pylists(table, _LOG_COLUMNS), strict=True):
+        for row in zip(*pylists(table, LOG_COLUMNS), strict=True):
             name = row[6] or orjson.loads(row[8]).get("event.name")
             if isinstance(name, str) and is_genai_event(name):
                 trace = _pending(pending, bytes.fromhex(row[0]), row[10])
                 trace.saw(row[10])
                 trace.logs.setdefault(row[:10], row)
 
-    def _read_decisions(self, hour: int, pending: dict[bytes, _Pending]) -> None:
-        table = self._read("traces", rows.TRACES_SCHEMA, hour, _TRACE_COLUMNS)
+    def _read_decisions(self, hour: int, pending: dict[bytes, PendingTrace]) -> None:
+        table = self._read("traces", rows.TRACES_SCHEMA, hour, TRACE_COLUMNS)
         if table is None:
             return
-        for trace_id_hex, complete, reason, decided_at in zip(*_pylists(table, _TRACE_COLUMNS), strict=True):
+        for trace_id_hex, complete, reason, decided_at in zip(*pylists(table, TRACE_COLUMNS), strict=True):
             trace = _pending(pending, bytes.fromhex(trace_id_hex), decided_at)
             trace.horizon = min(trace.horizon, decided_at)
             if decided_at >= trace.decided_at:
                 trace.decided_at, trace.complete = decided_at, bool(complete)
-                trace.reason = _reason(reason)
+                trace.reason = completion_reason(reason)
 
     def _read(
         self, table: str, schema: pa.Schema, hour: int, columns: list[str], where: ds.Expression | None = None
@@ -238,7 +238,7 @@ class ArchiveTraceSource:
 
 
 def span_from_row(row: Sequence[Any]) -> BufferedSpan:
-    """A `spans` row (rows.spans_batch; its columns in _SPAN_COLUMNS order) as the BufferedSpan the assembler
+    """A `spans` row (rows.spans_batch; its columns in SPAN_COLUMNS order) as the BufferedSpan the assembler
     made of the span it came from."""
     (trace_id, span_id, parent_span_id, trace_state, name, kind, start, end, status_code, status_message,
      scope_name, scope_version, attributes, resource_attributes, events, links, _received_at, flags) = row  # fmt: skip
@@ -264,7 +264,7 @@ def span_from_row(row: Sequence[Any]) -> BufferedSpan:
 
 
 def log_from_row(row: Sequence[Any]) -> BufferedLog:
-    """A `logs` row (rows.logs_batch; its columns in _LOG_COLUMNS order) as the assembler's BufferedLog."""
+    """A `logs` row (rows.logs_batch; its columns in LOG_COLUMNS order) as the assembler's BufferedLog."""
     (trace_id, span_id, time, observed_time, severity_number, severity_text, event_name, body, attributes,
      resource_attributes, _received_at) = row  # fmt: skip
     record = LogRecord(time_unix_nano=time or 0, observed_time_unix_nano=observed_time or 0,
@@ -291,14 +291,14 @@ def _scope(name: str, version: str) -> bytes:
     return bytes(InstrumentationScope(name=name, version=version).SerializeToString())
 
 
-def _pending(pending: dict[bytes, _Pending], trace_id: bytes, moment: int) -> _Pending:
+def _pending(pending: dict[bytes, PendingTrace], trace_id: bytes, moment: int) -> PendingTrace:
     trace = pending.get(trace_id)
     if trace is None:
-        trace = pending[trace_id] = _Pending(horizon=moment)
+        trace = pending[trace_id] = PendingTrace(horizon=moment)
     return trace
 
 
-def _trace(trace_id: bytes, pending: _Pending) -> Trace:
+def rebuilt_trace(trace_id: bytes, pending: PendingTrace) -> Trace:
     spans = [span_from_row(row) for row in pending.spans.values()]
     if pending.reason is None:
         reason, complete = CompletionReason.END_OF_INPUT, any(s.is_local_root for s in spans)
@@ -309,7 +309,7 @@ def _trace(trace_id: bytes, pending: _Pending) -> Trace:
                  complete=complete)  # fmt: skip
 
 
-def _reason(value: str | None) -> CompletionReason | None:
+def completion_reason(value: str | None) -> CompletionReason | None:
     try:
         return CompletionReason(value)
     except ValueError:
@@ -321,7 +321,7 @@ def _enum(names: dict[str, int], name: str) -> int:
     return names[name] if name in names else int(name or 0)
 
 
-def _pylists(table: pa.Table, columns: Sequence[str]) -> list[list[Any]]:
+def pylists(table: pa.Table, columns: Sequence[str]) -> list[list[Any]]:
     """Columns as Python lists, timestamps as integer nanoseconds (to_pylist() would make datetimes, which
     hold microseconds only)."""
     out = []

@@ -11,7 +11,7 @@ The only module that imports ray (the optional extra `tracejudge[ray]`). What ru
    and a shuffle by trace id is the one step that brings them together however they lie; the three tables go
    through it as one dataset of (trace_id, table, row) so spans, GenAI log events and completion decisions of
    a trace meet in one group. The group is rebuilt into the Trace ArchiveTraceSource would hand on (its own
-   _Pending and _trace), kept only if it starts in the window. The consistent sampler is applied here when
+   PendingTrace and rebuilt_trace), kept only if it starts in the window. The consistent sampler is applied here when
    every scorer targets traces: a trace no scorer samples is counted but not shipped on.
 3. With a session scorer, the traces of one session are grouped again (by session id), so a conversation is
    judged whole, on one actor, as the local run judges it.
@@ -52,15 +52,15 @@ except ImportError as exc:  # the optional extra
 
 from tracejudge.exporter import rows
 from tracejudge.exporter.archive_reader import (
-    _LOG_COLUMNS,
-    _LOG_FILTER,
-    _SPAN_COLUMNS,
-    _TRACE_COLUMNS,
     DEFAULT_LATENESS,
-    _Pending,
-    _pylists,
-    _reason,
-    _trace,
+    LOG_COLUMNS,
+    LOG_FILTER,
+    SPAN_COLUMNS,
+    TRACE_COLUMNS,
+    PendingTrace,
+    completion_reason,
+    pylists,
+    rebuilt_trace,
 )
 from tracejudge.model import Assessment, Trace
 from tracejudge.otlp import is_genai_event
@@ -288,33 +288,33 @@ def _rows(table: pa.Table, columns: list[str], schema: pa.Schema, kind: int) -> 
     for name in columns:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
-    values = _pylists(table, columns)
+    values = pylists(table, columns)
     encoded = [orjson.dumps(row) for row in zip(*values, strict=True)] if values else []
     return pa.table({"trace_id": table.column("trace_id"), "table": pa.array([kind] * table.num_rows, pa.int8()),
                      "row": pa.array(encoded, pa.binary())}, schema=_ROWS_SCHEMA)  # fmt: skip
 
 
 def _span_rows(table: pa.Table) -> pa.Table:
-    return _rows(table, _SPAN_COLUMNS, rows.SPANS_SCHEMA, _SPANS)
+    return _rows(table, SPAN_COLUMNS, rows.SPANS_SCHEMA, _SPANS)
 
 
 def _log_rows(table: pa.Table) -> pa.Table:
     """GenAI log events only, by the local reader's filter and rule."""
-    for name in _LOG_COLUMNS:
+    for name in LOG_COLUMNS:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, rows.LOGS_SCHEMA.field(name).type))
-    table = table.filter(_LOG_FILTER)
+    table = table.filter(LOG_FILTER)
     names = table.column("event_name").to_pylist()
     attributes = table.column("attributes").to_pylist()
     keep = []
     for event_name, attrs in zip(names, attributes, strict=True):
         name = event_name or orjson.loads(attrs).get("event.name")
         keep.append(isinstance(name, str) and is_genai_event(name))
-    return _rows(table.filter(pa.array(keep, pa.bool_())), _LOG_COLUMNS, rows.LOGS_SCHEMA, _LOGS)
+    return _rows(table.filter(pa.array(keep, pa.bool_())), LOG_COLUMNS, rows.LOGS_SCHEMA, _LOGS)
 
 
 def _decision_rows(table: pa.Table) -> pa.Table:
-    return _rows(table, _TRACE_COLUMNS, rows.TRACES_SCHEMA, _DECISIONS)
+    return _rows(table, TRACE_COLUMNS, rows.TRACES_SCHEMA, _DECISIONS)
 
 
 def _assemble(group: pa.Table, plan: _Plan) -> pa.Table:
@@ -326,7 +326,7 @@ def _assemble(group: pa.Table, plan: _Plan) -> pa.Table:
     spans = sorted((row for kind, row in rows_of if kind == _SPANS), key=lambda row: (row[16], row[6], row[1]))
     if not spans:
         return _UNITS_SCHEMA.empty_table()  # log events or a decision only: no trace, as locally
-    pending = _Pending(horizon=min(row[6] for row in spans))
+    pending = PendingTrace(horizon=min(row[6] for row in spans))
     for row in spans:
         pending.saw(row[16])
         pending.start = row[6] if pending.start is None else min(pending.start, row[6])
@@ -337,13 +337,13 @@ def _assemble(group: pa.Table, plan: _Plan) -> pa.Table:
     for _, complete, reason, decided_at in sorted((row for kind, row in rows_of if kind == _DECISIONS),
                                                   key=lambda row: row[3]):  # fmt: skip
         if decided_at >= pending.decided_at:
-            pending.decided_at, pending.complete, pending.reason = decided_at, bool(complete), _reason(reason)
+            pending.decided_at, pending.complete, pending.reason = decided_at, bool(complete), completion_reason(reason)
     if pending.start is None or not plan.start <= pending.start < plan.end:
         return _UNITS_SCHEMA.empty_table()
     unit = trace_id.hex()
     if plan.bars is not None and randomness(trace_id) < min(plan.bars):
         return pa.table({"unit": [unit], "traces": [pickle.dumps([])], "read": [1]}, schema=_UNITS_SCHEMA)
-    trace = _trace(trace_id, pending)
+    trace = rebuilt_trace(trace_id, pending)
     if plan.sessions:
         unit = extract(trace).session_id or unit
     return pa.table({"unit": [unit], "traces": [pickle.dumps([trace])], "read": [1]}, schema=_UNITS_SCHEMA)
