@@ -69,7 +69,8 @@ def main() -> None:
     "metrics_endpoint",
     metavar="HOST:PORT",
     envvar="TRACEJUDGE_METRICS",
-    help="/metrics, /healthz and /readyz listen address [127.0.0.1:9464]; 'off' disables. Env: TRACEJUDGE_METRICS",
+    help="The admin listener's address (the status page /, /metrics, /healthz, /readyz) [127.0.0.1:9464]; "
+    "'off' disables. Env: TRACEJUDGE_METRICS",
 )
 @click.option(
     "--log-level",
