@@ -166,7 +166,7 @@ class Backfill:
         skipped_only: bool = False,
         otlp_endpoint: str | None = None,
         job_id: str | None = None,
-        max_concurrency: int = 16,
+        max_concurrency: int | None = None,
     ) -> None:
         self._data_dir = Path(data_dir)
         self._config = config or Config(data_dir=self._data_dir)
@@ -182,7 +182,10 @@ class Backfill:
                                                   else BackfillScorerConfig(s) for s in scorers])  # fmt: skip
         self._rescore, self._skipped_only = rescore, skipped_only
         self._otlp_endpoint = otlp_endpoint
-        self._max_concurrency = max_concurrency
+        # Traces judged at once: by default the config's scoring.max_concurrency (256), as live scoring, so that
+        # the judges' own max_concurrency is what limits a job. A fixed 16 held a C = 64 judge to 16 calls in
+        # flight, a quarter of C/L (bench/backfill.py, phase b).
+        self._max_concurrency = max_concurrency or self._config.scoring.max_concurrency
         self.jobs_dir = self._data_dir / "backfill"
         job_id = job_id or f"bf-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
         self.job = BackfillJob(job_id, dict(self._rates), self._start.isoformat(), self._end.isoformat(), rescore,

@@ -152,7 +152,7 @@ def evaluate(
     judges: Mapping[str, Any] | None = None,
     output_path: str | Path | None = None,
     otlp_endpoint: str | None = None,
-    max_concurrency: int = 16,
+    max_concurrency: int | None = None,
 ) -> EvaluationResult:
     """Judge `data` with `scorers` (tracejudge.scorers objects, `@scorer` functions, config-file mappings, or
     names of the config's scorers; default: every scorer in the config). `config`: a tracejudge.yaml for its
@@ -164,7 +164,8 @@ def evaluate(
     where = data.filter_string if isinstance(data, ArchivedTraces) else None
     logged = logged_assessments(data.directory).expectations if isinstance(data, ArchivedTraces) else {}
     code = loaded.scoring
-    scoring = BatchScoring(specs, judge_config, max_concurrency=max_concurrency, where=where, expectations=logged,
+    scoring = BatchScoring(specs, judge_config, max_concurrency=max_concurrency or code.max_concurrency, where=where,
+                           expectations=logged,  # traces at once: scoring.max_concurrency, as live and backfill
                            code_workers=code.code_workers, code_timeout_s=code.code_timeout)  # fmt: skip
     return run_batch(scoring, batches_of(data), output_path=output_path, otlp_endpoint=otlp_endpoint)
 
