@@ -9,7 +9,9 @@ files; once it confirms, the cursor is committed up to what was sent before. So 
 the writer (a kill, a crash) are written again from the log: none are lost, a few may be written
 twice (those of files closed by size since the last commit). Files are written under a hidden
 temporary name and renamed when closed, so a reader never sees a torn file; they roll by size and
-by time, under hive partitions `<table>/date=YYYY-MM-DD/hour=HH/`.
+by time, under hive partitions `<table>/date=YYYY-MM-DD/hour=HH/`. On object storage (`s3://bucket/prefix`,
+exporter/archive_store.py) the writer writes in a local spool directory and uploads each file as it closes;
+a flush is acknowledged only once its files are uploaded, so the cursor never passes rows the store lacks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from tracejudge.child_process import ChildProcess
 from tracejudge.exporter import archive_protocol as protocol
+from tracejudge.exporter.archive_store import is_uri
 from tracejudge.exporter.config import ArchiveConfig
 from tracejudge.model import Signal
 from tracejudge.wal import Cursor, LogFull, RecordKind, WriteAheadLog
@@ -38,17 +41,30 @@ _FRAMES = {Signal.TRACES: protocol.SPANS, Signal.LOGS: protocol.LOGS}
 
 
 class ParquetArchive:
-    def __init__(self, config: ArchiveConfig, directory: Path, meter: metrics.Meter, cursor: Cursor | None,
-                 flush_behind_bytes: int = 2**62, wal: WriteAheadLog | None = None) -> None:  # fmt: skip
-        """`cursor`: where spans and log records come from (None: only rows written with write_rows).
+    def __init__(self, config: ArchiveConfig, directory: str | Path, meter: metrics.Meter, cursor: Cursor | None,
+                 flush_behind_bytes: int = 2**62, wal: WriteAheadLog | None = None,
+                 spool: Path | None = None) -> None:  # fmt: skip
+        """`directory`: a path, or a URI such as s3://bucket/prefix (then `spool`, a local directory, holds the
+        files until they are uploaded; `config.s3` says how to reach the store).
+        `cursor`: where spans and log records come from (None: only rows written with write_rows).
         `flush_behind_bytes`: also close the files early once the cursor holds this much of the log
         uncommitted, so the archive never fills the log (at 40k spans/s, 60 s of spans is ~2 GB).
         `wal`: the log `cursor` reads; rows given to write_rows are appended to it (RecordKind.ROWS) and
         come back through the cursor, so a kill loses them no more than it loses spans."""
-        directory = directory.resolve()  # also the writer's working directory (child_process.py says why)
-        args = ["--directory", str(directory), "--roll-size", str(config.roll_size),
+        if is_uri(directory):
+            if spool is None:
+                raise ValueError(f"archive {directory}: object storage needs a local spool directory")
+            workdir = spool.resolve()  # the writer's working directory (child_process.py says why)
+            location = str(directory)
+        else:
+            workdir = Path(directory).resolve()
+            location = str(workdir)
+        args = ["--directory", location, "--roll-size", str(config.roll_size),
                 "--roll-interval", str(config.roll_interval)]  # fmt: skip
-        self._writer = ChildProcess("tracejudge.exporter.archive_worker", args, directory,
+        if is_uri(directory):
+            s3 = config.s3.model_dump_json(exclude_unset=True) if config.s3 is not None else "{}"
+            args += ["--spool", str(workdir / "files"), "--s3", s3]
+        self._writer = ChildProcess("tracejudge.exporter.archive_worker", args, workdir,
                                     on_frame=self._acknowledged, on_exit=self._writer_died)  # fmt: skip
         self._max_queue = config.max_queue
         self._roll_interval = config.roll_interval
@@ -59,6 +75,7 @@ class ParquetArchive:
         self._draining = threading.Event()
         self._rewind = threading.Event()
         self._deaths = 0  # writer processes lost: a flush across one does not prove the rows closed
+        self._store_down = threading.Event()  # the writer waits for an object store (until it acknowledges again)
         self._flushes: deque[threading.Event] = deque()  # FLUSH frames sent, in order, not yet acknowledged
         self._lock = threading.Lock()
         self._written = meter.create_counter(
@@ -68,6 +85,9 @@ class ParquetArchive:
         self._restarts = meter.create_counter(
             "tracejudge.archive.worker_restarts", description="Archive writer processes restarted after a crash"
         )
+        # Exposed at 0 from the start: Prometheus's increase() cannot see a first restart in a series
+        # that only appears with it (deploy/prometheus/alerts.yaml alerts on that increase).
+        self._restarts.add(0)
         meter.create_observable_gauge(
             "tracejudge.archive.queue_bytes",
             [self._observe_queue],
@@ -102,7 +122,11 @@ class ParquetArchive:
         with self._lock:
             self._flushes.append(done)
             self._writer.send(protocol.FLUSH)
-        return done.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or (self._draining.is_set() and self._store_down.is_set()):
+                return False  # a stop does not wait for an object store that is away: the log keeps the rows
+        return True
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Archive everything logged, close the files, commit the cursor; kill the writer if it takes
@@ -112,6 +136,9 @@ class ParquetArchive:
         if self._feeder.is_alive():
             self._feeder.join(max(0.0, deadline - time.monotonic()))
         sent_until = self._cursor.position if self._cursor is not None else 0
+        if self._store_down.is_set():  # it cannot upload: stop it now, not at the deadline; the log keeps the rows
+            log.warning("archive: the object store is away; what was not uploaded is archived after the next start")
+            deadline = time.monotonic() + 1.0
         code = self._writer.shutdown(protocol.CLOSE, max(1.0, deadline - time.monotonic()))
         if code == 0 and self._cursor is not None and not self._feeder.is_alive():
             self._cursor.commit(sent_until)
@@ -162,7 +189,10 @@ class ParquetArchive:
         return logged | protocol.ROW_KINDS if self._wal is not None else logged
 
     def _acknowledged(self, frame: bytes) -> None:
-        if frame == protocol.ACK:
+        if frame == protocol.STORE_DOWN:
+            self._store_down.set()
+        elif frame == protocol.ACK:
+            self._store_down.clear()
             with self._lock:
                 if self._flushes:
                     self._flushes.popleft().set()

@@ -11,6 +11,9 @@ A frame is one kind byte and its payload:
                        F                                     flush: close the open files, then acknowledge
                        C                                     close: the same, then exit
     writer -> parent   k                                     the acknowledgement of one F or C
+                       w                                     waiting: the object store cannot be reached, so
+                                                             no F is acknowledged until it can (a stop need
+                                                             not wait for one: the log keeps the rows)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 SPANS, LOGS, TRACES, ASSESSMENTS, SKIPPED, FLUSH, CLOSE = b"S", b"L", b"T", b"A", b"K", b"F", b"C"
-ACK = b"k"
+ACK, STORE_DOWN = b"k", b"w"
 TABLES: dict[bytes, str] = {SPANS: "spans", LOGS: "logs", TRACES: "traces", ASSESSMENTS: "assessments",
                             SKIPPED: "skipped"}  # fmt: skip
 ROW_KINDS = frozenset({TRACES, ASSESSMENTS, SKIPPED})

@@ -71,6 +71,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tracejudge.exporter import rows
+from tracejudge.exporter.archive_store import ArchiveUnavailable, S3Options, archive_filesystem, location_text
 from tracejudge.model import BufferedLog, BufferedSpan, CompletionReason, Trace
 from tracejudge.otlp import add_attributes, is_genai_event, is_local_root, set_any_value
 
@@ -84,21 +85,21 @@ _HANDED_ON_CACHE = 200_000
 _KINDS = {name: value for value, name in rows.KINDS.items()}
 _STATUS = {name: value for value, name in rows.STATUS_CODES.items()}
 
-_SPAN_COLUMNS = ["trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind", "start_time", "end_time",
+SPAN_COLUMNS = ["trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind", "start_time", "end_time",
                  "status_code", "status_message", "scope_name", "scope_version", "attributes",
                  "resource_attributes", "events", "links", "received_at", "flags"]  # fmt: skip
-_LOG_COLUMNS = ["trace_id", "span_id", "time", "observed_time", "severity_number", "severity_text", "event_name",
+LOG_COLUMNS = ["trace_id", "span_id", "time", "observed_time", "severity_number", "severity_text", "event_name",
                 "body", "attributes", "resource_attributes", "received_at"]  # fmt: skip
-_TRACE_COLUMNS = ["trace_id", "complete", "completion_reason", "decided_at"]
+TRACE_COLUMNS = ["trace_id", "complete", "completion_reason", "decided_at"]
 # Log rows worth parsing: a GenAI event name, or none with an event.name attribute (older SDKs put it there).
-_LOG_FILTER = (ds.field("trace_id") != "") & (
+LOG_FILTER = (ds.field("trace_id") != "") & (
     pc.starts_with(ds.field("event_name"), pattern="gen_ai.")
     | ((ds.field("event_name") == "") & pc.match_substring(ds.field("attributes"), pattern='"event.name"'))
 )
 
 
 @dataclass(slots=True)
-class _Pending:
+class PendingTrace:
     """One trace's rows so far, kept as read and rebuilt into spans only if the trace is in the window. `horizon`
     is never later than the trace's start: its earliest span read so far, or the earliest arrival of any of its
     rows (nothing arrives before its trace starts)."""
@@ -121,8 +122,9 @@ class _Pending:
 
 class ArchiveTraceSource:
     """The traces of [start, end) in the archive at `archive_dir` (a local path, or a URI pyarrow.fs knows,
-    such as s3://bucket/prefix; or a path on `filesystem`). A TraceSource: batches() yields lists of at most
-    `batch_size` traces, in windows of an hour, each ordered by start; nothing at all for an empty window."""
+    such as s3://bucket/prefix, with `s3` its archive.s3 options; or a path on `filesystem`). A TraceSource:
+    batches() yields lists of at most `batch_size` traces, in windows of an hour, each ordered by start; nothing
+    at all for an empty window."""
 
     def __init__(
         self,
@@ -132,6 +134,7 @@ class ArchiveTraceSource:
         lateness: timedelta = DEFAULT_LATENESS,
         *,
         filesystem: pafs.FileSystem | None = None,
+        s3: S3Options | None = None,
         batch_size: int = 1000,
     ) -> None:
         if start.tzinfo is None or end.tzinfo is None:
@@ -140,7 +143,8 @@ class ArchiveTraceSource:
             raise ValueError(f"empty window: end {end.isoformat()} is not after start {start.isoformat()}")
         if lateness < timedelta(0) or batch_size < 1:
             raise ValueError("lateness must be >= 0 and batch_size >= 1")
-        self._fs, self._root = _filesystem(archive_dir, filesystem)
+        self._fs, self._root = _filesystem(archive_dir, filesystem, s3)
+        self._shown = location_text(archive_dir)
         self._start, self._end = _ns(start), _ns(end)
         self._lateness = int(lateness.total_seconds() * 1e9)
         self._batch_size = batch_size
@@ -152,7 +156,7 @@ class ArchiveTraceSource:
         return [hour * _HOUR_NS for hour in range(first, last + 1)]
 
     def batches(self) -> Iterator[list[Trace]]:
-        pending: dict[bytes, _Pending] = {}
+        pending: dict[bytes, PendingTrace] = {}
         handed_on: dict[bytes, None] = {}
         hours = self.hours()
         for hour in hours:
@@ -164,7 +168,7 @@ class ArchiveTraceSource:
             done_before = hour + _HOUR_NS - self._lateness if hour != hours[-1] else None
             yield from self._chunks(self._finish(pending, done_before, handed_on))
 
-    def _finish(self, pending: dict[bytes, _Pending], done_before: int | None, handed_on: dict[bytes, None]
+    def _finish(self, pending: dict[bytes, PendingTrace], done_before: int | None, handed_on: dict[bytes, None]
                 ) -> list[Trace]:  # fmt: skip
         """Hand on the traces no later partition can add to (their horizon + lateness is before the end of the
         hour just read; all of them after the last hour), keeping those of the window, in order of start."""
@@ -174,7 +178,7 @@ class ArchiveTraceSource:
             trace = pending.pop(trace_id)
             handed_on[trace_id] = None
             if trace.start is not None and self._start <= trace.start < self._end:
-                traces.append((trace.start, _trace(trace_id, trace)))
+                traces.append((trace.start, rebuilt_trace(trace_id, trace)))
         while len(handed_on) > _HANDED_ON_CACHE:
             del handed_on[next(iter(handed_on))]
         traces.sort(key=lambda item: item[0])
@@ -184,11 +188,11 @@ class ArchiveTraceSource:
         for offset in range(0, len(traces), self._batch_size):
             yield traces[offset : offset + self._batch_size]
 
-    def _read_spans(self, hour: int, pending: dict[bytes, _Pending]) -> None:
-        table = self._read("spans", rows.SPANS_SCHEMA, hour, _SPAN_COLUMNS)
+    def _read_spans(self, hour: int, pending: dict[bytes, PendingTrace]) -> None:
+        table = self._read("spans", rows.SPANS_SCHEMA, hour, SPAN_COLUMNS)
         if table is None:
             return
-        for row in zip(*_pylists(table, _SPAN_COLUMNS), strict=True):
+        for row in zip(*pylists(table, SPAN_COLUMNS), strict=True):
             start = row[6]
             trace = _pending(pending, bytes.fromhex(row[0]), start)
             trace.saw(row[16])
@@ -196,27 +200,27 @@ class ArchiveTraceSource:
             trace.horizon = min(trace.horizon, start)
             trace.spans.setdefault(row[1], row)
 
-    def _read_logs(self, hour: int, pending: dict[bytes, _Pending]) -> None:
-        table = self._read("logs", rows.LOGS_SCHEMA, hour, _LOG_COLUMNS, _LOG_FILTER)
+    def _read_logs(self, hour: int, pending: dict[bytes, PendingTrace]) -> None:
+        table = self._read("logs", rows.LOGS_SCHEMA, hour, LOG_COLUMNS, LOG_FILTER)
         if table is None:
             return
-        for row in zip(*_pylists(table, _LOG_COLUMNS), strict=True):
+        for row in zip(*pylists(table, LOG_COLUMNS), strict=True):
             name = row[6] or orjson.loads(row[8]).get("event.name")
             if isinstance(name, str) and is_genai_event(name):
                 trace = _pending(pending, bytes.fromhex(row[0]), row[10])
                 trace.saw(row[10])
                 trace.logs.setdefault(row[:10], row)
 
-    def _read_decisions(self, hour: int, pending: dict[bytes, _Pending]) -> None:
-        table = self._read("traces", rows.TRACES_SCHEMA, hour, _TRACE_COLUMNS)
+    def _read_decisions(self, hour: int, pending: dict[bytes, PendingTrace]) -> None:
+        table = self._read("traces", rows.TRACES_SCHEMA, hour, TRACE_COLUMNS)
         if table is None:
             return
-        for trace_id_hex, complete, reason, decided_at in zip(*_pylists(table, _TRACE_COLUMNS), strict=True):
+        for trace_id_hex, complete, reason, decided_at in zip(*pylists(table, TRACE_COLUMNS), strict=True):
             trace = _pending(pending, bytes.fromhex(trace_id_hex), decided_at)
             trace.horizon = min(trace.horizon, decided_at)
             if decided_at >= trace.decided_at:
                 trace.decided_at, trace.complete = decided_at, bool(complete)
-                trace.reason = _reason(reason)
+                trace.reason = completion_reason(reason)
 
     def _read(
         self, table: str, schema: pa.Schema, hour: int, columns: list[str], where: ds.Expression | None = None
@@ -224,14 +228,17 @@ class ArchiveTraceSource:
         """One hour partition of one table, read with today's schema (a column older files lack is null);
         None when the partition does not exist. Hidden files (the writer's open .tmp files) are skipped."""
         directory = f"{self._root}/{table}/{rows.partition_of(hour / 1e9)}"
-        if self._fs.get_file_info(directory).type != pafs.FileType.Directory:
-            return None
-        dataset = ds.dataset(directory, schema=schema, format="parquet", filesystem=self._fs)
-        return dataset.to_table(columns=columns, filter=where)
+        try:
+            if self._fs.get_file_info(directory).type != pafs.FileType.Directory:
+                return None
+            dataset = ds.dataset(directory, schema=schema, format="parquet", filesystem=self._fs)
+            return dataset.to_table(columns=columns, filter=where)
+        except OSError as exc:
+            raise ArchiveUnavailable(f"cannot read the archive at {self._shown} ({table}): {exc}") from exc
 
 
 def span_from_row(row: Sequence[Any]) -> BufferedSpan:
-    """A `spans` row (rows.spans_batch; its columns in _SPAN_COLUMNS order) as the BufferedSpan the assembler
+    """A `spans` row (rows.spans_batch; its columns in SPAN_COLUMNS order) as the BufferedSpan the assembler
     made of the span it came from."""
     (trace_id, span_id, parent_span_id, trace_state, name, kind, start, end, status_code, status_message,
      scope_name, scope_version, attributes, resource_attributes, events, links, _received_at, flags) = row  # fmt: skip
@@ -257,7 +264,7 @@ def span_from_row(row: Sequence[Any]) -> BufferedSpan:
 
 
 def log_from_row(row: Sequence[Any]) -> BufferedLog:
-    """A `logs` row (rows.logs_batch; its columns in _LOG_COLUMNS order) as the assembler's BufferedLog."""
+    """A `logs` row (rows.logs_batch; its columns in LOG_COLUMNS order) as the assembler's BufferedLog."""
     (trace_id, span_id, time, observed_time, severity_number, severity_text, event_name, body, attributes,
      resource_attributes, _received_at) = row  # fmt: skip
     record = LogRecord(time_unix_nano=time or 0, observed_time_unix_nano=observed_time or 0,
@@ -284,14 +291,14 @@ def _scope(name: str, version: str) -> bytes:
     return bytes(InstrumentationScope(name=name, version=version).SerializeToString())
 
 
-def _pending(pending: dict[bytes, _Pending], trace_id: bytes, moment: int) -> _Pending:
+def _pending(pending: dict[bytes, PendingTrace], trace_id: bytes, moment: int) -> PendingTrace:
     trace = pending.get(trace_id)
     if trace is None:
-        trace = pending[trace_id] = _Pending(horizon=moment)
+        trace = pending[trace_id] = PendingTrace(horizon=moment)
     return trace
 
 
-def _trace(trace_id: bytes, pending: _Pending) -> Trace:
+def rebuilt_trace(trace_id: bytes, pending: PendingTrace) -> Trace:
     spans = [span_from_row(row) for row in pending.spans.values()]
     if pending.reason is None:
         reason, complete = CompletionReason.END_OF_INPUT, any(s.is_local_root for s in spans)
@@ -302,7 +309,7 @@ def _trace(trace_id: bytes, pending: _Pending) -> Trace:
                  complete=complete)  # fmt: skip
 
 
-def _reason(value: str | None) -> CompletionReason | None:
+def completion_reason(value: str | None) -> CompletionReason | None:
     try:
         return CompletionReason(value)
     except ValueError:
@@ -314,7 +321,7 @@ def _enum(names: dict[str, int], name: str) -> int:
     return names[name] if name in names else int(name or 0)
 
 
-def _pylists(table: pa.Table, columns: Sequence[str]) -> list[list[Any]]:
+def pylists(table: pa.Table, columns: Sequence[str]) -> list[list[Any]]:
     """Columns as Python lists, timestamps as integer nanoseconds (to_pylist() would make datetimes, which
     hold microseconds only)."""
     out = []
@@ -331,10 +338,8 @@ def _ns(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def _filesystem(archive_dir: str | Path, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+def _filesystem(archive_dir: str | Path, filesystem: pafs.FileSystem | None, s3: S3Options | None
+                ) -> tuple[pafs.FileSystem, str]:  # fmt: skip
     if filesystem is not None:
         return filesystem, str(archive_dir).rstrip("/")
-    if isinstance(archive_dir, Path) or "://" not in archive_dir:
-        return pafs.LocalFileSystem(), str(Path(archive_dir).resolve())
-    fs, path = pafs.FileSystem.from_uri(archive_dir)
-    return fs, path.rstrip("/")
+    return archive_filesystem(archive_dir, s3)

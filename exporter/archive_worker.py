@@ -3,14 +3,24 @@
 Started by ParquetArchive as `python -m tracejudge.exporter.archive_worker` (tracejudge/child_process.py
 says how and why), speaking exporter/archive_protocol.py. The end of its channel (the parent is gone)
 closes the files the same way as an orderly stop.
+
+On object storage (`--directory s3://...`, exporter/archive_store.py) files are written in `--spool` and
+uploaded when closed. An upload that fails ends this process (exit code 3) after saying why: the parent
+then restarts it and sends again, from the write-ahead log, everything since its cursor's last commit, which
+never moved past a file that was not uploaded. So nothing acknowledged is lost while the store is away. A
+new writer first waits, with backoff, until the store answers: rows are built only when they can be uploaded,
+not again every roll interval of an outage (the parent holds at most archive.max_queue bytes meanwhile).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import queue
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +33,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tracejudge.child_process import ParentChannel
 from tracejudge.exporter import rows
-from tracejudge.exporter.archive_protocol import ACK, CLOSE, FLUSH, LOGS, SPANS, TABLES, decode_rows
+from tracejudge.exporter.archive_protocol import ACK, CLOSE, FLUSH, LOGS, SPANS, STORE_DOWN, TABLES, decode_rows
+from tracejudge.exporter.archive_store import (
+    ArchiveUploadError,
+    S3Options,
+    TablePlace,
+    is_uri,
+    location_text,
+    store_problem,
+)
 from tracejudge.logs import configure_logging
 
 log = logging.getLogger("tracejudge.archive")
@@ -34,7 +52,9 @@ SCHEMAS: dict[str, pa.Schema] = {"spans": rows.SPANS_SCHEMA, "logs": rows.LOGS_S
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--directory", type=Path, required=True)
+    parser.add_argument("--directory", required=True, help="the archive: a path, or a URI such as s3://bucket/prefix")
+    parser.add_argument("--spool", type=Path, help="where files are written before upload (object storage only)")
+    parser.add_argument("--s3", default="{}", help="archive.s3 options, as JSON")
     parser.add_argument("--roll-size", type=int, required=True)
     parser.add_argument("--roll-interval", type=float, required=True)
     parser.add_argument("--log-level", default="INFO")
@@ -42,11 +62,37 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.set_inheritable(args.fd, False)
     configure_logging(args.log_level)
-    tables = {
-        kind: TableWriter(args.directory / name, SCHEMAS[name], args.roll_size, args.roll_interval)
-        for kind, name in TABLES.items()
-    }
-    serve(ParentChannel(args.fd), tables)
+    location: str | Path = args.directory if is_uri(args.directory) else Path(args.directory)
+    if args.spool is not None and args.spool.is_dir():
+        shutil.rmtree(args.spool)  # a dead writer's files, open or not uploaded: their rows come again from the log
+    s3 = S3Options.model_validate(json.loads(args.s3))
+    channel = ParentChannel(args.fd)
+    _wait_for_store(location, s3, channel)
+    places = {kind: TablePlace.of(location, name, s3, args.spool) for kind, name in TABLES.items()}
+    tables = {kind: TableWriter(place, SCHEMAS[TABLES[kind]], args.roll_size, args.roll_interval)
+              for kind, place in places.items()}  # fmt: skip
+    try:
+        serve(channel, tables)
+    except ArchiveUploadError as exc:
+        log.error(
+            "archive: %s; the writer stops and starts again, and the rows it held are written again "
+            "from the write-ahead log (which keeps them) until %s takes them",
+            exc,
+            location_text(location),
+        )
+        sys.exit(3)
+
+
+def _wait_for_store(location: str | Path, s3: S3Options, channel: ParentChannel, longest_s: float = 30.0) -> None:
+    """Until the store answers; the parent is told, so that a stop meanwhile does not wait for this writer."""
+    delay = 1.0
+    while (problem := store_problem(location, s3)) is not None:
+        if delay == 1.0:
+            channel.send(STORE_DOWN)
+        log.error("archive: %s; trying again in %.0fs (the write-ahead log keeps what arrives meanwhile)", problem,
+                  delay)  # fmt: skip
+        time.sleep(delay)
+        delay = min(delay * 2, longest_s)
 
 
 def serve(channel: ParentChannel, tables: dict[bytes, TableWriter]) -> None:
@@ -69,6 +115,8 @@ def serve(channel: ParentChannel, tables: dict[bytes, TableWriter]) -> None:
         elif kind:
             try:
                 tables[kind].append(_decode(kind, payload))
+            except ArchiveUploadError:
+                raise  # a file closed by size that did not reach the store: not a bad frame, the store is away
             except Exception:
                 log.exception("could not archive a %r frame of %d bytes", kind, len(payload))
         for table in tables.values():
@@ -97,14 +145,15 @@ class TableWriter:
 
     def __init__(
         self,
-        directory: Path,
+        directory: Path | TablePlace,
         schema: pa.Schema,
         roll_size: int,
         roll_interval: float,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """`wall_clock` (epoch seconds) picks the hour partition; tests pass their own to write several hours."""
-        self._directory = directory
+        """`directory`: the table's directory, or where its files go (a TablePlace: object storage).
+        `wall_clock` (epoch seconds) picks the hour partition; tests pass their own to write several hours."""
+        self._place = directory if isinstance(directory, TablePlace) else TablePlace(directory)
         self._wall_clock = wall_clock
         self._schema = schema
         self._roll_size = roll_size
@@ -113,10 +162,11 @@ class TableWriter:
         self._pending_rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._temp: Path | None = None
-        self._final: Path | None = None
+        self._name = ""
         self._started_at = 0.0
         self._partition = ""
         self._sequence = 0
+        self._token = os.urandom(3).hex()
 
     def append(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
@@ -144,9 +194,9 @@ class TableWriter:
         if self._writer is None:
             return
         self._writer.close()
-        assert self._temp is not None and self._final is not None
-        os.replace(self._temp, self._final)
-        self._writer = self._temp = self._final = None
+        assert self._temp is not None
+        temp, self._writer, self._temp = self._temp, None, None
+        self._place.publish(temp, self._partition, self._name)  # rename, or upload: then the file is closed
 
     def _write_pending(self) -> None:
         if not self._pending:
@@ -165,12 +215,12 @@ class TableWriter:
     def _open(self) -> None:
         now = self._wall_clock()
         self._partition = rows.partition_of(now)
-        directory = self._directory / self._partition
+        directory = self._place.local / self._partition
         directory.mkdir(parents=True, exist_ok=True)
         self._sequence += 1
-        name = f"part-{int(now * 1000)}-{os.getpid()}-{self._sequence:06d}.parquet"
-        self._final = directory / name
-        self._temp = directory / f".{name}.tmp"
+        # The writer's token keeps names apart where several hosts share one bucket (their pids may be equal).
+        self._name = f"part-{int(now * 1000)}-{os.getpid()}-{self._token}-{self._sequence:06d}.parquet"
+        self._temp = directory / f".{self._name}.tmp"
         self._writer = pq.ParquetWriter(self._temp, self._schema, compression="zstd")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 
-from tracejudge.config import ByteSize, Duration, OtlpUrl, StrictConfig, TlsClientConfig
+from tracejudge.config import ByteSize, ConfigError, Duration, OtlpUrl, StrictConfig, TlsClientConfig
+from tracejudge.exporter.archive_store import S3Options, is_uri, s3_options
 
 
 class RetryConfig(StrictConfig):
@@ -44,9 +46,37 @@ class ForwardEndpointConfig(StrictConfig):
         return self.url.startswith(("grpcs://", "https://"))
 
 
+def _archive_location(value: str | Path) -> str | Path:
+    """A URI stays text (Path would fold s3://bucket into s3:/bucket); anything else is a path, as before."""
+    if not is_uri(value):
+        return Path(value)
+    text = str(value)
+    parts = urlsplit(text)
+    if not parts.scheme.isidentifier() or not parts.netloc:
+        raise ValueError(f"{text.split('?', 1)[0]!r}: give a path, or a URI such as s3://bucket/prefix")
+    if parts.scheme != "s3":
+        raise ValueError(f"{text.split('?', 1)[0]!r}: object storage is s3:// (S3, or an S3-compatible store "
+                         "through archive.s3.endpoint_override)")  # fmt: skip
+    try:
+        s3_options(None, text)  # the query string's options, checked now rather than in the writer process
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+ArchiveLocation = Annotated[str | Path, AfterValidator(_archive_location)]
+
+
 class ArchiveConfig(StrictConfig):
     enabled: bool = True
-    directory: Path | None = None
+    directory: ArchiveLocation | None = None  # a path, or s3://bucket/prefix (exporter/archive_store.py)
+    s3: S3Options | None = None  # object storage options for an s3:// directory (endpoint, region, timeouts)
     roll_size: ByteSize = 64 * 2**20
     roll_interval: Duration = 60.0
     max_queue: ByteSize = 256 * 2**20
+
+    @model_validator(mode="after")
+    def _s3_needs_s3(self) -> ArchiveConfig:
+        if self.s3 is not None and not str(self.directory or "").startswith("s3://"):
+            raise ValueError("archive.s3 is set but archive.directory is no s3:// URI")
+        return self

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from tracejudge.exporter.archive_store import S3Options, archive_filesystem
 from tracejudge.model import Assessment, AssessmentSourceType, Trace
 
 log = logging.getLogger(__name__)
@@ -54,19 +55,22 @@ class UnknownAssessment(LookupError):
 class FeedbackStore:
     """`journal`: the file feedback is kept in (None: memory only). `emitter`: what it is emitted through (its
     own: the store's shutdown shuts it down).
-    `archive_dir`: the archive, to find older traces' roots and the judges' verdicts. `on_expectation`: told of
+    `archive_dir`: the archive (a path or an s3:// URI; `archive_s3`: its options), to find older traces' roots
+    and the judges' verdicts. `on_expectation`: told of
     every logged expectation (trace id hex, name, value), so that live scoring can read it."""
 
     def __init__(
         self,
         journal: Path | None,
         emitter: Emitter,
-        archive_dir: Path | None = None,
+        archive_dir: str | Path | None = None,
         on_expectation: Callable[[str, str, Any], None] | None = None,
+        archive_s3: S3Options | None = None,
     ) -> None:
         self._journal = journal
         self._emitter = emitter
         self._archive_dir = archive_dir
+        self._archive_s3 = archive_s3
         self._on_expectation = on_expectation
         self._lock = threading.Lock()
         self._by_trace: dict[str, list[Assessment]] = {}
@@ -197,14 +201,13 @@ class FeedbackStore:
         return out
 
     def _read(self, table: str, columns: list[str], trace_id: str, roots_only: bool = False) -> Any:
-        """One archive table's rows of one trace, every closed file (a scan: feedback reads are rare)."""
-        if self._archive_dir is None or not (self._archive_dir / table).is_dir():
-            return None
-        files = [str(f) for f in (self._archive_dir / table).glob("date=*/hour=*/*.parquet")]
-        if not files:
+        """One archive table's rows of one trace, every closed file (a scan: feedback reads are rare). Hidden
+        files (the writer's open .tmp ones) are skipped, as pyarrow.dataset skips names starting with '.'."""
+        if self._archive_dir is None:
             return None
         import pyarrow.compute as pc
         import pyarrow.dataset as ds
+        import pyarrow.fs as pafs
 
         from tracejudge.exporter import rows
 
@@ -213,8 +216,12 @@ class FeedbackStore:
             where = where & (pc.field("parent_span_id") == "")
         schema = {"spans": rows.SPANS_SCHEMA, "assessments": rows.ASSESSMENTS_SCHEMA}[table]
         try:
-            return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns, filter=where)
-        except (OSError, ValueError) as exc:  # a file removed under us (retention): the next read sees the rest
+            filesystem, root = archive_filesystem(self._archive_dir, self._archive_s3)
+            if filesystem.get_file_info(f"{root}/{table}").type != pafs.FileType.Directory:
+                return None
+            dataset = ds.dataset(f"{root}/{table}", schema=schema, format="parquet", filesystem=filesystem)
+            return dataset.to_table(columns=columns, filter=where)
+        except (OSError, ValueError) as exc:  # a file removed under us (retention), the store away: answer without
             log.warning("could not read the archive's %s for feedback: %s", table, exc)
             return None
 

@@ -18,6 +18,139 @@ SCORER_STATUS_UNSPECIFIED: ScorerStatus
 SCORER_STATUS_STOPPED: ScorerStatus
 SCORER_STATUS_STARTED: ScorerStatus
 
+class BackfillScorerConfig(_message.Message):
+    __slots__ = ("scorer", "sample_rate")
+    SCORER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    scorer: str
+    sample_rate: float
+    def __init__(self, scorer: _Optional[str] = ..., sample_rate: _Optional[float] = ...) -> None: ...
+
+class StartBackfillRequest(_message.Message):
+    __slots__ = ("scorers", "start_time", "end_time", "rescore", "skipped_only", "dry_run")
+    SCORERS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    scorers: _containers.RepeatedCompositeFieldContainer[BackfillScorerConfig]
+    start_time: str
+    end_time: str
+    rescore: bool
+    skipped_only: bool
+    dry_run: bool
+    def __init__(self, scorers: _Optional[_Iterable[_Union[BackfillScorerConfig, _Mapping]]] = ..., start_time: _Optional[str] = ..., end_time: _Optional[str] = ..., rescore: bool = ..., skipped_only: bool = ..., dry_run: bool = ...) -> None: ...
+
+class GetBackfillRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListBackfillsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListBackfillsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[BackfillJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[BackfillJob, _Mapping]]] = ...) -> None: ...
+
+class CancelBackfillRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class BackfillEstimate(_message.Message):
+    __slots__ = ("traces", "pairs", "already_scored", "judge_calls", "tokens")
+    class PairsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class AlreadyScoredEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TRACES_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_SCORED_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    traces: int
+    pairs: _containers.ScalarMap[str, int]
+    already_scored: _containers.ScalarMap[str, int]
+    judge_calls: int
+    tokens: int
+    def __init__(self, traces: _Optional[int] = ..., pairs: _Optional[_Mapping[str, int]] = ..., already_scored: _Optional[_Mapping[str, int]] = ..., judge_calls: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class BackfillJob(_message.Message):
+    __slots__ = ("job_id", "status", "scorers", "start_time", "end_time", "rescore", "skipped_only", "traces", "total_traces", "assessments", "skipped", "input_tokens", "output_tokens", "error", "created_at", "finished_at", "estimate")
+    class ScorersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class AssessmentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class SkippedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SCORERS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TRACES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TRACES_FIELD_NUMBER: _ClassVar[int]
+    ASSESSMENTS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    status: str
+    scorers: _containers.ScalarMap[str, float]
+    start_time: str
+    end_time: str
+    rescore: bool
+    skipped_only: bool
+    traces: int
+    total_traces: int
+    assessments: _containers.ScalarMap[str, int]
+    skipped: _containers.ScalarMap[str, int]
+    input_tokens: int
+    output_tokens: int
+    error: str
+    created_at: float
+    finished_at: float
+    estimate: BackfillEstimate
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[str] = ..., scorers: _Optional[_Mapping[str, float]] = ..., start_time: _Optional[str] = ..., end_time: _Optional[str] = ..., rescore: bool = ..., skipped_only: bool = ..., traces: _Optional[int] = ..., total_traces: _Optional[int] = ..., assessments: _Optional[_Mapping[str, int]] = ..., skipped: _Optional[_Mapping[str, int]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., estimate: _Optional[_Union[BackfillEstimate, _Mapping]] = ...) -> None: ...
+
 class AssessmentSource(_message.Message):
     __slots__ = ("source_type", "source_id")
     SOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]

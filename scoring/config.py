@@ -48,6 +48,15 @@ class ScoringConfig(StrictConfig):
     deadline: Duration | None = None
 
 
+class BackfillConfig(StrictConfig):
+    """The `backfill:` keys: jobs a sidecar runs over its own archive (tracejudge/backfill_jobs.py), below
+    live scoring's priority: a process of their own niced below the scoring worker's, with fewer judge
+    calls in flight than live scoring's judges allow."""
+
+    max_concurrency: int = Field(default=4, ge=1)  # judge calls in flight per job
+    nice: int = Field(default=15, ge=0, le=19)  # CPU priority increment (the scoring worker's is 10)
+
+
 _MODEL_URI_PREFIX = "openai:/"
 
 

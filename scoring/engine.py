@@ -101,6 +101,9 @@ class ScoringEngine:
         self._restarts = meter.create_counter(
             "tracejudge.scoring.worker_restarts", description="Scoring worker processes restarted after they died"
         )
+        # Exposed at 0 from the start: Prometheus's increase() cannot see a first restart in a series
+        # that only appears with it (deploy/prometheus/alerts.yaml alerts on that increase).
+        self._restarts.add(0)
         meter.create_observable_gauge(
             "tracejudge.scoring.backlog", [self._observe_backlog], description="Sampled traces waiting for scorers"
         )
@@ -110,6 +113,11 @@ class ScoringEngine:
     def backlog(self) -> int:
         """Sampled (trace, scorer) pairs admitted and not finished yet."""
         return self._backlog
+
+    @property
+    def quarantined(self) -> frozenset[str]:
+        """The scorers quarantined now (QUARANTINE_AFTER strikes), for the status page."""
+        return self._quarantined
 
     def attach(self, worker: ScoringBackend) -> None:
         """The backend that scores; it gets the active scorers now and on every registry change."""

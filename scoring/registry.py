@@ -99,9 +99,16 @@ class ScorerRegistry:
     def active(self) -> list[ScorerSpec]:
         return [spec for spec in self.all() if spec.active]
 
-    def apply_config(self, specs: Iterable[ScorerSpec]) -> None:
-        """Config-file scorers win over persisted state of the same name; others are kept."""
+    def apply_config(self, specs: Iterable[ScorerSpec], retire: Iterable[ScorerSpec] = ()) -> None:
+        """Config-file scorers win over persisted state of the same name; others are kept, except a persisted
+        spec identical to one of `retire` and not in `specs`: the defaults an earlier start registered (serve
+        without `scorers:`) are replaced by a config's own scorers, not kept running beside them."""
+        specs = list(specs)
         with self._lock:
+            named = {spec.name for spec in specs}
+            for old in retire:
+                if old.name not in named and self._specs.get(old.name) == old:
+                    del self._specs[old.name]
             for spec in specs:
                 self._validate(spec)
                 self._specs[spec.name] = spec

@@ -29,7 +29,7 @@ from tracejudge.scoring.sampling import sampled, session_randomness, threshold
 from tracejudge.testing import SidecarProcess, wait_until
 
 from archive_reader import query
-from otlp_peers import GrpcSink
+from otlp_peers import GrpcSink, post
 
 CONVERSATIONS = {f"chat-{i:02d}": [f"[chat-{i:02d}] What is the refund window?", "And for damaged items?"]
                  for i in range(12)}  # fmt: skip
@@ -94,6 +94,16 @@ def copy(data_dir: Path, tmp_path: Path) -> Path:
 def backfill_cli(*args: str) -> Any:
     result = CliRunner().invoke(main, ["backfill", "--no-progress", *args], catch_exceptions=False)
     return result
+
+
+def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    status, raw = post(url, orjson.dumps(body), "application/json")
+    return status, orjson.loads(raw)
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    status, raw = post(url, b"", "application/json", method="GET")
+    return status, orjson.loads(raw)
 
 
 def write_config(path: Path, judge: MockOpenAI, version: int = 1, concurrency: int = 16) -> Path:
@@ -321,3 +331,83 @@ def test_a_dataset_exported_with_feedback_and_expectations_is_read_back_by_evalu
     assert done.exit_code == 0, done.output
     backfilled = {row[0]: row[2] for row in verdict_rows(data, "correctness")}
     assert backfilled[picked[1]] == "no" and len(backfilled) == TRACES
+
+
+def test_a_backfill_job_in_the_sidecar_scores_the_sample_once_emits_into_the_traces_and_answers_over_http(
+    archive: Path, tmp_path: Path, judge: MockOpenAI
+) -> None:
+    data = copy(archive, tmp_path)
+    live = {row[0] for row in verdict_rows(data, "no_error")}
+    expected = {t for t in trace_ids(data) if sampled(t, 0.5)}
+    sink = GrpcSink().start()
+    sidecar = SidecarProcess(data, [sink.url], config(judge)).start()
+    try:
+        client = ScorerClient(sidecar.grpc_target)
+        estimate = client.backfill_scorers([BackfillScorerConfig("non_empty", 0.5)], "1h", dry_run=True).wait(120)
+        assert estimate.status == "estimate" and estimate.estimate["pairs"] == {"non_empty": len(expected)}
+        assert not verdict_rows(data, "non_empty")  # a dry run judges nothing
+        job = tracejudge.scorers.ScorerClient(sidecar.grpc_target).backfill_scorers(
+            [BackfillScorerConfig("non_empty", 0.5), "no_error"], start_time="1h").wait(180)  # fmt: skip
+        assert job.status == "succeeded", job.to_dict()
+        assert job.assessments == {"non_empty": len(expected)}
+        assert job.skipped["no_error/already_scored"] == len(live)  # judged live already
+        rows = verdict_rows(data, "non_empty")
+        assert Counter(row[0] for row in rows) == Counter(expected)
+        spans = wait_until(lambda: len(found := evaluation_spans(sink)) >= len(expected) and found)
+        assert sorted(span.trace_id.hex() for span in spans) == sorted(expected)  # in the original traces
+        assert {span.name for span in spans} == {"evaluation non_empty"}
+        assert all("backfill_job" in {a.key: any_value(a.value) for a in s.attributes}[
+            "tracejudge.assessment.metadata"] for s in spans)  # fmt: skip
+        # over HTTP/JSON: a second run adds nothing; refusals name what is wrong
+        status, started = post_json(
+            f"{sidecar.http_url}/v1/backfills",
+            {"scorers": [{"scorer": "non_empty", "sample_rate": 0.5}], "start_time": "1h"},
+        )
+        assert status == 200, started
+        again = wait_until(lambda: (j := get_json(f"{sidecar.http_url}/v1/backfills/{started['job_id']}")[1])
+                           and j["status"] not in ("pending", "running") and j, timeout=180)  # fmt: skip
+        assert again and again["status"] == "succeeded", (again, sidecar.log_tail())
+        assert again.get("assessments", {}) == {}  # proto3 JSON leaves empty maps out
+        assert again["skipped"] == {"non_empty/already_scored": str(len(expected))}  # int64 as text
+        assert len(verdict_rows(data, "non_empty")) == len(expected)
+        status, refused = post_json(f"{sidecar.http_url}/v1/backfills", {"scorers": [{"scorer": "nope"}]})
+        assert status == 400 and "'nope' is not registered" in refused["message"], refused
+        status, refused = post_json(f"{sidecar.http_url}/v1/backfills", {"scorers": [{"scorer": "non_empty"}]})
+        assert status == 400 and "stopped: give a rate" in refused["message"], refused
+        assert get_json(f"{sidecar.http_url}/v1/backfills/bf-none")[0] == 404
+        listed = {j.job_id: j.status for j in client.list_backfills()}
+        assert listed == {job.job_id: "succeeded", started["job_id"]: "succeeded"}
+        # the CLI without --archive asks the running sidecar
+        shown = CliRunner().invoke(main, ["backfill", "--endpoint", sidecar.grpc_target, "--scorer", "safety=0.25",
+                                          "--since", "1h", "--yes", "--no-progress"])  # fmt: skip
+        assert shown.exit_code == 0, shown.output
+        judged = {t for t in trace_ids(data) if sampled(t, 0.25)}
+        assert f"safety: {len(judged)} to judge" in shown.output and "succeeded" in shown.output, shown.output
+        assert Counter(row[0] for row in verdict_rows(data, "safety")) == Counter(judged)
+    finally:
+        assert sidecar.stop() == 0, sidecar.log_tail()
+        sink.stop()
+
+
+def test_a_sidecar_killed_mid_backfill_resumes_the_job_at_its_next_start_without_judging_twice(
+    archive: Path, tmp_path: Path
+) -> None:
+    data = copy(archive, tmp_path)
+    with MockOpenAI(latency=0.25) as slow:  # one call at a time: ~6 s for the 24 traces
+        cfg = {**config(slow), "backfill": {"max_concurrency": 1}}
+        sidecar = SidecarProcess(data, [], cfg).start()
+        try:
+            job = ScorerClient(sidecar.grpc_target).backfill_scorers([BackfillScorerConfig("safety", 1.0)], "1h")
+            wait_until(lambda: len(verdict_rows(data, "safety")) > 0, timeout=60)
+        finally:
+            sidecar.kill()
+        restarted = SidecarProcess(data, [], cfg).start()
+        try:
+            done = ScorerClient(restarted.grpc_target).get_backfill(job.job_id).wait(240)
+            assert done.status == "succeeded", done.to_dict()
+            assert "resumed" in restarted.log()
+        finally:
+            assert restarted.stop() == 0, restarted.log_tail()
+    rows = verdict_rows(data, "safety")
+    assert Counter(row[0] for row in rows) == Counter(trace_ids(data))  # each trace exactly once
+    assert len(slow.chat_requests()) <= TRACES + 4  # at most the calls in flight at the kill, again

@@ -1,8 +1,9 @@
 """tracejudge: an OpenTelemetry sidecar that forwards, archives and scores LLM and agent traces.
 
 `tracejudge.evaluate`, `tracejudge.ArchivedTraces` (tracejudge/evaluation.py) and MLflow's feedback calls
-(`log_feedback`, `log_expectation`, `override_feedback`, `get_assessments`, `AssessmentSource`: the client in
-tracejudge/scorers.py) are imported when first used: `import tracejudge` stays light.
+(`log_feedback`, `log_expectation`, `override_feedback`, `get_assessments`, `AssessmentSource`) and
+`backfill_scorers` / `BackfillScorerConfig` (the client in tracejudge/scorers.py) are imported when first
+used: `import tracejudge` stays light.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ _LAZY = {
     "get_assessments": "tracejudge.scorers",
     "AssessmentSource": "tracejudge.scorers",
     "AssessmentSourceType": "tracejudge.scorers",
+    "backfill_scorers": "tracejudge.scorers",
+    "BackfillScorerConfig": "tracejudge.scorers",
 }
 
 

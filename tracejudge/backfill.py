@@ -28,14 +28,12 @@ tests/test_backfill.py:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -43,11 +41,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+from opentelemetry.sdk._logs.export import LogRecordExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 
-from tracejudge.config import parse_moment
+from tracejudge.backfill_jobs import BackfillError, BackfillJob, resolve_scorers, window
+from tracejudge.client.backfill import BackfillScorerConfig
 from tracejudge.config_file import Config
 from tracejudge.exporter import rows as archive_rows
 from tracejudge.exporter.archive_reader import DEFAULT_LATENESS, ArchiveTraceSource
+from tracejudge.exporter.archive_store import TablePlace, archive_filesystem, location_text, partition_files
 from tracejudge.exporter.archive_worker import TableWriter
 from tracejudge.exporter.emitter import AssessmentEmitter, assessment_row
 from tracejudge.exporter.feedback import logged_assessments
@@ -60,32 +63,14 @@ from tracejudge.scoring.sampling import randomness, session_randomness, threshol
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.scoring.view import Judged
 
-__all__ = ["Backfill", "BackfillError", "BackfillJob", "BackfillScorerConfig", "Estimate"]
+__all__ = ["Backfill", "BackfillError", "BackfillJob", "BackfillScorerConfig", "Estimate"]  # the last three for users
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = timedelta(days=7)  # MLflow's default: the last 7 days
 FLUSH_ROWS = 200  # verdict rows per archive file at most: what a kill can cost is re-judged, never lost
 FLUSH_INTERVAL_S = 2.0
 BACKFILL_KEY = "backfill_job"  # the metadata key marking a verdict as a backfill's
 _TOKENS_SAMPLE = 1000  # past verdicts per scorer read for its mean judge tokens
-
-
-class BackfillError(ValueError):
-    """A job that cannot run as asked: an unknown scorer, a stopped one without a rate, an empty window."""
-
-
-@dataclass(frozen=True)
-class BackfillScorerConfig:
-    """MLflow's name: a registered scorer (its name, or a tracejudge.scorers object with that name) and the
-    rate to backfill it at (None: its live rate)."""
-
-    scorer: Any
-    sample_rate: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.scorer if isinstance(self.scorer, str) else str(self.scorer.name)
 
 
 @dataclass
@@ -110,46 +95,6 @@ class Estimate:
         return "\n".join(lines)
 
 
-@dataclass
-class BackfillJob:
-    job_id: str
-    scorers: dict[str, float]  # name -> rate
-    start_time: str
-    end_time: str
-    rescore: bool = False
-    skipped_only: bool = False
-    status: str = "pending"  # pending, running, succeeded, failed, cancelled
-    traces: int = 0
-    assessments: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
-    input_tokens: int = 0
-    output_tokens: int = 0
-    error: str | None = None
-    created_at: float = 0.0
-    finished_at: float | None = None
-
-    def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        temp = directory / f".{self.job_id}.json.tmp"
-        temp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(temp, directory / f"{self.job_id}.json")
-
-    @classmethod
-    def load(cls, directory: Path, job_id: str) -> BackfillJob:
-        path = directory / f"{job_id}.json"
-        if not path.exists():
-            known = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
-            raise BackfillError(f"no backfill job {job_id!r} in {directory} (jobs: {', '.join(known) or 'none'})")
-        return cls(**json.loads(path.read_text()))
-
-    @classmethod
-    def list(cls, directory: Path) -> list[BackfillJob]:
-        if not directory.is_dir():
-            return []
-        jobs = [cls(**json.loads(p.read_text())) for p in directory.glob("*.json")]
-        return sorted(jobs, key=lambda job: job.created_at)
-
-
 class Backfill:
     """One backfill job over `data_dir` (a sidecar's data directory). `config`: where scorers and judges are
     defined (a Config; its `scorers:` win over the data directory's registry)."""
@@ -167,45 +112,62 @@ class Backfill:
         otlp_endpoint: str | None = None,
         job_id: str | None = None,
         max_concurrency: int | None = None,
+        exporters: tuple[SpanExporter, LogRecordExporter] | None = None,
+        runner: str = "offline",
+        engine: str | None = None,
     ) -> None:
+        """`exporters`: where verdicts are emitted instead of `otlp_endpoint` (a sidecar's backfill worker
+        relays them to the sidecar)."""
         self._data_dir = Path(data_dir)
         self._config = config or Config(data_dir=self._data_dir)
-        self._archive = self._config.archive.directory or self._data_dir / "archive"
-        if not (self._archive / "spans").is_dir():
-            raise BackfillError(f"{self._archive}: no archive here (no spans/ directory); give a sidecar's data dir")
-        now = datetime.now(timezone.utc)
-        self._end = parse_moment(end_time, now) if end_time is not None else now
-        self._start = parse_moment(start_time, now) if start_time is not None else self._end - DEFAULT_WINDOW
-        if self._end <= self._start:
-            raise BackfillError(f"empty window: {self._start.isoformat()} .. {self._end.isoformat()}")
-        self._specs, self._rates = self._resolve([s if isinstance(s, BackfillScorerConfig)
-                                                  else BackfillScorerConfig(s) for s in scorers])  # fmt: skip
+        self._archive = self._config.archive.directory or self._data_dir / "archive"  # a path, or s3://...
+        self._store = archive_filesystem(self._archive, self._config.archive.s3)
+        if self._store[0].get_file_info(f"{self._store[1]}/spans").type != pafs.FileType.Directory:
+            raise BackfillError(f"{location_text(self._archive)}: no archive here (no spans/ directory); "
+                                "give a sidecar's data dir")  # fmt: skip
+        self._start, self._end = window(start_time, end_time)
+        registered = {spec.name: spec for spec in ScorerRegistry(self._data_dir / "scorers.json").all()}
+        registered.update({spec.name: spec for spec in self._config.scorers})  # the config wins, as at a start
+        self._specs, self._rates = resolve_scorers(scorers, registered)
         self._rescore, self._skipped_only = rescore, skipped_only
-        self._otlp_endpoint = otlp_endpoint
+        self._exporters = exporters or (span_and_log_exporters(otlp_endpoint) if otlp_endpoint else None)
         # Traces judged at once: by default the config's scoring.max_concurrency (256), as live scoring, so that
         # the judges' own max_concurrency is what limits a job. A fixed 16 held a C = 64 judge to 16 calls in
         # flight, a quarter of C/L (bench/backfill.py, phase b).
         self._max_concurrency = max_concurrency or self._config.scoring.max_concurrency
+        self._engine = None if engine in (None, "local") else engine  # "ray[=ADDRESS]": tracejudge/ray_engine.py
         self.jobs_dir = self._data_dir / "backfill"
-        job_id = job_id or f"bf-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
-        self.job = BackfillJob(job_id, dict(self._rates), self._start.isoformat(), self._end.isoformat(), rescore,
-                               skipped_only, created_at=time.time())  # fmt: skip
+        self.job = BackfillJob.new(self._rates, self._start, self._end, rescore, skipped_only, runner, job_id)
         self._cancelled = threading.Event()
+        self._paused = False
         self._done: set[tuple[str, str, int]] | None = None
         self._skipped_pairs: set[tuple[str, str]] | None = None
 
     @classmethod
     def resume(cls, data_dir: str | Path, job_id: str, *, config: Config | None = None,
-               otlp_endpoint: str | None = None) -> Backfill:  # fmt: skip
+               otlp_endpoint: str | None = None, engine: str | None = None) -> Backfill:  # fmt: skip
         """The job `job_id` again, as it was asked for: what its closed files hold is not judged again."""
-        job = BackfillJob.load(Path(data_dir) / "backfill", job_id)
+        return cls.of(BackfillJob.load(Path(data_dir) / "backfill", job_id), data_dir, config=config,
+                      otlp_endpoint=otlp_endpoint, engine=engine)  # fmt: skip
+
+    @classmethod
+    def of(cls, job: BackfillJob, data_dir: str | Path, **options: Any) -> Backfill:
+        """A Backfill running `job`'s record: resumed (not rescored: what this job judged before is not judged
+        again) when it had started."""
         scorers = [BackfillScorerConfig(name, rate) for name, rate in job.scorers.items()]
-        backfill = cls(data_dir, scorers, config=config, start_time=job.start_time, end_time=job.end_time,
-                       skipped_only=job.skipped_only, otlp_endpoint=otlp_endpoint, job_id=job_id)  # fmt: skip
-        backfill.job.created_at = job.created_at
+        started = job.status not in ("pending", "estimate")
+        backfill = cls(data_dir, scorers, start_time=job.start_time, end_time=job.end_time, job_id=job.job_id,
+                       rescore=job.rescore and not started, skipped_only=job.skipped_only, runner=job.runner,
+                       **options)  # fmt: skip
+        backfill.job = replace(job, scorers=dict(backfill._rates))
         return backfill
 
     def cancel(self) -> None:
+        self._cancelled.set()
+
+    def pause(self) -> None:
+        """Stop where it is, resumable: files closed, verdicts sent, the job left `running`."""
+        self._paused = True
         self._cancelled.set()
 
     def estimate(self) -> Estimate:
@@ -238,15 +200,18 @@ class Backfill:
         tokens = None if unknown else round(sum(pairs[s.name] * per_verdict.get(s.name, 0.0) for s in judges))
         return Estimate(len(traces), pairs, already, calls, tokens, per_verdict)
 
-    def run(self, progress: bool = False) -> BackfillJob:
-        """Judge the window, writing verdicts to the archive as it goes; the job's final state."""
+    def run(self, progress: bool = False, on_job: Callable[[BackfillJob], None] | None = None) -> BackfillJob:
+        """Judge the window, writing verdicts to the archive as it goes; the job's final state. `on_job` is
+        told of the job's record at each progress report (at most every 0.5 s) and at the end."""
         job = self.job
         job.status, job.error = "running", None
+        job.total_traces = len(self._window_traces())
         job.save(self.jobs_dir)
-        writer = _VerdictFiles(self._archive / "assessments")
-        emitter = AssessmentEmitter(span_and_log_exporters(self._otlp_endpoint), None) if self._otlp_endpoint else None
-        bar = _progress_bar(len(self._window_traces()) if progress else 0, progress)
-        last_save = time.monotonic()
+        writer = _VerdictFiles(TablePlace.of(self._archive, "assessments", self._config.archive.s3,
+                                             self.jobs_dir / "spool"))  # fmt: skip
+        emitter = AssessmentEmitter(self._exporters, None) if self._exporters else None
+        bar = _progress_bar(job.total_traces, progress)
+        last_save = last_told = time.monotonic()
 
         def emit(verdicts: list[Assessment], _judged: Judged) -> None:
             marked = [_marked(a, job.job_id) for a in verdicts]
@@ -255,7 +220,7 @@ class Backfill:
                 emitter.emit(marked)
 
         def on_progress(counts: BatchCounts) -> None:
-            nonlocal last_save
+            nonlocal last_save, last_told
             writer.roll_if_due()
             self._record(counts)
             if bar is not None:
@@ -266,17 +231,23 @@ class Backfill:
             if time.monotonic() - last_save > 5.0:
                 last_save = time.monotonic()
                 job.save(self.jobs_dir)
+            if on_job is not None and time.monotonic() - last_told > 0.5:
+                last_told = time.monotonic()
+                on_job(job)
 
         logged = logged_assessments(self._data_dir).expectations
         scoring = BatchScoring(self._specs, self._config.judges, sample=True, rates=self._rates, exclude=self._exclude,
                                expectations=logged,
                                max_concurrency=self._max_concurrency, code_workers=self._config.scoring.code_workers,
                                code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
-        source = ArchiveTraceSource(self._archive, self._start, self._end)
+        source = ArchiveTraceSource(self._archive, self._start, self._end, s3=self._config.archive.s3)
         try:
-            counts = asyncio.run(scoring.run(source.batches(), emit, on_progress, stop=self._cancelled))
+            if self._engine is not None:
+                counts = self._run_on_ray(logged, emit, on_progress)
+            else:
+                counts = asyncio.run(scoring.run(source.batches(), emit, on_progress, stop=self._cancelled))
             self._record(counts)
-            job.status = "cancelled" if self._cancelled.is_set() else "succeeded"
+            job.status = "running" if self._paused else "cancelled" if self._cancelled.is_set() else "succeeded"
         except Exception as exc:
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("backfill %s failed", job.job_id)
@@ -286,30 +257,26 @@ class Backfill:
                 emitter.shutdown()
             if bar is not None:
                 bar.close()
-            job.finished_at = time.time()
+            job.finished_at = None if job.status == "running" else time.time()
             job.save(self.jobs_dir)
+            if on_job is not None:
+                on_job(job)
         return job
 
-    # --- what to judge ------------------------------------------------------------------------------
+    def _run_on_ray(self, logged: Mapping[str, Mapping[str, Any]], emit: Any, on_progress: Any) -> BatchCounts:
+        """The same scorers, sampler and idempotence on a Ray cluster; verdicts come back here to `emit`."""
+        from tracejudge.ray_engine import PairFilter, score_archive
 
-    def _resolve(self, wanted: list[BackfillScorerConfig]) -> tuple[list[ScorerSpec], dict[str, float]]:
-        if not wanted:
-            raise BackfillError("no scorers: name at least one registered scorer (--scorer NAME[=RATE])")
-        registered = {spec.name: spec for spec in ScorerRegistry(self._data_dir / "scorers.json").all()}
-        registered.update({spec.name: spec for spec in self._config.scorers})
-        specs, rates = [], {}
-        for item in wanted:
-            spec = registered.get(item.name)
-            if spec is None:
-                known = ", ".join(sorted(registered)) or "none"
-                raise BackfillError(f"scorer {item.name!r} is not registered (registered: {known}); register it first")
-            rate = spec.sample_rate if item.sample_rate is None else item.sample_rate
-            if not 0 < rate <= 1:
-                hint = " (it is stopped: give a rate, NAME=0.5)" if item.sample_rate is None else ""
-                raise BackfillError(f"scorer {item.name!r}: sample rate {rate:g} is not in (0, 1]{hint}")
-            specs.append(spec)
-            rates[spec.name] = rate
-        return specs, rates
+        done = None if self._rescore else frozenset(self._already_done())
+        exclude = PairFilter(done, frozenset(self._skipped_table()) if self._skipped_only else None)
+        assert self._engine is not None
+        return score_archive(self._engine, self._archive, self._start, self._end, self._specs, self._config.judges,
+                             emit, on_progress, self._cancelled, sample=True, rates=self._rates, exclude=exclude,
+                             expectations=logged, max_concurrency=self._max_concurrency,
+                             code_workers=self._config.scoring.code_workers,
+                             code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
+
+    # --- what to judge ------------------------------------------------------------------------------
 
     def _exclude(self, trace_id: str, name: str, version: int) -> str | None:
         if self._skipped_only:
@@ -338,7 +305,7 @@ class Backfill:
     def _window_traces(self) -> dict[str, tuple[int, str | None]]:
         """Trace id -> (start, session id) of every trace in the `traces` table whose start is in the window."""
         start, end = _ns(self._start), _ns(self._end)
-        table = _read(self._archive / "traces", self._start - DEFAULT_LATENESS, self._end + DEFAULT_LATENESS,
+        table = _read(self._store, "traces", self._start - DEFAULT_LATENESS, self._end + DEFAULT_LATENESS,
                       ["trace_id", "start_time", "session_id"])  # fmt: skip
         out: dict[str, tuple[int, str | None]] = {}
         if table is None:
@@ -354,7 +321,7 @@ class Backfill:
         """(trace id, scorer, version) of every verdict without an error the archive holds for the job's scorers,
         written from the window's start on (a verdict is written after its trace started)."""
         names = [spec.name for spec in self._specs]
-        table = _read(self._archive / "assessments", self._start - DEFAULT_LATENESS, None,
+        table = _read(self._store, "assessments", self._start - DEFAULT_LATENESS, None,
                       ["trace_id", "name", "scorer_version", "error"], pc.field("name").isin(names))  # fmt: skip
         if table is None:
             return set()
@@ -362,7 +329,7 @@ class Backfill:
                                                 strict=True) if e is None}  # fmt: skip
 
     def _skipped_table(self) -> set[tuple[str, str]]:
-        table = _read(self._archive / "skipped", self._start - DEFAULT_LATENESS, None, ["trace_id", "scorers"])
+        table = _read(self._store, "skipped", self._start - DEFAULT_LATENESS, None, ["trace_id", "scorers"])
         if table is None:
             return set()
         return {(t, name) for t, names in zip(table.column("trace_id").to_pylist(),
@@ -373,7 +340,7 @@ class Backfill:
         names = list(names)
         if not names:
             return {}
-        table = _read(self._archive / "assessments", None, None, ["name", "judge_input_tokens", "judge_output_tokens"],
+        table = _read(self._store, "assessments", None, None, ["name", "judge_input_tokens", "judge_output_tokens"],
                       pc.field("name").isin(names) & pc.field("judge_input_tokens").is_valid())  # fmt: skip
         if table is None:
             return {}
@@ -390,7 +357,7 @@ class _VerdictFiles:
     """Verdict rows into the archive's `assessments` table, each small file closed (renamed into place) every
     FLUSH_ROWS rows or FLUSH_INTERVAL_S: a closed file is the job's checkpoint."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path | TablePlace) -> None:
         self._writer = TableWriter(directory, archive_rows.ASSESSMENTS_SCHEMA, roll_size=64 * 2**20,
                                    roll_interval=float("inf"))  # fmt: skip
         self._rows = 0
@@ -439,20 +406,17 @@ def _marked(assessment: Assessment, job_id: str) -> Assessment:
     return replace(assessment, metadata={**assessment.metadata, BACKFILL_KEY: job_id})
 
 
-def _read(directory: Path, since: datetime | None, until: datetime | None, columns: list[str],
-          where: ds.Expression | None = None) -> pa.Table | None:  # fmt: skip
+def _read(store: tuple[pafs.FileSystem, str], table: str, since: datetime | None, until: datetime | None,
+          columns: list[str], where: ds.Expression | None = None) -> pa.Table | None:  # fmt: skip
     """The hour partitions of one table between `since` and `until` (either open), read with today's schema."""
-    if not directory.is_dir():
-        return None
+    filesystem, root = store
     low = since.strftime("date=%Y-%m-%d/hour=%H") if since else ""
     high = until.strftime("date=%Y-%m-%d/hour=%H") if until else "~"
-    paths = [str(f) for hour in sorted(directory.glob("date=*/hour=*"))
-             if low <= hour.relative_to(directory).as_posix() <= high
-             for f in hour.glob("*.parquet")]  # fmt: skip
+    paths = partition_files(filesystem, f"{root}/{table}", low, high)
     if not paths:
         return None
-    schema = archive_rows.ASSESSMENTS_SCHEMA if directory.name == "assessments" else _SCHEMAS[directory.name]
-    return ds.dataset(paths, schema=schema, format="parquet").to_table(columns=columns, filter=where)
+    dataset = ds.dataset(paths, schema=_SCHEMAS[table], format="parquet", filesystem=filesystem)
+    return dataset.to_table(columns=columns, filter=where)
 
 
 _SCHEMAS: Mapping[str, pa.Schema] = {"traces": archive_rows.TRACES_SCHEMA, "skipped": archive_rows.SKIPPED_SCHEMA,

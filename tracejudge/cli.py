@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,15 @@ from typing import Any
 import click
 
 from tracejudge import __version__
+from tracejudge.cli_demo import demo_command
 from tracejudge.cli_past import backfill_command, dataset, evaluate_command, try_command
 from tracejudge.cli_scorers import feedback, scorers
+from tracejudge.cli_tail import tail
 from tracejudge.config import ConfigError
-from tracejudge.config_file import load_config
+from tracejudge.config_file import DEFAULT_SCORERS, load_config, with_default_scorers
 from tracejudge.logs import configure_logging
+
+log = logging.getLogger("tracejudge.cli")
 
 
 @click.group()
@@ -81,7 +86,10 @@ def serve(
     metrics_endpoint: str | None,
     log_level: str | None,
 ) -> None:
-    """Receive OTLP, forward it, archive it, assemble its traces and score them until SIGTERM or Ctrl-C."""
+    """Receive OTLP, forward it, archive it, assemble its traces and score them until SIGTERM or Ctrl-C.
+
+    Without a `scorers:` key in the config (or without a config) every trace gets the no-model checks
+    NoError, NonEmptyResponse and NoPii; any `scorers:` key, `[]` included, replaces them."""
     overrides: dict[str, Any] = {}
     for key, value in (
         ("receiver.grpc_endpoint", grpc_endpoint),
@@ -99,10 +107,15 @@ def serve(
     if os.environ.get("TRACEJUDGE_TOKEN"):
         overrides["control.token"] = os.environ["TRACEJUDGE_TOKEN"]
     try:
-        config = load_config(config_path, overrides)
+        given = load_config(config_path, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    config = with_default_scorers(given)
     configure_logging(config.telemetry.log_level)
+    if config is not given:
+        checks = ", ".join(str(spec.builtin) for spec in DEFAULT_SCORERS)
+        log.info("no scorers: in the config, so every trace gets the default no-model checks %s "
+                 "(a config with scorers: replaces them)", checks)  # fmt: skip
     from tracejudge.scoring.registry import RegistryError
     from tracejudge.sidecar import Sidecar
 
@@ -117,9 +130,9 @@ def serve(
 @main.command("check-config")
 @click.argument("config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def check_config(config_path: Path) -> None:
-    """Validate a config file and print it with every default filled in."""
+    """Validate a config file and print it with every default filled in (as `serve` runs it)."""
     try:
-        config = load_config(config_path)
+        config = with_default_scorers(load_config(config_path))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     import yaml
@@ -133,6 +146,8 @@ main.add_command(feedback)
 main.add_command(evaluate_command)
 main.add_command(backfill_command)
 main.add_command(dataset)
+main.add_command(demo_command)
+main.add_command(tail)
 
 
 if __name__ == "__main__":

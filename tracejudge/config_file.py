@@ -17,8 +17,9 @@ from tracejudge.config import ConfigError, StrictConfig, format_errors, read_con
 from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
 from tracejudge.memory_limiter import MemoryLimiterConfig
 from tracejudge.receiver.config import AssemblerConfig, ReceiverConfig
-from tracejudge.scoring.config import JudgeEndpointConfig, ScoringConfig, SessionsConfig
+from tracejudge.scoring.config import BackfillConfig, JudgeEndpointConfig, ScoringConfig, SessionsConfig
 from tracejudge.scoring.spec import ScorerSpec
+from tracejudge.status_page_config import StatusPageConfig
 from tracejudge.telemetry import TelemetryConfig
 from tracejudge.wal import WalConfig
 
@@ -37,10 +38,12 @@ class Config(StrictConfig):
     assembler: AssemblerConfig = Field(default_factory=AssemblerConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    status_page: StatusPageConfig = Field(default_factory=StatusPageConfig)
     judges: dict[str, JudgeEndpointConfig] = Field(default_factory=dict)  # "default" serves scorers without model
     scorers: list[ScorerSpec] = Field(default_factory=list)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     memory_limiter: MemoryLimiterConfig = Field(default_factory=MemoryLimiterConfig)
 
@@ -67,12 +70,34 @@ class Config(StrictConfig):
         return self.scoring.otlp_endpoint or (self.forward[0].url if self.forward else None)
 
     @property
-    def archive_dir(self) -> Path:
+    def archive_dir(self) -> str | Path:
+        """The archive: a path, or a URI such as s3://bucket/prefix (exporter/archive_store.py reads either)."""
         return self.archive.directory or self.data_dir / "archive"
 
     @property
     def wal_dir(self) -> Path:
         return self.data_dir / "wal"
+
+
+# What `tracejudge serve` scores when the config says nothing about scorers (no file, or a file without a
+# `scorers:` key): the no-model checks that make sense for any LLM or agent trace, on every trace, so that a
+# first run shows verdicts with no API key and no backend. Latency and token limits are left out: a default
+# threshold would be a guess about the user's app. Any `scorers:` key, `[]` included, replaces the list.
+DEFAULT_SCORERS: tuple[ScorerSpec, ...] = (
+    ScorerSpec(name="no_error", builtin="NoError", sample_rate=1.0),
+    ScorerSpec(name="non_empty_response", builtin="NonEmptyResponse", sample_rate=1.0),
+    ScorerSpec(name="no_pii", builtin="NoPii", sample_rate=1.0),
+)
+
+
+def with_default_scorers(config: Config) -> Config:
+    """`config`, with DEFAULT_SCORERS when it has no `scorers:` key (an explicit `scorers: []` keeps none).
+
+    Applied by `tracejudge serve` and `check-config` only: an app's own process, evaluate and backfill
+    score what they are given, and a library user building a Config says what to run."""
+    if "scorers" in config.model_fields_set:
+        return config
+    return config.model_copy(update={"scorers": list(DEFAULT_SCORERS)})
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

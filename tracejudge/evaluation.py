@@ -21,8 +21,8 @@ import contextlib
 import logging
 import math
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tracejudge.config import parse_moment
 from tracejudge.config_file import Config, load_config, spec_of
 from tracejudge.exporter import rows as archive_rows
 from tracejudge.exporter.archive_reader import ArchiveTraceSource
+from tracejudge.exporter.archive_store import S3Options
 from tracejudge.exporter.emitter import AssessmentEmitter, assessment_row
 from tracejudge.exporter.feedback import logged_assessments
 from tracejudge.model import Assessment, Trace
@@ -69,6 +70,7 @@ class ArchivedTraces:
     filter_string: str | None = None
     trace_ids: tuple[str, ...] = ()  # only these traces (hex), if any
     last: int | None = None  # only the most recent `last` complete traces with GenAI data (widening back from 1 h)
+    s3: S3Options | None = None  # how to reach an s3:// archive (archive.s3; evaluate() takes its config's)
 
     def window(self, now: datetime | None = None) -> tuple[datetime, datetime]:
         now = now or datetime.now(timezone.utc)
@@ -78,7 +80,7 @@ class ArchivedTraces:
 
     def source(self) -> ArchiveTraceSource:
         since, until = self.window()
-        return ArchiveTraceSource(archive_directory(self.directory), since, until)
+        return ArchiveTraceSource(archive_directory(self.directory), since, until, s3=self.s3)
 
     def batches(self) -> Iterator[list[Trace]]:
         if self.last is not None:
@@ -96,7 +98,7 @@ class ArchivedTraces:
         for span in (timedelta(hours=1), timedelta(days=1), until - since):
             start = max(since, until - span)
             recent.clear()
-            for batch in ArchiveTraceSource(archive_directory(self.directory), start, until).batches():
+            for batch in ArchiveTraceSource(archive_directory(self.directory), start, until, s3=self.s3).batches():
                 recent.extend(t for t in batch if t.complete and extract(t).has_genai)
             if len(recent) >= count or start == since:
                 break
@@ -153,28 +155,39 @@ def evaluate(
     output_path: str | Path | None = None,
     otlp_endpoint: str | None = None,
     max_concurrency: int | None = None,
+    engine: str | None = None,
 ) -> EvaluationResult:
     """Judge `data` with `scorers` (tracejudge.scorers objects, `@scorer` functions, config-file mappings, or
     names of the config's scorers; default: every scorer in the config). `config`: a tracejudge.yaml for its
     `judges:` and `scorers:` (judges may also be given as a mapping, as in the config). `output_path`: write
-    the rows there (.parquet or .jsonl). `otlp_endpoint`: also emit every verdict there, as live."""
+    the rows there (.parquet or .jsonl). `otlp_endpoint`: also emit every verdict there, as live. `engine`:
+    "local" (this process), or "ray[=ADDRESS]" for archived traces on a Ray cluster (tracejudge/ray_engine.py)."""
     loaded = _config(config)
     judge_config = loaded.judges if judges is None else Config.model_validate({"judges": dict(judges)}).judges
     specs = resolve_specs(scorers, loaded)
+    if isinstance(data, ArchivedTraces) and data.s3 is None and loaded.archive.s3 is not None:
+        data = replace(data, s3=loaded.archive.s3)
     where = data.filter_string if isinstance(data, ArchivedTraces) else None
     logged = logged_assessments(data.directory).expectations if isinstance(data, ArchivedTraces) else {}
     code = loaded.scoring
-    scoring = BatchScoring(specs, judge_config, max_concurrency=max_concurrency or code.max_concurrency, where=where,
-                           expectations=logged,  # traces at once: scoring.max_concurrency, as live and backfill
+    concurrency = max_concurrency or code.max_concurrency  # traces at once: scoring.max_concurrency, as live
+    scoring = BatchScoring(specs, judge_config, max_concurrency=concurrency, where=where, expectations=logged,
                            code_workers=code.code_workers, code_timeout_s=code.code_timeout)  # fmt: skip
+    if engine not in (None, "local"):
+        options = {"where": where, "expectations": logged, "max_concurrency": concurrency,
+                   "code_workers": code.code_workers, "code_timeout_s": code.code_timeout}  # fmt: skip
+        runner = _on_ray(str(engine), data, specs, judge_config, options)
+        return run_batch(scoring, (), output_path=output_path, otlp_endpoint=otlp_endpoint, runner=runner)
     return run_batch(scoring, batches_of(data), output_path=output_path, otlp_endpoint=otlp_endpoint)
 
 
 def run_batch(
     scoring: BatchScoring, batches: Iterable[Sequence[Item]], *, output_path: str | Path | None = None,
     otlp_endpoint: str | None = None, emitter: AssessmentEmitter | None = None,
+    runner: Callable[[Callable[[list[Assessment], Judged], None]], BatchCounts] | None = None,
 ) -> EvaluationResult:  # fmt: skip
-    """Run a BatchScoring to the end and collect what it judged; emit through `emitter` (or to `otlp_endpoint`)."""
+    """Run a BatchScoring to the end and collect what it judged; emit through `emitter` (or to `otlp_endpoint`).
+    `runner`: what runs it instead of this process, given the collecting callback (the Ray engine)."""
     assessments: list[Assessment] = []
     rows: list[dict[str, Any]] = []
     own_emitter = emitter is None and otlp_endpoint is not None
@@ -189,7 +202,7 @@ def run_batch(
             emitter.emit(verdicts)
 
     try:
-        counts = asyncio.run(scoring.run(batches, collect))
+        counts = runner(collect) if runner is not None else asyncio.run(scoring.run(batches, collect))
     finally:
         if own_emitter and emitter is not None:
             emitter.shutdown()
@@ -377,3 +390,16 @@ def export_dataset(directory: str | Path, out: str | Path, *, since: datetime | 
 
 
 _JSON_COLUMNS = ("inputs", "outputs", "expectations", "tags", "feedback")
+
+
+def _on_ray(engine: str, data: Any, specs: list[ScorerSpec], judges: Mapping[str, Any], options: dict[str, Any]
+            ) -> Callable[[Callable[[list[Assessment], Judged], None]], BatchCounts]:  # fmt: skip
+    """The Ray engine over archived traces (the only data it reads: it reads the archive's Parquet itself)."""
+    if not isinstance(data, ArchivedTraces) or data.trace_ids or data.last is not None:
+        raise ValueError(f"engine {engine!r} evaluates archived traces of a window (ArchivedTraces without trace_ids "
+                         "or last); evaluate files, rows and DataFrames with engine='local'")  # fmt: skip
+    from tracejudge.ray_engine import score_archive
+
+    since, until = data.window()
+    archive = archive_directory(data.directory)
+    return lambda emit: score_archive(engine, archive, since, until, specs, judges, emit, **options)

@@ -317,6 +317,7 @@ SERVICES: Mapping[str, Service] = services_of(scorers_pb2.DESCRIPTOR)
 SCORER_SERVICE: Service = SERVICES["tracejudge.v1.ScorerService"]
 SESSION_SERVICE: Service = SERVICES["tracejudge.v1.SessionService"]
 ASSESSMENT_SERVICE: Service = SERVICES["tracejudge.v1.AssessmentService"]
+BACKFILL_SERVICE: Service = SERVICES["tracejudge.v1.BackfillService"]
 
 
 # --------------------------------------------------------------------------------------------- builtins

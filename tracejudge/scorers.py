@@ -26,6 +26,7 @@ This module is the public face; the client lives in tracejudge/client/ (see its 
 from __future__ import annotations
 
 from tracejudge.client.assessments import Assessment, AssessmentSource, AssessmentSourceType
+from tracejudge.client.backfill import BackfillJob, BackfillScorerConfig
 from tracejudge.client.builtin_scorers import (
     Completeness,
     ConversationalGuidelines,
@@ -60,6 +61,7 @@ from tracejudge.client.builtin_scorers import (
 from tracejudge.client.client import (
     Scorer,
     ScorerClient,
+    backfill_scorers,
     delete_scorer,
     end_session,
     get_assessments,
@@ -94,6 +96,8 @@ __all__ = [
     "Assessment",
     "AssessmentSource",
     "AssessmentSourceType",
+    "BackfillJob",
+    "BackfillScorerConfig",
     "Completeness",
     "ControlPlaneError",
     "ConversationCompleteness",
@@ -128,6 +132,7 @@ __all__ = [
     "ToolCallEfficiency",
     "UserFrustration",
     "ValidJson",
+    "backfill_scorers",
     "delete_scorer",
     "end_session",
     "get_assessments",

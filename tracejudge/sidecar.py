@@ -4,7 +4,9 @@
     write-ahead log ──cursors──► forwarder (one per endpoint), archive; assembler (replayed at start)
     assembler ──Trace──► trace summaries (archive), scoring engine ──► scoring worker process
     scoring worker ──encoded verdicts──► write-ahead log (VERDICTS records); ──assessment rows──► archive
-    control plane (scorers) on the receivers' listeners; self-telemetry on the admin listener
+    control plane (scorers, sessions, feedback, backfill jobs) on the receivers' listeners; self-telemetry and
+    the status page on the admin listener; backfill jobs ──► a backfill worker process ──verdicts──► write-ahead log
+    assessment rows (the scoring worker's, human feedback's) ──► RecentVerdicts (the status page's, `tracejudge tail`'s)
 
 Every component has the same lifecycle, start() and shutdown(timeout_s). Start order brings
 consumers up before producers; shutdown is the reverse, so every span accepted before a stop is
@@ -28,9 +30,11 @@ from opentelemetry import metrics
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tracejudge.config_file import Config
+from tracejudge.backfill_jobs import BackfillJobs
+from tracejudge.config_file import DEFAULT_SCORERS, Config
 from tracejudge.control import (
     AssessmentService,
+    BackfillService,
     ControlPlane,
     ScorerService,
     SessionService,
@@ -38,6 +42,7 @@ from tracejudge.control import (
     http_routes,
 )
 from tracejudge.exporter.archive import ParquetArchive
+from tracejudge.exporter.archive_protocol import decode_rows, table_of
 from tracejudge.exporter.config import ForwardEndpointConfig
 from tracejudge.exporter.emitter import AssessmentEmitter
 from tracejudge.exporter.feedback import FeedbackStore
@@ -50,7 +55,8 @@ from tracejudge.receiver.assembler import TraceAssembler
 from tracejudge.receiver.export import Overloaded
 from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
-from tracejudge.schema import ASSESSMENT_SERVICE, SCORER_SERVICE, SESSION_SERVICE
+from tracejudge.recent_verdicts import RecentVerdicts, VerdictTap
+from tracejudge.schema import ASSESSMENT_SERVICE, BACKFILL_SERVICE, SCORER_SERVICE, SESSION_SERVICE
 from tracejudge.scoring.config import scoring_deadline
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.ledger import InFlightLedger
@@ -58,6 +64,7 @@ from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.scoring.worker import ScoringWorker, WorkerProcess
 from tracejudge.scoring.worker_protocol import WorkerSettings
+from tracejudge.status_page import PageAccess, Sources, StatusPage
 from tracejudge.telemetry import SelfTelemetry
 from tracejudge.wal import Cursor, LogFull, RecordKind, WriteAheadLog
 
@@ -253,6 +260,7 @@ class Sidecar:
                 self.wal.cursor("archive"),
                 config.wal.max_size // 4,
                 self.wal,
+                spool=config.data_dir / "archive-spool",
             )
             if config.archive.enabled
             else None
@@ -270,23 +278,36 @@ class Sidecar:
         self.engine = ScoringEngine(self.registry, self._record_skipped, meter, scoring.max_backlog,
                                     scoring_deadline(scoring, config.judges),
                                     InFlightLedger(config.data_dir / "scoring" / "in_flight.log"))  # fmt: skip
+        page = config.status_page
+        self.recent_verdicts = (
+            RecentVerdicts(page.recent_verdicts) if page.enabled and config.telemetry.prometheus_endpoint else None
+        )
         self.scoring_process = WorkerProcess(self._worker_settings(), config.data_dir, scoring.worker_nice)
         self.scoring_worker = ScoringWorker(
             self.scoring_process, on_progress=self.engine.on_progress, on_lost=self.engine.on_worker_lost,
             on_forward=self._log_verdicts if verdicts_to else None,
-            on_archive=self.archive.write_rows_frame if self.archive else None,
+            on_archive=self._relay_rows if self.archive is not None or self.recent_verdicts is not None else None,
         )  # fmt: skip
         self.engine.attach(self.scoring_worker)
         self.telemetry.add_exposition(self.scoring_worker.metrics_text)
+        if self.recent_verdicts is not None:
+            self.telemetry.add_routes(self._status_page().routes())
         # Human feedback: emitted in this process, its OTLP through the write-ahead log like the worker's verdicts.
         feedback_otlp = (QueuedSpanExporter(self._log_verdicts), QueuedLogExporter(self._log_verdicts))
+        feedback_rows = self.archive if self.recent_verdicts is None else VerdictTap(self.recent_verdicts, self.archive)
         self.feedback = FeedbackStore(
             config.data_dir / "feedback.jsonl",
-            AssessmentEmitter(feedback_otlp if verdicts_to else None, meter, self.archive,
+            AssessmentEmitter(feedback_otlp if verdicts_to else None, meter, feedback_rows,
                               export_interval_s=scoring.emit_interval),
             config.archive_dir if self.archive else None,
             on_expectation=self.engine.expect,
+            archive_s3=config.archive.s3,
         )  # fmt: skip
+        # Backfill jobs over this sidecar's archive, in a process of their own; verdicts through the log too.
+        self.backfills = BackfillJobs(config.data_dir, config.archive, config.archive_dir, self.registry,
+                                      config.backfill,
+                                      config.judges, scoring.code_workers, scoring.code_timeout,
+                                      self._log_verdicts if verdicts_to else None)  # fmt: skip
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
         fan_out = FanOut([*summaries, self.feedback, self.engine, *trace_consumers], meter, self._consumer_failed)
         self.assembler = TraceAssembler(config.assembler, fan_out, meter)
@@ -302,6 +323,7 @@ class Sidecar:
                 SCORER_SERVICE: ScorerService(self.registry),
                 SESSION_SERVICE: SessionService(self.engine.end_session),
                 ASSESSMENT_SERVICE: AssessmentService(self.feedback),
+                BACKFILL_SERVICE: BackfillService(self.backfills),
             },
             config.control.token.get_secret_value() if config.control.token else None,
             listen,
@@ -324,7 +346,8 @@ class Sidecar:
             self._start(self.forwarder, 10.0)
             self._start(self.feedback, 5.0)
             self._start(self.engine, scoring.drain_timeout)
-            self.registry.apply_config(self.config.scorers)
+            self.registry.apply_config(self.config.scorers, retire=DEFAULT_SCORERS)
+            self._start(self.backfills, 10.0)
             self._start(self.assembler_cursor, 2.0)
             self._start(self.assembler, 5.0)
             self._start(self.memory_limiter, 5.0)
@@ -398,7 +421,8 @@ class Sidecar:
             judges=dict(self.config.judges), max_concurrency=scoring.max_concurrency,
             code_workers=scoring.code_workers, code_timeout_s=scoring.code_timeout, sys_path=list(sys.path),
             emit_interval_s=scoring.emit_interval, verdicts="relay" if self.config.assessments_endpoint else "off",
-            archive=self.archive is not None, push_metrics=telemetry.otlp_endpoint is not None,
+            archive=self.archive is not None or self.recent_verdicts is not None,
+            push_metrics=telemetry.otlp_endpoint is not None,
             metrics_endpoint=telemetry.otlp_endpoint, metrics_interval_s=telemetry.otlp_interval,
             sessions=self.config.sessions, sessions_journal=str(self.config.data_dir / "scoring" / "sessions.jsonl"),
         )  # fmt: skip
@@ -418,6 +442,29 @@ class Sidecar:
         and never into the archive's spans (their rows are the assessments table). Never refused: the
         traces they judge were accepted."""
         self.wal.append(signal, payload, items, RecordKind.VERDICTS, force=True)
+
+    def _status_page(self) -> StatusPage:
+        """The status page over what the sidecar has; protected by the control plane's token beyond loopback."""
+        assert self.recent_verdicts is not None
+        token, telemetry = self.config.control.token, self.config.telemetry
+        sources = Sources(
+            self.recent_verdicts, self.registry.all, lambda: self.engine.quarantined, self.telemetry.metrics_text,
+            lambda: self.telemetry.ready, tuple(endpoint.url for endpoint in self.config.forward),
+            str(self.config.archive_dir) if self.archive is not None else None,
+        )  # fmt: skip
+        access = PageAccess(token.get_secret_value() if token else None, telemetry.prometheus_endpoint)
+        return StatusPage(self.config.status_page, sources, access)
+
+    def _relay_rows(self, frame: bytes, items: int) -> None:
+        """The scoring worker's rows go to the archive (when on); its verdicts' also to the status page's ring.
+        A verdict the ring cannot read is still archived."""
+        if self.recent_verdicts is not None and table_of(frame) == "assessments":
+            try:
+                self.recent_verdicts.add_rows(decode_rows(frame[1:]))
+            except Exception:
+                log.exception("could not keep %d verdicts for the status page", items)
+        if self.archive is not None:
+            self.archive.write_rows_frame(frame, items)
 
     def _record_skipped(self, rows: list[dict[str, Any]]) -> None:
         if self.archive is not None:

@@ -2,14 +2,15 @@
 
 Prometheus scrapes `/metrics` on the admin listener; the same metrics can also be pushed by OTLP.
 `/healthz` says the process is serving; `/readyz` says the receivers accept data (503 while
-starting or draining), which is what a Kubernetes readiness probe wants.
+starting or draining), which is what a Kubernetes readiness probe wants. Other pages on the same listener
+(the status page, tracejudge/status_page.py) are added with `add_routes` before `start`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from aiohttp import web
@@ -53,11 +54,21 @@ class SelfTelemetry:
         self.port: int | None = None  # bound by start(), None while disabled
         self._admin: AiohttpServerThread | None = None
         self._expositions: list[Callable[[], bytes]] = []
+        self._routes: list[web.RouteDef] = []
 
     def add_exposition(self, source: Callable[[], bytes]) -> None:
         """Metrics another process records (the scoring worker's), served on /metrics with these: one
         endpoint to scrape. `source` gives Prometheus text; it is called off the event loop."""
         self._expositions.append(source)
+
+    def add_routes(self, routes: Iterable[web.RouteDef]) -> None:
+        """More pages on the admin listener (called before start): one port for people and scrapers alike."""
+        self._routes.extend(routes)
+
+    def metrics_text(self) -> bytes:
+        """The whole exposition /metrics serves, this process's and every added source's (blocking: the
+        scoring worker is asked for its own), for pages that summarise it."""
+        return generate_latest(self.registry) + b"".join(source() for source in self._expositions)
 
     def start(self) -> None:
         """Serve /metrics, /healthz and /readyz (unless disabled); `port` is the bound port."""
@@ -67,10 +78,12 @@ class SelfTelemetry:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.add_routes(self._routes)
         host, port = parse_host_port(self._config.prometheus_endpoint)
         self._admin = AiohttpServerThread(app, host, port, "admin-http")
         self.port = self._admin.start()
-        log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, self.port)
+        page = f", status page on http://{host}:{self.port}/" if self._routes else ""
+        log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz%s", host, self.port, page)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         if self._admin is not None:

@@ -91,17 +91,29 @@ class SidecarProcess:
         env: dict[str, str] | None = None,
         launcher: list[str] | None = None,
         cwd: Path | None = None,
+        config_file: bool = True,
     ) -> None:
         """`launcher` replaces `python -m tracejudge.cli` (e.g. an installed `tracejudge` script);
-        `cwd` is the directory it runs in."""
+        `cwd` is the directory it runs in.
+
+        A `config` without a `scorers` key runs no scorers (it is written with `scorers: []`), unlike
+        `tracejudge serve`'s default checks, so that a test sees only the verdicts it asked for.
+        `config_file=False` passes no config at all (and drops TRACEJUDGE_CONFIG), as the README's first
+        command runs: serve's defaults apply; `config` must then be None."""
+        if not config_file and config is not None:
+            raise ValueError("config_file=False runs without a config: pass config=None")
         self.data_dir = data_dir
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = data_dir / "tracejudge.yaml"
-        self.config_path.write_text(yaml.safe_dump(config or {}))
+        if config_file:
+            self.config_path.write_text(yaml.safe_dump({"scorers": [], **(config or {})}))
+        else:
+            self.env.pop("TRACEJUDGE_CONFIG", None)
         self._launcher = launcher or [sys.executable, "-m", "tracejudge.cli"]
         self._options = [
-            "--config", str(self.config_path), "--data-dir", str(data_dir), "--log-level", log_level,
+            *(["--config", str(self.config_path)] if config_file else []),
+            "--data-dir", str(data_dir), "--log-level", log_level,
             *[arg for url in forward for arg in ("--forward", url)], *(extra_args or []),
         ]  # fmt: skip
         self._pick_ports()

@@ -14,8 +14,16 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from tracejudge.client.assessments import Assessment, AssessmentSource, log_request, override_request
+from tracejudge.client.backfill import BackfillJob, BackfillScorerConfig, start_request
 from tracejudge.proto import scorers_pb2 as pb
-from tracejudge.schema import ASSESSMENT_SERVICE, SCORER_SERVICE, SESSION_SERVICE, code_over_network, plain_struct
+from tracejudge.schema import (
+    ASSESSMENT_SERVICE,
+    BACKFILL_SERVICE,
+    SCORER_SERVICE,
+    SESSION_SERVICE,
+    code_over_network,
+    plain_struct,
+)
 
 from .errors import InvalidScorerError, PermissionDeniedError
 from .grpc_transport import GrpcTransport
@@ -146,6 +154,32 @@ class ScorerClient:
         assert isinstance(response, pb.GetAssessmentsResponse)
         return [Assessment.from_proto(record) for record in response.assessments]
 
+    def backfill_scorers(self, scorers: Sequence[BackfillScorerConfig | str | Any], start_time: Any = None,
+                         end_time: Any = None, *, rescore: bool = False, skipped_only: bool = False,
+                         dry_run: bool = False) -> BackfillJob:  # fmt: skip
+        """MLflow's backfill_scorers: registered scorers over the sidecar's archived traces of the window
+        (default the last 7 days), as a job the sidecar runs below live scoring; `dry_run`: only its estimate
+        (`.wait()` for it: the job's `estimate` once its status is "estimate").
+        `start_time`/`end_time`: datetimes, ISO strings or ages ("24h")."""
+        request = start_request(list(scorers), start_time, end_time, rescore, skipped_only, dry_run)
+        return self._backfill_job("StartBackfill", request)
+
+    def get_backfill(self, job_id: str) -> BackfillJob:
+        return self._backfill_job("GetBackfill", pb.GetBackfillRequest(job_id=job_id))
+
+    def list_backfills(self) -> builtins.list[BackfillJob]:
+        response = self._transport.call(BACKFILL_SERVICE.method("ListBackfills"), pb.ListBackfillsRequest())
+        assert isinstance(response, pb.ListBackfillsResponse)
+        return [BackfillJob(job, self._backfill_call) for job in response.jobs]
+
+    def _backfill_job(self, rpc: str, request: Message) -> BackfillJob:
+        return BackfillJob(self._backfill_call(rpc, request), self._backfill_call)
+
+    def _backfill_call(self, rpc: str, request: Message) -> Any:
+        response = self._transport.call(BACKFILL_SERVICE.method(rpc), request)
+        assert isinstance(response, pb.BackfillJob)
+        return response
+
     def _assessment(self, rpc: str, request: Message) -> Assessment:
         response = self._transport.call(ASSESSMENT_SERVICE.method(rpc), request)
         assert isinstance(response, pb.AssessmentRecord)
@@ -173,6 +207,13 @@ def get_scorer(name: str) -> Scorer:
 def end_session(session_id: str) -> None:
     """Tell the sidecar the conversation `session_id` is over, so its multi-turn scorers judge it now."""
     ScorerClient().end_session(session_id)
+
+
+def backfill_scorers(scorers: Sequence[BackfillScorerConfig | str | Any], start_time: Any = None,
+                     end_time: Any = None, *, rescore: bool = False,
+                     skipped_only: bool = False) -> BackfillJob:  # fmt: skip
+    """MLflow's `backfill_scorers`, run by the sidecar at TRACEJUDGE_ENDPOINT; the job's handle."""
+    return ScorerClient().backfill_scorers(scorers, start_time, end_time, rescore=rescore, skipped_only=skipped_only)
 
 
 def log_feedback(trace_id: str, name: str, value: Any, source: AssessmentSource | None = None,

@@ -1,6 +1,7 @@
 """tracejudge's control plane: the services it serves beyond OTLP, on the OTLP ports.
 
-    service.py        ScorerService, SessionService, AssessmentService (transport-free), ControlError,
+    service.py        ScorerService, SessionService, AssessmentService, BackfillService (transport-free),
+                      ControlError,
                       Access (bearer token, loopback rule)
     convert.py        ScorerSpec <-> the Scorer message
     plane.py          ControlPlane: service objects bound to their RPCs, one access rule for all
@@ -14,10 +15,11 @@ the .proto and one method on the service object.
 from .grpc_adapter import grpc_handlers
 from .http_adapter import http_routes
 from .plane import ControlPlane
-from .service import AssessmentService, ControlError, ScorerService, SessionService
+from .service import AssessmentService, BackfillService, ControlError, ScorerService, SessionService
 
 __all__ = [
     "AssessmentService",
+    "BackfillService",
     "ControlError",
     "ControlPlane",
     "ScorerService",

@@ -20,6 +20,7 @@ the config's code scorers can be started, updated, stopped and deleted like any 
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -366,3 +367,72 @@ def _record(assessment: Assessment, valid: bool) -> pb.AssessmentRecord:
     else:
         record.value.null_value = struct_pb2.NULL_VALUE
     return record
+
+
+# ------------------------------------------------------------------------------------------- backfill
+
+
+class BackfillStore(Protocol):
+    """The sidecar's backfill jobs (tracejudge.backfill_jobs.BackfillJobs). Jobs are dataclasses with the
+    fields of pb.BackfillJob; a ValueError is a job that cannot run as asked, a LookupError an unknown id."""
+
+    def submit(self, scorers: Sequence[tuple[str, float | None]], start_time: str | None, end_time: str | None,
+               rescore: bool, skipped_only: bool, dry_run: bool) -> object: ...  # fmt: skip
+    def get(self, job_id: str) -> object: ...
+    def jobs(self) -> Sequence[object]: ...
+    def cancel(self, job_id: str) -> object: ...
+
+
+class BackfillService:
+    """tracejudge.v1.BackfillService: registered scorers over the sidecar's archive, as jobs it runs."""
+
+    def __init__(self, store: BackfillStore) -> None:
+        self._store = store
+
+    def start_backfill(self, request: pb.StartBackfillRequest) -> pb.BackfillJob:
+        scorers = [(s.scorer, s.sample_rate if s.HasField("sample_rate") else None) for s in request.scorers]
+        with _backfill_errors():
+            job = self._store.submit(scorers, request.start_time or None, request.end_time or None, request.rescore,
+                                     request.skipped_only, request.dry_run)  # fmt: skip
+        return _job(job)
+
+    def get_backfill(self, request: pb.GetBackfillRequest) -> pb.BackfillJob:
+        with _backfill_errors():
+            return _job(self._store.get(request.job_id))
+
+    def list_backfills(self, request: pb.ListBackfillsRequest) -> pb.ListBackfillsResponse:
+        return pb.ListBackfillsResponse(jobs=[_job(job) for job in self._store.jobs()])
+
+    def cancel_backfill(self, request: pb.CancelBackfillRequest) -> pb.BackfillJob:
+        with _backfill_errors():
+            return _job(self._store.cancel(request.job_id))
+
+
+@contextmanager
+def _backfill_errors() -> Iterator[None]:
+    try:
+        yield
+    except LookupError as exc:
+        raise ControlError("NOT_FOUND", str(exc)) from None
+    except ValueError as exc:
+        raise ControlError("INVALID_ARGUMENT", str(exc)) from None
+
+
+def _job(job: object) -> pb.BackfillJob:
+    record = dataclasses.asdict(job)  # type: ignore[call-overload]
+    estimate = record.pop("estimate", None) or {}
+    message = pb.BackfillJob(
+        job_id=record["job_id"], status=record["status"], scorers=record["scorers"],
+        start_time=record["start_time"], end_time=record["end_time"], rescore=record["rescore"],
+        skipped_only=record["skipped_only"], traces=record["traces"], total_traces=record["total_traces"],
+        assessments=record["assessments"], input_tokens=record["input_tokens"],
+        output_tokens=record["output_tokens"], error=record["error"] or "", created_at=record["created_at"],
+        finished_at=record["finished_at"] or 0.0,
+        skipped={f"{name}/{reason}": n for name, reasons in record["skipped"].items() for reason, n in reasons.items()},
+    )  # fmt: skip
+    if estimate:
+        message.estimate.CopyFrom(pb.BackfillEstimate(traces=estimate["traces"], pairs=estimate["pairs"],
+                                                      already_scored=estimate["already"],
+                                                      judge_calls=estimate["judge_calls"],
+                                                      tokens=estimate["tokens"]))  # fmt: skip
+    return message
