@@ -154,7 +154,7 @@ def evaluate(
     judges: Mapping[str, Any] | None = None,
     output_path: str | Path | None = None,
     otlp_endpoint: str | None = None,
-    max_concurrency: int = 16,
+    max_concurrency: int | None = None,
     engine: str | None = None,
 ) -> EvaluationResult:
     """Judge `data` with `scorers` (tracejudge.scorers objects, `@scorer` functions, config-file mappings, or
@@ -170,10 +170,11 @@ def evaluate(
     where = data.filter_string if isinstance(data, ArchivedTraces) else None
     logged = logged_assessments(data.directory).expectations if isinstance(data, ArchivedTraces) else {}
     code = loaded.scoring
-    scoring = BatchScoring(specs, judge_config, max_concurrency=max_concurrency, where=where, expectations=logged,
+    concurrency = max_concurrency or code.max_concurrency  # traces at once: scoring.max_concurrency, as live
+    scoring = BatchScoring(specs, judge_config, max_concurrency=concurrency, where=where, expectations=logged,
                            code_workers=code.code_workers, code_timeout_s=code.code_timeout)  # fmt: skip
     if engine not in (None, "local"):
-        options = {"where": where, "expectations": logged, "max_concurrency": max_concurrency,
+        options = {"where": where, "expectations": logged, "max_concurrency": concurrency,
                    "code_workers": code.code_workers, "code_timeout_s": code.code_timeout}  # fmt: skip
         runner = _on_ray(str(engine), data, specs, judge_config, options)
         return run_batch(scoring, (), output_path=output_path, otlp_endpoint=otlp_endpoint, runner=runner)
