@@ -53,7 +53,7 @@ class BackfillConfig(StrictConfig):
     live scoring's priority: a process of their own niced below the scoring worker's, with fewer judge
     calls in flight than live scoring's judges allow."""
 
-    max_concurrency: int = Field(default=4, ge=1)  # judge calls in flight per job
+    max_concurrency: int = Field(default=4, ge=1)  # traces judged at once per job (~ judge calls per judge scorer)
     nice: int = Field(default=15, ge=0, le=19)  # CPU priority increment (the scoring worker's is 10)
 
 

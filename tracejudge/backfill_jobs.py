@@ -7,7 +7,7 @@ offline `tracejudge backfill --archive DIR` (tracejudge/backfill.py) or a sideca
 - one job at a time, in a process of its own (`python -m tracejudge.backfill_worker`), so that its reading
   of the archive (pyarrow) and its judges never touch the sidecar's own memory (tests/test_architecture.py
   keeps pyarrow out of it), and below live scoring's priority: niced below the scoring worker
-  (`backfill.nice`), with fewer judge calls in flight (`backfill.max_concurrency`) than live judges allow;
+  (`backfill.nice`), with few traces judged at once (`backfill.max_concurrency`), so few judge calls in flight;
 - the job's verdicts come back to the sidecar as encoded OTLP, and leave through the write-ahead log to the
   verdicts endpoint exactly as live verdicts do (into the original traces); its assessment rows the worker
   writes into the archive itself, in small closed files that are the job's checkpoint;
