@@ -45,7 +45,7 @@ import pyarrow.fs as pafs
 from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from tracejudge.backfill_jobs import BackfillError, BackfillJob, resolve_scorers, window
+from tracejudge.backfill_jobs import BackfillError, BackfillJob, describe_estimate, resolve_scorers, window
 from tracejudge.client.backfill import BackfillScorerConfig
 from tracejudge.config_file import Config
 from tracejudge.exporter import rows as archive_rows
@@ -85,14 +85,7 @@ class Estimate:
     tokens_known: dict[str, float]  # mean judge tokens per verdict, per judge scorer with past verdicts
 
     def describe(self) -> str:
-        lines = [f"{self.traces:,} traces in the window"]
-        for name, pairs in self.pairs.items():
-            lines.append(f"  {name}: {pairs:,} to judge ({self.already.get(name, 0):,} already scored)")
-        tokens = (
-            f"~{self.tokens:,} judge tokens" if self.tokens is not None else "judge tokens unknown (no past verdicts)"
-        )
-        lines.append(f"{self.judge_calls:,} judge calls, {tokens}")
-        return "\n".join(lines)
+        return describe_estimate(self.traces, self.pairs, self.already, self.judge_calls, self.tokens)
 
 
 class Backfill:

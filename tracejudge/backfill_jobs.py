@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,14 +30,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from tracejudge.child_process import start_worker
+from tracejudge.child_process import start_connected_worker
 from tracejudge.client.backfill import BackfillScorerConfig
-from tracejudge.config import parse_moment
+from tracejudge.config import parse_window
 from tracejudge.exporter.config import ArchiveConfig
 from tracejudge.model import Signal
 from tracejudge.scoring.config import BackfillConfig, JudgeEndpointConfig
@@ -46,11 +45,11 @@ from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.scoring.worker_protocol import FORWARD, decode, encode
 
-__all__ = ["BackfillError", "BackfillJob", "BackfillJobs", "BackfillOrder", "UnknownJob", "resolve_scorers", "window"]
+__all__ = ["BackfillError", "BackfillJob", "BackfillJobs", "BackfillOrder", "UnknownJob", "describe_estimate",
+           "resolve_scorers", "window"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = timedelta(days=7)  # MLflow's default: the last 7 days
 MAX_ATTEMPTS = 3  # a worker that dies is started again on its job this many times in all
 ESTIMATE_TIMEOUT_S = 120.0
 # Frames between the runner and its worker (tracejudge.scoring.worker_protocol's encoding):
@@ -128,10 +127,8 @@ class BackfillJob:
 
 def window(start_time: datetime | str | None, end_time: datetime | str | None) -> tuple[datetime, datetime]:
     """The job's window: `end_time` (default now) back to `start_time` (default 7 days before it)."""
-    now = datetime.now(timezone.utc)
     try:
-        end = parse_moment(end_time, now) if end_time not in (None, "") else now
-        start = parse_moment(start_time, now) if start_time not in (None, "") else end - DEFAULT_WINDOW
+        start, end = parse_window(start_time or None, end_time or None)  # "" (unset in a proto message): unset
     except ValueError as exc:
         raise BackfillError(str(exc)) from None
     if end <= start:
@@ -165,6 +162,17 @@ def resolve_scorers(wanted: Sequence[Wanted],
         specs.append(spec)
         rates[spec.name] = rate
     return specs, rates
+
+
+def describe_estimate(traces: int, pairs: Mapping[str, int], already: Mapping[str, int], judge_calls: int,
+                      tokens: int | None) -> str:  # fmt: skip
+    """What a job will judge, as the CLI shows it before asking, whichever runner computed it."""
+    lines = [f"{traces:,} traces in the window"]
+    for name in sorted(set(pairs) | set(already)):
+        lines.append(f"  {name}: {pairs.get(name, 0):,} to judge ({already.get(name, 0):,} already scored)")
+    spend = f"~{tokens:,} judge tokens" if tokens is not None else "judge tokens unknown (no past verdicts)"
+    lines.append(f"{judge_calls:,} judge calls, {spend}")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -381,12 +389,8 @@ class _Worker:
 
     def run(self, timeout_s: float | None = None) -> int | None:
         """Start the worker, relay its frames until it exits; its exit code (None: killed at `timeout_s`)."""
-        parent_end, child_end = socket.socketpair()
-        self._process = start_worker("tracejudge.backfill_worker",
-                                     ["--fd", str(child_end.fileno()), "--nice", str(self._nice)],
-                                     (child_end.fileno(),), self._directory / "backfill")  # fmt: skip
-        child_end.close()
-        self._conn = Connection(parent_end.detach())
+        self._process, self._conn = start_connected_worker("tracejudge.backfill_worker", ["--nice", str(self._nice)],
+                                                           self._directory / "backfill")  # fmt: skip
         self.send((ORDER, self._order))
         reader = threading.Thread(target=self._read, name=f"backfill-{self.job_id}", daemon=True)
         reader.start()

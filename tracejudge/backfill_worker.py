@@ -9,12 +9,9 @@ sidecar is stopping). A dead parent is a PAUSE too.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,30 +23,17 @@ from tracejudge.backfill_jobs import CANCEL, JOB, ORDER, PAUSE, BackfillJob, Bac
 from tracejudge.child_process import ParentChannel
 from tracejudge.config_file import Config
 from tracejudge.exporter.queued_exporters import QueuedLogExporter, QueuedSpanExporter, Submit
-from tracejudge.logs import configure_logging
 from tracejudge.model import Signal
 from tracejudge.scoring.config import ScoringConfig
 from tracejudge.scoring.worker_protocol import FORWARD, decode, encode
-from tracejudge.scoring_worker import lower_priority
+from tracejudge.scoring_worker import connect_to_sidecar
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fd", type=int, required=True, help="the channel to the sidecar")
-    parser.add_argument("--nice", type=int, default=15, help="CPU priority increment")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    os.set_inheritable(args.fd, False)
-    configure_logging(args.log_level)
-    lower_priority(args.nice)
-    parent = ParentChannel(args.fd)
-    first = parent.recv()
-    if first is None or decode(first)[0] != ORDER:
-        raise SystemExit(f"expected {ORDER!r} first from the sidecar")
-    order: BackfillOrder = decode(first)[1]
-    sys.path.extend(p for p in order.sys_path if p not in sys.path)
+    parent, order = connect_to_sidecar(argv, __doc__, ORDER, nice=15)
+    assert isinstance(order, BackfillOrder)
     raise SystemExit(run(order, parent))
 
 

@@ -134,13 +134,7 @@ class ChildProcess:
 
     def _spawn(self) -> None:
         """Start a worker and put its greeting first in the queue (condition held)."""
-        parent_end, child_end = socket.socketpair()
-        for end, option in ((parent_end, socket.SO_SNDBUF), (child_end, socket.SO_RCVBUF)):
-            end.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-        self._process = start_worker(self.module, [*self._args, "--fd", str(child_end.fileno())],
-                                     (child_end.fileno(),), self._directory)  # fmt: skip
-        child_end.close()
-        self._conn = Connection(parent_end.detach())
+        self._process, self._conn = start_connected_worker(self.module, self._args, self._directory)
         self._started_at = time.monotonic()
         greeting = list(self._greeting())
         if self._unsent is not None:
@@ -230,6 +224,17 @@ class ParentChannel:
             except OSError:
                 return False
         return True
+
+
+def start_connected_worker(module: str, args: Sequence[str], directory: Path
+                           ) -> tuple[subprocess.Popen[bytes], Connection]:  # fmt: skip
+    """A worker and the parent's end of its channel: a socket pair, the worker's end passed as `--fd N`."""
+    parent_end, child_end = socket.socketpair()
+    for end, option in ((parent_end, socket.SO_SNDBUF), (child_end, socket.SO_RCVBUF)):
+        end.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+    process = start_worker(module, [*args, "--fd", str(child_end.fileno())], (child_end.fileno(),), directory)
+    child_end.close()
+    return process, Connection(parent_end.detach())
 
 
 def start_worker(module: str, args: Sequence[str], pass_fds: Sequence[int], directory: Path) -> subprocess.Popen[bytes]:

@@ -237,7 +237,11 @@ def _backfill_in_sidecar(client: ScorerClient, scorers: tuple[str, ...], since: 
     if estimate.status != "estimate":
         raise click.ClickException(estimate.error or f"no estimate ({estimate.status})")
     click.echo(f"backfill in {client.endpoint}: {estimate.start_time} .. {estimate.end_time}")
-    click.echo(_describe_estimate(estimate.estimate))
+    from tracejudge.backfill_jobs import describe_estimate
+
+    shown = estimate.estimate
+    click.echo(describe_estimate(shown.get("traces", 0), shown.get("pairs", {}), shown.get("already_scored", {}),
+                                 shown.get("judge_calls", 0), shown.get("tokens")))  # fmt: skip
     if estimate.estimate.get("judge_calls", 0) and not yes:
         click.confirm("Judge them?", abort=True, err=True)
     job = client.backfill_scorers(wanted, since, until, rescore=rescore, skipped_only=skipped_only)
@@ -267,17 +271,6 @@ def _backfill_in_sidecar(client: ScorerClient, scorers: tuple[str, ...], since: 
                  job.input_tokens + job.output_tokens, skipped)  # fmt: skip
     if job.status != "succeeded":
         raise click.ClickException(job.error or f"backfill {job.status}")
-
-
-def _describe_estimate(estimate: dict[str, Any]) -> str:
-    pairs, already = estimate.get("pairs", {}), estimate.get("already_scored", {})
-    lines = [f"{int(estimate.get('traces', 0)):,} traces in the window"]
-    for name in sorted(set(pairs) | set(already)):
-        lines.append(f"  {name}: {int(pairs.get(name, 0)):,} to judge ({int(already.get(name, 0)):,} already scored)")
-    tokens = estimate.get("tokens")
-    spend = f"~{int(tokens):,} judge tokens" if tokens is not None else "judge tokens unknown (no past verdicts)"
-    lines.append(f"{int(estimate.get('judge_calls', 0)):,} judge calls, {spend}")
-    return "\n".join(lines)
 
 
 def _echo_job_line(job_id: str, status: str, scorers: dict[str, Any], start: str, end: str, traces: int,

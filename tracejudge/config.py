@@ -51,6 +51,19 @@ def parse_moment(text: datetime | str, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+# MLflow's backfill default: the last 7 days; also what evaluate reads of an archive given no window.
+DEFAULT_WINDOW = timedelta(days=7)
+
+
+def parse_window(since: datetime | str | None, until: datetime | str | None,
+                 now: datetime | None = None) -> tuple[datetime, datetime]:  # fmt: skip
+    """[since, until): `until` (unset: now) back to `since` (unset: DEFAULT_WINDOW before it); each a moment as
+    parse_moment reads it."""
+    now = now or datetime.now(timezone.utc)
+    end = parse_moment(until, now) if until is not None else now
+    return (parse_moment(since, now) if since is not None else end - DEFAULT_WINDOW), end
+
+
 def parse_size(value: Any) -> int:
     """Bytes from a number or a string such as '20MiB', '512 MiB', '1GB'."""
     if isinstance(value, int) and not isinstance(value, bool):

@@ -23,7 +23,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracejudge.config import parse_moment
+from tracejudge.config import parse_window
 from tracejudge.config_file import Config, load_config, spec_of
 from tracejudge.exporter import rows as archive_rows
 from tracejudge.exporter.archive_reader import ArchiveTraceSource
@@ -51,7 +51,6 @@ __all__ = ["ArchivedTraces", "EvaluationResult", "evaluate", "export_dataset", "
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = timedelta(days=7)  # MLflow's backfill default, and what a bare archive directory means
 RESULT_SCHEMA = archive_rows.ASSESSMENTS_SCHEMA.append(pa.field("request", pa.string())).append(
     pa.field("response", pa.string())
 )
@@ -73,10 +72,7 @@ class ArchivedTraces:
     s3: S3Options | None = None  # how to reach an s3:// archive (archive.s3; evaluate() takes its config's)
 
     def window(self, now: datetime | None = None) -> tuple[datetime, datetime]:
-        now = now or datetime.now(timezone.utc)
-        until = parse_moment(self.until, now) if self.until is not None else now
-        since = parse_moment(self.since, now) if self.since is not None else until - DEFAULT_WINDOW
-        return since, until
+        return parse_window(self.since, self.until, now)
 
     def source(self) -> ArchiveTraceSource:
         since, until = self.window()

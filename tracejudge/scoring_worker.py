@@ -124,10 +124,14 @@ def lower_priority(increment: int) -> None:
             log.debug("could not lower the scoring worker's autogroup priority: %s", exc)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def connect_to_sidecar(argv: list[str] | None, description: str | None, first_kind: str,
+                       nice: int) -> tuple[ParentChannel, Any]:  # fmt: skip
+    """A sidecar's worker process starting: its arguments (--fd, --nice, --log-level), logging, priority, the
+    channel, and the body of the frame the sidecar sends first (`first_kind`), whose `sys_path` (the
+    sidecar's) is added to this process's so code scorers import from where the sidecar could."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--fd", type=int, required=True, help="the channel to the sidecar")
-    parser.add_argument("--nice", type=int, default=10, help="CPU priority increment")
+    parser.add_argument("--nice", type=int, default=nice, help="CPU priority increment")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     os.set_inheritable(args.fd, False)
@@ -135,10 +139,16 @@ def main(argv: list[str] | None = None) -> None:
     lower_priority(args.nice)
     parent = ParentChannel(args.fd)
     first = parent.recv()
-    if first is None or decode(first)[0] != INIT:
-        raise SystemExit(f"expected {INIT!r} first from the sidecar")
-    settings: WorkerSettings = decode(first)[1]
-    sys.path.extend(p for p in settings.sys_path if p not in sys.path)
+    if first is None or decode(first)[0] != first_kind:
+        raise SystemExit(f"expected {first_kind!r} first from the sidecar")
+    body = decode(first)[1]
+    sys.path.extend(p for p in body.sys_path if p not in sys.path)
+    return parent, body
+
+
+def main(argv: list[str] | None = None) -> None:
+    parent, settings = connect_to_sidecar(argv, __doc__, INIT, nice=10)
+    assert isinstance(settings, WorkerSettings)
     provider, registry = worker_metrics(settings)
     channel = SidecarChannel(parent, registry)
     gc.collect()
