@@ -135,6 +135,7 @@ class Backfill:
         self._paused = False
         self._done: set[tuple[str, str, int]] | None = None
         self._skipped_pairs: set[tuple[str, str]] | None = None
+        self._in_window: dict[str, tuple[int, str | None]] | None = None  # the traces table, read once per job
 
     @classmethod
     def resume(cls, data_dir: str | Path, job_id: str, *, config: Config | None = None,
@@ -296,7 +297,13 @@ class Backfill:
     # --- reading the archive ------------------------------------------------------------------------
 
     def _window_traces(self) -> dict[str, tuple[int, str | None]]:
-        """Trace id -> (start, session id) of every trace in the `traces` table whose start is in the window."""
+        """Trace id -> (start, session id) of every trace in the `traces` table whose start is in the window;
+        read once, for the estimate and the progress bar's total alike."""
+        if self._in_window is None:
+            self._in_window = self._read_window_traces()
+        return self._in_window
+
+    def _read_window_traces(self) -> dict[str, tuple[int, str | None]]:
         start, end = _ns(self._start), _ns(self._end)
         table = _read(self._store, "traces", self._start - DEFAULT_LATENESS, self._end + DEFAULT_LATENESS,
                       ["trace_id", "start_time", "session_id"])  # fmt: skip
