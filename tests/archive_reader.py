@@ -15,3 +15,8 @@ def query(archive: Path, table: str, sql: str) -> list[tuple[Any, ...]]:
         return []
     source = f"read_parquet('{archive / table}/**/*.parquet', hive_partitioning = true)"
     return duckdb.sql(sql.replace("FROM t", f"FROM {source}")).fetchall()
+
+
+def archived_trace_ids(data_dir: Path) -> set[str]:
+    """Every trace id in a data directory's archive `traces` table."""
+    return {row[0] for row in query(data_dir / "archive", "traces", "SELECT trace_id FROM t")}

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MLFLOW_APP = """
 import mlflow
@@ -213,3 +214,21 @@ def run_conversations(directory: Path, convention: str, conversations: dict[str,
                          env={**os.environ, **CONVERSATION_ENV[convention]}, capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert app.returncode == 0, app.stderr
+
+
+def archived_conversations(root: Path, conversations: dict[str, list[str]], config: dict[str, Any],
+                           judge_url: str) -> Path:  # fmt: skip
+    """A data directory a real sidecar (running `config`) wrote of a real OTel GenAI app's `conversations`, every
+    trace decided and scored; the sidecar stopped."""
+    from tracejudge.testing import SidecarProcess, wait_until
+
+    data_dir = root / "data"
+    turns = sum(len(turns) for turns in conversations.values())
+    sidecar = SidecarProcess(data_dir, [], {"assembler": {"trace_idle": "200ms"}, **config}).start()
+    try:
+        run_conversations(root / "app", "otel-genai", conversations, sidecar.grpc_target, judge_url)
+        wait_until(lambda: sidecar.metric("tracejudge_assembler_completed_traces_total") >= turns, timeout=30)
+        wait_until(lambda: sidecar.metric("tracejudge_scoring_backlog") == 0, timeout=30)
+    finally:
+        assert sidecar.stop() == 0, sidecar.log_tail()
+    return data_dir

@@ -9,6 +9,7 @@ and can be told to fail (outage) or be stopped and restarted on the same port.
 from __future__ import annotations
 
 import gzip
+import json
 import ssl
 import threading
 import urllib.error
@@ -166,3 +167,14 @@ def post(
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A control-plane call over HTTP/JSON: the status and the decoded answer."""
+    status, raw = post(url, json.dumps(body).encode(), "application/json")
+    return status, json.loads(raw)
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    status, raw = post(url, b"", "application/json", method="GET")
+    return status, json.loads(raw)

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import yaml
 from click.testing import CliRunner
-from instrumented_apps import run_conversations
+from instrumented_apps import archived_conversations
 from mock_openai import MockOpenAI
 from test_scoring_e2e import evaluation_spans
 
@@ -28,8 +28,8 @@ from tracejudge.scorers import NonEmptyResponse, ScorerClient, UserFrustration
 from tracejudge.scoring.sampling import sampled, session_randomness, threshold
 from tracejudge.testing import SidecarProcess, wait_until
 
-from archive_reader import query
-from otlp_peers import GrpcSink, post
+from archive_reader import archived_trace_ids, query
+from otlp_peers import GrpcSink, get_json, post_json
 
 CONVERSATIONS = {f"chat-{i:02d}": [f"[chat-{i:02d}] What is the refund window?", "And for damaged items?"]
                  for i in range(12)}  # fmt: skip
@@ -60,22 +60,12 @@ def judge() -> Any:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory, judge: MockOpenAI) -> Path:
     """A data directory: 24 traces of 12 two-turn conversations, archived; `no_error` scored live at 0.5."""
-    root = tmp_path_factory.mktemp("backfill")
-    data_dir = root / "data"
-    sidecar = SidecarProcess(data_dir, [], {"assembler": {"trace_idle": "200ms"}, **config(judge)}).start()
-    try:
-        run_conversations(root / "app", "otel-genai", CONVERSATIONS, sidecar.grpc_target, judge.base_url)
-        decided = "tracejudge_assembler_completed_traces_total"
-        wait_until(lambda: sidecar.metric(decided) >= TRACES, timeout=30)
-        wait_until(lambda: sidecar.metric("tracejudge_scoring_backlog") == 0, timeout=30)
-    finally:
-        assert sidecar.stop() == 0, sidecar.log_tail()
+    data_dir = archived_conversations(tmp_path_factory.mktemp("backfill"), CONVERSATIONS, config(judge), judge.base_url)
     assert len(trace_ids(data_dir)) == TRACES
     return data_dir
 
 
-def trace_ids(data_dir: Path) -> set[str]:
-    return {row[0] for row in query(data_dir / "archive", "traces", "SELECT trace_id FROM t")}
+trace_ids = archived_trace_ids
 
 
 def verdict_rows(data_dir: Path, name: str) -> list[tuple[Any, ...]]:
@@ -94,16 +84,6 @@ def copy(data_dir: Path, tmp_path: Path) -> Path:
 def backfill_cli(*args: str) -> Any:
     result = CliRunner().invoke(main, ["backfill", "--no-progress", *args], catch_exceptions=False)
     return result
-
-
-def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    status, raw = post(url, orjson.dumps(body), "application/json")
-    return status, orjson.loads(raw)
-
-
-def get_json(url: str) -> tuple[int, dict[str, Any]]:
-    status, raw = post(url, b"", "application/json", method="GET")
-    return status, orjson.loads(raw)
 
 
 def write_config(path: Path, judge: MockOpenAI, version: int = 1, concurrency: int = 16) -> Path:

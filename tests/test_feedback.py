@@ -25,7 +25,7 @@ from tracejudge.synthetic import genai_trace_spans
 from tracejudge.testing import SidecarProcess, wait_until
 
 from archive_reader import query
-from otlp_peers import GrpcSink, post
+from otlp_peers import GrpcSink, post, post_json
 
 
 def sidecar_config(judge: MockOpenAI) -> dict[str, Any]:
@@ -42,11 +42,6 @@ def app_traces(sink: GrpcSink) -> dict[str, str]:
     """trace id -> root span id of the app's own traces the sink received."""
     return {span.trace_id.hex(): span.span_id.hex() for span in sink.received.spans()
             if not span.parent_span_id and not span.name.startswith("evaluation ")}  # fmt: skip
-
-
-def post_json(sidecar: SidecarProcess, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    status, raw = post(f"{sidecar.http_url}{path}", json.dumps(body).encode(), "application/json")
-    return status, json.loads(raw)
 
 
 def one_trace(trace_id: bytes) -> bytes:
@@ -72,7 +67,7 @@ def test_a_thumbs_up_posted_over_http_lands_in_the_trace_the_metrics_and_the_arc
         roots = wait_until(lambda: app_traces(grpc_sink))
         [(trace_id, root_id)] = roots.items()
         wait_until(lambda: any(s.name == "evaluation no_error" for s in evaluation_spans(grpc_sink)))  # decided
-        status, record = post_json(sidecar, f"/v1/traces/{trace_id}/assessments", {
+        status, record = post_json(f"{sidecar.http_url}/v1/traces/{trace_id}/assessments", {
             "name": "thumbs", "value": True, "rationale": "helpful",
             "source": {"source_type": "HUMAN", "source_id": "user-42"}})  # fmt: skip
         assert status == 200, record
@@ -187,9 +182,9 @@ def test_bad_feedback_gets_an_error_naming_the_field_and_the_cli_logs_and_lists(
             (f"/v1/traces/{tid}/assessments/nope:override", {"value": 1}, "has no assessment 'nope'"),
         ]  # fmt: skip
         for path, body, message in cases:
-            status, error = post_json(sidecar, path, body)
+            status, error = post_json(f"{sidecar.http_url}{path}", body)
             assert status in (400, 404) and message in error["message"], (path, body, error)
-        status, ok = post_json(sidecar, f"/v1/traces/{tid}/assessments",
+        status, ok = post_json(f"{sidecar.http_url}/v1/traces/{tid}/assessments",
                                {"name": "facts", "value": ["30 days", "receipt"], "expectation": True})  # fmt: skip
         assert status == 200 and ok["value"] == '["30 days","receipt"]'
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from instrumented_apps import run_conversations
+from instrumented_apps import archived_conversations
 from mock_openai import MockOpenAI
 
 import tracejudge
@@ -24,9 +24,8 @@ from tracejudge.exporter import rows
 from tracejudge.exporter.archive_worker import TableWriter
 from tracejudge.scoring.sampling import sampled
 from tracejudge.synthetic import genai_trace_spans
-from tracejudge.testing import SidecarProcess, wait_until
 
-from archive_reader import query
+from archive_reader import archived_trace_ids, query
 
 try:
     import ray
@@ -70,21 +69,12 @@ def local_ray() -> Any:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory, judge: MockOpenAI) -> Path:
     """A data directory: 20 traces of 10 two-turn conversations, archived; `no_error` scored live at 0.5."""
-    root = tmp_path_factory.mktemp("ray")
-    data_dir = root / "data"
-    sidecar = SidecarProcess(data_dir, [], {"assembler": {"trace_idle": "200ms"}, **config(judge)}).start()
-    try:
-        run_conversations(root / "app", "otel-genai", CONVERSATIONS, sidecar.grpc_target, judge.base_url)
-        wait_until(lambda: sidecar.metric("tracejudge_assembler_completed_traces_total") >= TRACES, timeout=30)
-        wait_until(lambda: sidecar.metric("tracejudge_scoring_backlog") == 0, timeout=30)
-    finally:
-        assert sidecar.stop() == 0, sidecar.log_tail()
+    data_dir = archived_conversations(tmp_path_factory.mktemp("ray"), CONVERSATIONS, config(judge), judge.base_url)
     assert len(trace_ids(data_dir)) == TRACES
     return data_dir
 
 
-def trace_ids(data_dir: Path) -> set[str]:
-    return {row[0] for row in query(data_dir / "archive", "traces", "SELECT trace_id FROM t")}
+trace_ids = archived_trace_ids
 
 
 def verdicts(data_dir: Path) -> Counter[tuple[Any, ...]]:
