@@ -65,7 +65,7 @@ class CancelBackfillRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class BackfillEstimate(_message.Message):
-    __slots__ = ("traces", "pairs", "already_scored", "judge_calls", "tokens")
+    __slots__ = ("traces", "pairs", "already_scored", "judge_calls", "tokens", "cost", "budget")
     class PairsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -85,15 +85,19 @@ class BackfillEstimate(_message.Message):
     ALREADY_SCORED_FIELD_NUMBER: _ClassVar[int]
     JUDGE_CALLS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     traces: int
     pairs: _containers.ScalarMap[str, int]
     already_scored: _containers.ScalarMap[str, int]
     judge_calls: int
     tokens: int
-    def __init__(self, traces: _Optional[int] = ..., pairs: _Optional[_Mapping[str, int]] = ..., already_scored: _Optional[_Mapping[str, int]] = ..., judge_calls: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+    cost: float
+    budget: str
+    def __init__(self, traces: _Optional[int] = ..., pairs: _Optional[_Mapping[str, int]] = ..., already_scored: _Optional[_Mapping[str, int]] = ..., judge_calls: _Optional[int] = ..., tokens: _Optional[int] = ..., cost: _Optional[float] = ..., budget: _Optional[str] = ...) -> None: ...
 
 class BackfillJob(_message.Message):
-    __slots__ = ("job_id", "status", "scorers", "start_time", "end_time", "rescore", "skipped_only", "traces", "total_traces", "assessments", "skipped", "input_tokens", "output_tokens", "error", "created_at", "finished_at", "estimate")
+    __slots__ = ("job_id", "status", "scorers", "start_time", "end_time", "rescore", "skipped_only", "traces", "total_traces", "assessments", "skipped", "input_tokens", "output_tokens", "error", "created_at", "finished_at", "estimate", "cost")
     class ScorersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +136,7 @@ class BackfillJob(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: str
     scorers: _containers.ScalarMap[str, float]
@@ -149,7 +154,8 @@ class BackfillJob(_message.Message):
     created_at: float
     finished_at: float
     estimate: BackfillEstimate
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[str] = ..., scorers: _Optional[_Mapping[str, float]] = ..., start_time: _Optional[str] = ..., end_time: _Optional[str] = ..., rescore: bool = ..., skipped_only: bool = ..., traces: _Optional[int] = ..., total_traces: _Optional[int] = ..., assessments: _Optional[_Mapping[str, int]] = ..., skipped: _Optional[_Mapping[str, int]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., estimate: _Optional[_Union[BackfillEstimate, _Mapping]] = ...) -> None: ...
+    cost: float
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[str] = ..., scorers: _Optional[_Mapping[str, float]] = ..., start_time: _Optional[str] = ..., end_time: _Optional[str] = ..., rescore: bool = ..., skipped_only: bool = ..., traces: _Optional[int] = ..., total_traces: _Optional[int] = ..., assessments: _Optional[_Mapping[str, int]] = ..., skipped: _Optional[_Mapping[str, int]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., estimate: _Optional[_Union[BackfillEstimate, _Mapping]] = ..., cost: _Optional[float] = ...) -> None: ...
 
 class AssessmentSource(_message.Message):
     __slots__ = ("source_type", "source_id")

@@ -11,7 +11,7 @@ number of traces). Conversations: every trace with a session id adds a turn to i
 scorers' sampling and the first trace's filter decide, as live); at the end of input every session is judged
 once, its turns in start order, so a session split over several windows is judged on what the window holds.
 
-Skipped accounting as live: `incomplete`, `no_genai_data`, `filtered`, `no_session`, `max_spans`, and
+Skipped accounting as live: `incomplete`, `no_genai_data`, `filtered`, `no_session`, `max_spans`, `budget`, and
 what `exclude` says not to judge again, counted by its reason (backfill's idempotence: `already_scored`).
 Expectations a human logged (exporter/feedback.py's journal) are merged into each trace's, as live.
 """
@@ -29,13 +29,14 @@ from typing import Any
 
 from tracejudge.model import Assessment, Trace
 
+from .budget import JudgeBudget
 from .code import CodeRunner
 from .config import JudgeEndpointConfig
 from .evaluators import build_evaluator
 from .extract import extract_with_spans
 from .filters import parse_filter
 from .judge_client import JudgePool
-from .loop import LoadedScorer, judged_views, turn_of
+from .loop import LoadedScorer, judged_views, released, skipped_for_budget, turn_of, within_budget
 from .sampling import randomness, session_randomness, threshold
 from .spec import ScorerSpec
 from .view import Judged, SessionView, TraceView, Turn
@@ -93,8 +94,10 @@ class BatchScoring:
         max_concurrency: int = 16,
         code_workers: int = 4,
         code_timeout_s: float = 30.0,
+        budget: JudgeBudget | None = None,
     ) -> None:
         self._specs = list(specs)
+        self._budget = budget  # judges.budget (backfill): judge pairs past it are skipped (`budget`)
         self._judges_config = dict(judges)
         self._sample = sample
         self._rates = dict(rates or {})
@@ -118,7 +121,8 @@ class BatchScoring:
         """Judge every item the batches hold; `emit` gets each trace's (each session's) verdicts as they come,
         `progress` the running counts after each. `stop` set: no more items are read, what runs is cancelled
         (its verdicts are not emitted) and the counts so far returned. Raises what building a scorer raises."""
-        judges = JudgePool(self._judges_config)
+        budget = self._budget
+        judges = JudgePool(self._judges_config, on_usage=budget.spend if budget is not None else None)
         code = CodeRunner(self._code_workers, self._code_timeout_s)
         build = partial(build_evaluator, judge_for=judges.get, code=code)
         scorers = [LoadedScorer(spec, build(spec), parse_filter(spec.filter_string)) for spec in self._specs]
@@ -143,7 +147,12 @@ class BatchScoring:
 
         async def judge(pairs: list[tuple[LoadedScorer, Judged]]) -> None:
             async with semaphore:
-                results = await asyncio.gather(*(scorer.evaluator.evaluate(view) for scorer, view in pairs))
+                pairs, refused = await within_budget(pairs, budget)
+                skipped_for_budget(pairs, refused, counts.skipped, None)  # a rerun judges them: no row
+                try:
+                    results = await asyncio.gather(*(scorer.evaluator.evaluate(view) for scorer, view in pairs))
+                finally:
+                    released(pairs, budget)
             for (_, view), assessments in zip(pairs, results, strict=True):
                 counts.add(assessments)
                 if assessments:
@@ -177,6 +186,8 @@ class BatchScoring:
                 task.cancel()
             code.shutdown()
             await judges.aclose()
+            if budget is not None:
+                budget.flush()
         return counts
 
     def _trace_pairs(

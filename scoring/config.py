@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tracejudge.config import ByteSize, Duration, OtlpUrl, StrictConfig, TlsClientConfig, no_credentials
 
@@ -127,6 +127,62 @@ class JudgeEndpointConfig(StrictConfig):
     @property
     def model_name(self) -> str:
         return parse_model_uri(self.model)
+
+
+class ModelPrice(StrictConfig):
+    """What a judge model costs, per million tokens, in whatever currency the budget's cost limits are in."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class JudgeBudgetConfig(StrictConfig):
+    """The `judges.budget` keys: one spend limit for every judge call this data directory's processes make (live
+    scoring and backfill jobs, the sidecar's and offline ones alike; scoring/budget.py keeps the shared ledger).
+    Past a limit, sampled judge pairs are recorded as skipped (`budget`); checks and code scorers cost nothing
+    and always run. Limits are over a sliding window (the last 60 minutes, the last 24 hours)."""
+
+    tokens_per_hour: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    cost_per_hour: float | None = Field(default=None, gt=0)
+    cost_per_day: float | None = Field(default=None, gt=0)
+    # Model name ('openai:/' optional) -> price per million tokens; `default` prices any other model.
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    # The share of each limit a backfill may use: past it backfills skip and live scoring has the rest.
+    backfill_share: float = Field(default=0.5, gt=0, le=1)
+
+    @field_validator("prices")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        return {name if name == "default" else parse_model_uri(name): price for name, price in value.items()}
+
+    @model_validator(mode="after")
+    def _cost_needs_prices(self) -> JudgeBudgetConfig:
+        if (self.cost_per_hour or self.cost_per_day) and not self.prices:
+            raise ValueError("cost_per_hour / cost_per_day need `prices` (per million tokens, per model)")
+        limits = (self.tokens_per_hour, self.tokens_per_day, self.cost_per_hour, self.cost_per_day)
+        if all(limit is None for limit in limits) and not self.prices:
+            raise ValueError("set a limit (tokens_per_hour, tokens_per_day, cost_per_hour, cost_per_day) or `prices`")
+        return self
+
+    def price_of(self, model: str) -> ModelPrice | None:
+        """`model`'s price (a URI or a bare name), else the `default` one; None when neither is listed."""
+        return self.prices.get(parse_model_uri(model)) or self.prices.get("default")
+
+    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
+        price = self.price_of(model)
+        if price is None:
+            return None
+        return (input_tokens * price.input + output_tokens * price.output) / 1e6
+
+
+def judge_config_for(model: str | None, endpoints: Mapping[str, JudgeEndpointConfig]) -> JudgeEndpointConfig:
+    """The endpoint a scorer's `model` reaches: one named in `judges:`, else the `default` endpoint serving the
+    model URI it names (or its own model when None), else the openai SDK's environment."""
+    if model is not None and model in endpoints:
+        return endpoints[model]
+    default = endpoints.get("default", JudgeEndpointConfig())
+    return default if model is None else default.model_copy(update={"model": JudgeEndpointConfig(model=model).model})
 
 
 def scoring_deadline(scoring: ScoringConfig, judges: Mapping[str, JudgeEndpointConfig]) -> float:

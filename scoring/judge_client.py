@@ -35,7 +35,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timezone
 from itertools import islice
@@ -49,7 +49,7 @@ import orjson
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 
-from .config import JudgeEndpointConfig
+from .config import JudgeEndpointConfig, judge_config_for
 from .fence import fence
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 ErrorKind = Literal["timeout", "rate_limited", "server_error", "bad_request", "auth", "malformed_output", "connection"]
 Mode = Literal["json_schema", "json_object", "none"]
 
+OnUsage = Callable[[str, int, int], None]  # (model URI, input tokens, output tokens) of one answered attempt
 RETRYABLE_KINDS: frozenset[str] = frozenset({"timeout", "rate_limited", "server_error", "connection"})
 KEYLESS_API_KEY = "tracejudge-no-key"  # sent when the key variable is unset; keyless local servers ignore it
 _MODES: tuple[Mode, ...] = ("json_schema", "json_object", "none")
@@ -359,7 +360,8 @@ class JudgeClient:
 
     backoff_base / backoff_cap (seconds) shape the full-jitter exponential backoff; a Retry-After longer than
     retry_after_cap fails the call at once (rate_limited) instead of parking it; malformed_retries is how
-    often an unparseable reply is asked again.
+    often an unparseable reply is asked again. `on_usage` is told the tokens of every answered attempt (the
+    judge budget's ledger): the reply's usage, or the prompt's estimate when the server sent none.
     """
 
     def __init__(
@@ -371,8 +373,10 @@ class JudgeClient:
         retry_after_cap: float = 60.0,
         malformed_retries: int = 1,
         rng: random.Random | None = None,
+        on_usage: OnUsage | None = None,
     ) -> None:
         self.config = config or JudgeEndpointConfig()
+        self._on_usage = on_usage
         self.model = self.config.model_name
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -438,6 +442,8 @@ class JudgeClient:
             completion = await self._create(messages, _response_format(mode, schema, schema_name))
             latency = time.monotonic() - started
         input_tokens, output_tokens = _usage(completion)
+        if self._on_usage is not None:  # every answered attempt is billed: retries and fallbacks too
+            self._on_usage(self.config.model, input_tokens or estimate, output_tokens or 0)
         if self._tokens is not None and input_tokens is not None:
             self._tokens.charge(input_tokens + (output_tokens or 0) - estimate)
         text = _reply_text(completion)
@@ -554,24 +560,17 @@ class JudgePool:
     openai:/gpt-4.1-mini when none is configured.
     """
 
-    def __init__(self, endpoints: Mapping[str, JudgeEndpointConfig]) -> None:
+    def __init__(self, endpoints: Mapping[str, JudgeEndpointConfig], on_usage: OnUsage | None = None) -> None:
         self._endpoints = dict(endpoints)
+        self._on_usage = on_usage
         self._clients: dict[str, JudgeClient] = {}
 
     def get(self, model: str | None) -> JudgeClient:
         key = model or "default"
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = JudgeClient(self._config_for(model))
+            client = self._clients[key] = JudgeClient(judge_config_for(model, self._endpoints), on_usage=self._on_usage)
         return client
-
-    def _config_for(self, model: str | None) -> JudgeEndpointConfig:
-        if model is not None and model in self._endpoints:
-            return self._endpoints[model]
-        default = self._endpoints.get("default", JudgeEndpointConfig())
-        return (
-            default if model is None else default.model_copy(update={"model": JudgeEndpointConfig(model=model).model})
-        )
 
     async def aclose(self) -> None:
         for client in self._clients.values():

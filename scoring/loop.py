@@ -25,10 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tracejudge.model import Assessment, Trace
 
+from .budget import JudgeBudget
 from .code import CodeRunner
 from .conventions.record import SpanRecord
 from .evaluators import Evaluator, build_evaluator
@@ -39,7 +40,7 @@ from .sampling import session_randomness, threshold
 from .sessions import DueSession, SessionStore
 from .span_targets import span_target_views
 from .spec import ScorerSpec
-from .view import TraceView, Turn
+from .view import Judged, SessionView, TraceView, Turn
 from .worker_protocol import (
     DRAIN,
     DRAINED,
@@ -66,6 +67,7 @@ _RESTART = "restart"  # the loop's own marker: stuck code scorers hold every cod
 RESTART_DRAIN_S = 5.0  # running traces get this long to finish before the worker restarts
 REPORT_DELAY_S = 0.005  # results are batched this long: one message per burst, not per assessment
 SESSION_END_KEY = "tracejudge.session.end"  # a root span attribute: this trace ends its conversation
+AnyJudged = TypeVar("AnyJudged", TraceView, SessionView, Judged)
 MAX_EXPECTED = 100_000  # traces with logged expectations waiting to be scored (the oldest are forgotten)
 
 
@@ -97,7 +99,9 @@ class ScoringLoop:
     def __init__(self, settings: WorkerSettings, channel: Channel, emitter: Emitter) -> None:
         self._channel = channel
         self._emitter = emitter
-        self._judges = JudgePool(settings.judges)
+        self._budget = (JudgeBudget(settings.budget, Path(settings.budget_ledger), "live")
+                        if settings.budget is not None and settings.budget_ledger else None)  # fmt: skip
+        self._judges = JudgePool(settings.judges, on_usage=self._budget.spend if self._budget else None)
         self._code = CodeRunner(settings.code_workers, settings.code_timeout_s, on_exhausted=self._restart)
         self._build = partial(build_evaluator, judge_for=self._judges.get, code=self._code)
         self._max_concurrency = settings.max_concurrency
@@ -236,8 +240,14 @@ class ScoringLoop:
             self._add_turn(view, conversation, skipped)
         chosen = [s for s in chosen if s.spec.target_kind != "session"]
         pairs, selected = judged_views(view, records, chosen, skipped, self._report.skipped_rows)
-        results = await asyncio.gather(*(scorer.evaluator.evaluate(judged) for scorer, judged in pairs))
-        return [a for result in results for a in result], [s.spec.name for s in selected], skipped
+        pairs, over_budget = await within_budget(pairs, self._budget)
+        refused = skipped_for_budget(pairs, over_budget, skipped, self._report.skipped_rows)
+        try:
+            results = await asyncio.gather(*(scorer.evaluator.evaluate(judged) for scorer, judged in pairs))
+        finally:
+            released(pairs, self._budget)
+        scored = [s.spec.name for s in selected if s.spec.name not in refused]
+        return [a for result in results for a in result], scored, skipped
 
     # --- conversations ------------------------------------------------------------------------------
 
@@ -258,6 +268,8 @@ class ScoringLoop:
     async def _tick_sessions(self) -> None:
         while True:
             await asyncio.sleep(self._session_tick_s)
+            if self._budget is not None:
+                self._budget.sync()  # the last pairs' spend reaches the ledger (and the sidecar's gauges) too
             try:
                 self._spawn_due_sessions()
             except Exception:
@@ -277,6 +289,9 @@ class ScoringLoop:
                                                     if name not in self._scorers)  # fmt: skip
         selected = [s for s in chosen if s.spec.name in due.passed]
         skipped.update((s.spec.name, "filtered") for s in chosen if s not in selected)
+        pairs, over_budget = await within_budget([(s, due.view) for s in selected], self._budget)
+        refused = skipped_for_budget(pairs, over_budget, skipped, None)
+        selected = [s for s in selected if s.spec.name not in refused]
         try:
             async with self._semaphore:
                 results = await asyncio.gather(*(s.evaluator.evaluate(due.view) for s in selected))
@@ -291,6 +306,8 @@ class ScoringLoop:
             self._report_session_skips(due, Counter((s.spec.name, "error") for s in selected))
             self._schedule_report()
             return
+        finally:
+            released(pairs, self._budget)
         metadata = {"session_turns": str(len(due.view.turns)), "completed_by": due.reason}
         assessments = [replace(a, overrides=due.superseded.get(a.name), metadata={**a.metadata, **metadata})
                        for result in results for a in result]  # fmt: skip
@@ -368,6 +385,8 @@ class ScoringLoop:
             self._send(last, report)
         self._code.shutdown()
         await self._judges.aclose()
+        if self._budget is not None:
+            self._budget.close()
 
 
 def judged_views(
@@ -396,6 +415,43 @@ def judged_views(
             skipped_rows.extend((bytes.fromhex(view.trace_id), bytes.fromhex(span_id), [scorer.spec.name],
                                  "max_spans", view.session_id) for span_id in cut)  # fmt: skip
     return pairs, selected
+
+
+async def within_budget(
+    pairs: list[tuple[LoadedScorer, AnyJudged]], budget: JudgeBudget | None
+) -> tuple[list[tuple[LoadedScorer, AnyJudged]], list[tuple[LoadedScorer, AnyJudged]]]:
+    """The pairs the judge budget lets run (every pair of a scorer that asks no judge), and those it refused.
+    It may wait (JudgeBudget.admit), so record the refused after it returns: a report sent meanwhile is gone."""
+    if budget is None:
+        return pairs, []
+    kept: list[tuple[LoadedScorer, AnyJudged]] = []
+    refused: list[tuple[LoadedScorer, AnyJudged]] = []
+    for pair in pairs:
+        (kept if not pair[0].spec.uses_judge or await budget.admit() else refused).append(pair)
+    return kept, refused
+
+
+def skipped_for_budget(
+    kept: Sequence[tuple[LoadedScorer, Judged]],
+    refused: Sequence[tuple[LoadedScorer, Judged]],
+    skipped: Counter[tuple[str, str]],
+    skipped_rows: list[SkippedRow] | None,
+) -> set[str]:
+    """Count the refused pairs (`budget`) and give each a `skipped` row, for a `--skipped` backfill (not when
+    `skipped_rows` is None: a conversation's skips get theirs from its caller); the scorers none of whose pairs
+    ran."""
+    for scorer, view in refused:
+        skipped[(scorer.spec.name, "budget")] += 1
+        if skipped_rows is not None:
+            skipped_rows.append((bytes.fromhex(view.trace_id), bytes.fromhex(view.root_span_id), [scorer.spec.name],
+                                 "budget", view.session_id))  # fmt: skip
+    return {scorer.spec.name for scorer, _ in refused} - {scorer.spec.name for scorer, _ in kept}
+
+
+def released(pairs: Sequence[tuple[LoadedScorer, Judged]], budget: JudgeBudget | None) -> None:
+    """The judge pairs within_budget admitted are done (judged, failed or cancelled)."""
+    if budget is not None:
+        budget.release(sum(1 for scorer, _ in pairs if scorer.spec.uses_judge))
 
 
 def _own_rate(spec: ScorerSpec) -> float:

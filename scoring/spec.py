@@ -166,6 +166,13 @@ class ScorerSpec(BaseModel):
         return self.target or self._natural_target
 
     @property
+    def uses_judge(self) -> bool:
+        """Whether it asks an LLM (what costs tokens, and what the judge budget admits): guidelines,
+        instructions, a builtin judge."""
+        builtin = BUILTINS.get(self.builtin) if self.builtin is not None else None
+        return self.kind in ("guidelines", "prompt") or (builtin is not None and builtin.family == "judge")
+
+    @property
     def span_target(self) -> SpanTarget | None:
         return self.target if isinstance(self.target, SpanTarget) else None
 

@@ -36,7 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import JudgeEndpointConfig, SessionsConfig
+from .config import JudgeBudgetConfig, JudgeEndpointConfig, SessionsConfig
 
 INIT, SPECS, SCORE, VALIDATE, METRICS, FLUSH, DRAIN = "init", "specs", "score", "validate", "metrics", "flush", "drain"
 END_SESSION, SESSION_ENDED = "end_session", "session_ended"
@@ -67,6 +67,8 @@ class WorkerSettings:
     metrics_interval_s: float = 30.0
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     sessions_journal: str | None = None  # where open conversations are kept across a kill; None: in memory only
+    budget: JudgeBudgetConfig | None = None  # judges.budget; enforced when budget_ledger is set too
+    budget_ledger: str | None = None  # the data directory's spend ledger (scoring/budget.py)
 
 
 @dataclass

@@ -22,7 +22,10 @@ tests/test_backfill.py:
 - Verdicts are marked (`metadata.backfill_job`), and emitted to `otlp_endpoint` when given, as live ones are:
   into the original traces at the backend.
 - Before it runs, `estimate()` counts exactly the pairs it will judge (the sampler is deterministic) and the
-  judge tokens that will cost, from the scorer's past verdicts in the archive.
+  judge tokens that will cost, from the scorer's past verdicts in the archive, priced at judges.budget.prices.
+- judges.budget (scoring/budget.py) is shared with live scoring through the data directory's ledger: a backfill
+  may use `backfill_share` of each limit; past it, judge pairs are skipped (`budget`, counted in the job), and
+  judged by running the job again once spend has fallen (they have no verdict, so they are not `already_scored`).
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ from tracejudge.exporter.emitter import AssessmentEmitter, assessment_row
 from tracejudge.exporter.feedback import logged_assessments
 from tracejudge.model import Assessment
 from tracejudge.otlp_exporters import span_and_log_exporters
-from tracejudge.schema import BUILTINS
 from tracejudge.scoring.batch import BatchCounts, BatchScoring
+from tracejudge.scoring.budget import LEDGER_NAME, JudgeBudget, limits_of
+from tracejudge.scoring.config import ModelPrice, judge_config_for
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.sampling import randomness, session_randomness, threshold
 from tracejudge.scoring.spec import ScorerSpec
@@ -83,9 +87,12 @@ class Estimate:
     judge_calls: int
     tokens: int | None  # None: a judge scorer has no past verdict to estimate from
     tokens_known: dict[str, float]  # mean judge tokens per verdict, per judge scorer with past verdicts
+    cost: float | None = None  # the tokens at judges.budget.prices; None without prices or tokens
+    budget: str = ""  # judges.budget as it stands, in words ("" without one)
 
     def describe(self) -> str:
-        return describe_estimate(self.traces, self.pairs, self.already, self.judge_calls, self.tokens)
+        return describe_estimate(self.traces, self.pairs, self.already, self.judge_calls, self.tokens, self.cost,
+                                 self.budget)  # fmt: skip
 
 
 class Backfill:
@@ -129,6 +136,11 @@ class Backfill:
         # flight, a quarter of C/L (bench/backfill.py, phase b).
         self._max_concurrency = max_concurrency or self._config.scoring.max_concurrency
         self._engine = None if engine in (None, "local") else engine  # "ray[=ADDRESS]": tracejudge/ray_engine.py
+        budget = self._config.judge_budget
+        if self._engine is not None and budget is not None and limits_of(budget):
+            raise BackfillError("judges.budget's limits are kept in this data directory's ledger, which a Ray "
+                                "cluster's workers cannot share: run this backfill without --engine, or without "
+                                "the limits (the estimate and the job still price judge tokens)")  # fmt: skip
         self.jobs_dir = self._data_dir / "backfill"
         self.job = BackfillJob.new(self._rates, self._start, self._end, rescore, skipped_only, runner, job_id)
         self._cancelled = threading.Event()
@@ -187,12 +199,37 @@ class Backfill:
             fresh = [t for t in candidates if self._rescore or (t, spec.name, spec.version) not in done]
             pairs[spec.name] = len(fresh)
             already[spec.name] = len(candidates) - len(fresh)
-        judges = [spec for spec in self._specs if is_judge(spec)]
-        per_verdict = self._mean_tokens([spec.name for spec in judges])
+        judges = [spec for spec in self._specs if spec.uses_judge]
+        per_verdict = self._mean_tokens([spec.name for spec in judges])  # name -> (input, output) per verdict
         calls = sum(pairs[spec.name] for spec in judges)
         unknown = [spec.name for spec in judges if spec.name not in per_verdict and pairs[spec.name]]
-        tokens = None if unknown else round(sum(pairs[s.name] * per_verdict.get(s.name, 0.0) for s in judges))
-        return Estimate(len(traces), pairs, already, calls, tokens, per_verdict)
+        tokens = (
+            None if unknown else round(sum(pairs[s.name] * sum(per_verdict.get(s.name, (0.0, 0.0))) for s in judges))
+        )
+        budget = self._config.judge_budget
+        cost = None
+        if tokens is not None and budget is not None and budget.prices:
+            cost = sum(pairs[s.name] * self._cost(s, *per_verdict.get(s.name, (0.0, 0.0))) for s in judges)
+        shown = ""
+        if budget is not None and limits_of(budget):
+            ledger = JudgeBudget(budget, self._data_dir / LEDGER_NAME, "backfill")
+            try:
+                shown = ledger.describe()
+            finally:
+                ledger.close()
+        return Estimate(len(traces), pairs, already, calls, tokens, {n: i + o for n, (i, o) in per_verdict.items()},
+                        cost, shown)  # fmt: skip
+
+    def _cost(self, spec: ScorerSpec, input_tokens: float, output_tokens: float) -> float:
+        """One verdict's cost at the prices; a model they do not list at their highest (as the ledger charges)."""
+        budget = self._config.judge_budget
+        assert budget is not None
+        model = judge_config_for(spec.model, self._config.judges).model
+        price = budget.price_of(model)
+        if price is None:
+            price = ModelPrice(input=max(p.input for p in budget.prices.values()),
+                               output=max(p.output for p in budget.prices.values()))  # fmt: skip
+        return (input_tokens * price.input + output_tokens * price.output) / 1e6
 
     def run(self, progress: bool = False, on_job: Callable[[BackfillJob], None] | None = None) -> BackfillJob:
         """Judge the window, writing verdicts to the archive as it goes; the job's final state. `on_job` is
@@ -206,6 +243,9 @@ class Backfill:
         emitter = AssessmentEmitter(self._exporters, None) if self._exporters else None
         bar = _progress_bar(job.total_traces, progress)
         last_save = last_told = time.monotonic()
+        budget_config = self._config.judge_budget
+        budget = (JudgeBudget(budget_config, self._data_dir / LEDGER_NAME, "backfill")
+                  if budget_config is not None and self._engine is None else None)  # fmt: skip
 
         def emit(verdicts: list[Assessment], _judged: Judged) -> None:
             marked = [_marked(a, job.job_id) for a in verdicts]
@@ -216,11 +256,12 @@ class Backfill:
         def on_progress(counts: BatchCounts) -> None:
             nonlocal last_save, last_told
             writer.roll_if_due()
-            self._record(counts)
+            self._record(counts, budget)
             if bar is not None:
                 bar.n = counts.traces
+                spend = {} if job.cost is None else {"cost": f"{job.cost:.4f}"}
                 bar.set_postfix(verdicts=sum(counts.assessments.values()),
-                                tokens=counts.input_tokens + counts.output_tokens, refresh=False)  # fmt: skip
+                                tokens=counts.input_tokens + counts.output_tokens, **spend, refresh=False)  # fmt: skip
                 bar.refresh()
             if time.monotonic() - last_save > 5.0:
                 last_save = time.monotonic()
@@ -233,20 +274,22 @@ class Backfill:
         scoring = BatchScoring(self._specs, self._config.judges, sample=True, rates=self._rates, exclude=self._exclude,
                                expectations=logged,
                                max_concurrency=self._max_concurrency, code_workers=self._config.scoring.code_workers,
-                               code_timeout_s=self._config.scoring.code_timeout)  # fmt: skip
+                               code_timeout_s=self._config.scoring.code_timeout, budget=budget)  # fmt: skip
         source = ArchiveTraceSource(self._archive, self._start, self._end, s3=self._config.archive.s3)
         try:
             if self._engine is not None:
                 counts = self._run_on_ray(logged, emit, on_progress)
             else:
                 counts = asyncio.run(scoring.run(source.batches(), emit, on_progress, stop=self._cancelled))
-            self._record(counts)
+            self._record(counts, budget)
             job.status = "running" if self._paused else "cancelled" if self._cancelled.is_set() else "succeeded"
         except Exception as exc:
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("backfill %s failed", job.job_id)
         finally:
             writer.close()
+            if budget is not None:
+                budget.close()
             if emitter is not None:
                 emitter.shutdown()
             if bar is not None:
@@ -284,11 +327,13 @@ class Backfill:
             self._done = self._already_done()
         return "already_scored" if (trace_id, name, version) in self._done else None
 
-    def _record(self, counts: BatchCounts) -> None:
+    def _record(self, counts: BatchCounts, budget: JudgeBudget | None = None) -> None:
         job = self.job
         job.traces = counts.traces
         job.assessments = dict(counts.assessments)
         job.input_tokens, job.output_tokens = counts.input_tokens, counts.output_tokens
+        if budget is not None and budget.cost_so_far is not None:
+            job.cost = budget.cost_so_far
         skipped: dict[str, dict[str, int]] = {}
         for (name, reason), count in sorted(counts.skipped.items()):
             skipped.setdefault(name, {})[reason] = count
@@ -336,7 +381,7 @@ class Backfill:
                                               table.column("scorers").to_pylist(), strict=True)
                 for name in names or ()}  # fmt: skip
 
-    def _mean_tokens(self, names: Iterable[str]) -> dict[str, float]:
+    def _mean_tokens(self, names: Iterable[str]) -> dict[str, tuple[float, float]]:
         names = list(names)
         if not names:
             return {}
@@ -344,13 +389,15 @@ class Backfill:
                       pc.field("name").isin(names) & pc.field("judge_input_tokens").is_valid())  # fmt: skip
         if table is None:
             return {}
-        totals: Counter[str] = Counter()
+        inputs: Counter[str] = Counter()
+        outputs: Counter[str] = Counter()
         seen: Counter[str] = Counter()
         for name, tokens_in, tokens_out in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
             if seen[name] < _TOKENS_SAMPLE:
                 seen[name] += 1
-                totals[name] += (tokens_in or 0) + (tokens_out or 0)
-        return {name: totals[name] / seen[name] for name in seen}
+                inputs[name] += tokens_in or 0
+                outputs[name] += tokens_out or 0
+        return {name: (inputs[name] / seen[name], outputs[name] / seen[name]) for name in seen}
 
 
 class _VerdictFiles:
@@ -394,12 +441,6 @@ class _VerdictFiles:
             self._pending = []
         self._writer.close()
         self._rows = 0
-
-
-def is_judge(spec: ScorerSpec) -> bool:
-    """Whether the scorer asks an LLM (what costs tokens): guidelines, instructions, a builtin judge."""
-    builtin = BUILTINS.get(spec.builtin or "")
-    return spec.kind in ("guidelines", "prompt") or (builtin is not None and builtin.family == "judge")
 
 
 def _marked(assessment: Assessment, job_id: str) -> Assessment:

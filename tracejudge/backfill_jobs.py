@@ -40,7 +40,7 @@ from tracejudge.client.backfill import BackfillScorerConfig
 from tracejudge.config import parse_window
 from tracejudge.exporter.config import ArchiveConfig
 from tracejudge.model import Signal
-from tracejudge.scoring.config import BackfillConfig, JudgeEndpointConfig
+from tracejudge.scoring.config import BackfillConfig, JudgeBudgetConfig, JudgeEndpointConfig
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.scoring.worker_protocol import FORWARD, decode, encode
@@ -86,6 +86,7 @@ class BackfillJob:
     skipped: dict[str, dict[str, int]] = field(default_factory=dict)
     input_tokens: int = 0
     output_tokens: int = 0
+    cost: float | None = None  # judge cost so far at judges.budget.prices; None without prices
     error: str | None = None
     created_at: float = 0.0
     finished_at: float | None = None
@@ -165,13 +166,17 @@ def resolve_scorers(wanted: Sequence[Wanted],
 
 
 def describe_estimate(traces: int, pairs: Mapping[str, int], already: Mapping[str, int], judge_calls: int,
-                      tokens: int | None) -> str:  # fmt: skip
+                      tokens: int | None, cost: float | None = None, budget: str = "") -> str:  # fmt: skip
     """What a job will judge, as the CLI shows it before asking, whichever runner computed it."""
     lines = [f"{traces:,} traces in the window"]
     for name in sorted(set(pairs) | set(already)):
         lines.append(f"  {name}: {pairs.get(name, 0):,} to judge ({already.get(name, 0):,} already scored)")
     spend = f"~{tokens:,} judge tokens" if tokens is not None else "judge tokens unknown (no past verdicts)"
+    if cost is not None:
+        spend += f", ~{cost:,.4f} at judges.budget.prices"
     lines.append(f"{judge_calls:,} judge calls, {spend}")
+    if budget:
+        lines.extend(budget.splitlines())
     return "\n".join(lines)
 
 
@@ -190,6 +195,7 @@ class BackfillOrder:
     code_timeout_s: float
     sys_path: list[str]
     estimate_only: bool = False
+    budget: JudgeBudgetConfig | None = None  # judges.budget, shared with live scoring through the data directory
 
 
 class BackfillJobs:
@@ -208,8 +214,10 @@ class BackfillJobs:
         code_workers: int,
         code_timeout_s: float,
         on_forward: Callable[[Signal, bytes, int], None] | None,
+        budget: JudgeBudgetConfig | None = None,
     ) -> None:
         self._data_dir = data_dir
+        self._budget = budget
         self._archive = archive.model_copy(update={"directory": archive_dir})
         self._archive_dir = archive_dir
         self._registry = registry
@@ -351,7 +359,8 @@ class BackfillJobs:
 
     def _order(self, job: BackfillJob, specs: list[ScorerSpec]) -> BackfillOrder:
         return BackfillOrder(job, specs, str(self._data_dir), self._archive, self._judges,
-                             self._settings.max_concurrency, *self._code, list(sys.path))  # fmt: skip
+                             self._settings.max_concurrency, *self._code, list(sys.path),
+                             budget=self._budget)  # fmt: skip
 
     def _current_specs(self, job: BackfillJob) -> list[ScorerSpec]:
         """A resumed job's scorers as registered now (a spec whose version changed is judged at its new one)."""

@@ -52,9 +52,9 @@ def run(order: BackfillOrder, parent: ParentChannel) -> int:
 
 
 def _run(order: BackfillOrder, tell: Callable[[BackfillJob], None], forward: Submit, parent: ParentChannel) -> int:
+    scoring = ScoringConfig(code_workers=order.code_workers, code_timeout=order.code_timeout_s)
     config = Config(data_dir=Path(order.data_dir), archive=order.archive, judges=order.judges,
-                    scorers=order.specs, scoring=ScoringConfig(code_workers=order.code_workers,
-                                                               code_timeout=order.code_timeout_s))  # fmt: skip
+                    judge_budget=order.budget, scorers=order.specs, scoring=scoring)  # fmt: skip
     backfill = Backfill.of(order.job, order.data_dir, config=config, max_concurrency=order.max_concurrency,
                            exporters=(QueuedSpanExporter(forward), QueuedLogExporter(forward)))  # fmt: skip
     if order.estimate_only:

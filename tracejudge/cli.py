@@ -138,7 +138,7 @@ def check_config(config_path: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     import yaml
 
-    click.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    click.echo(yaml.safe_dump(config.document(), sort_keys=False))
 
 
 scorers.add_command(try_command)

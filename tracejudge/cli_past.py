@@ -214,7 +214,7 @@ def backfill_command(data_dir: Path | None, endpoint: str | None, token: str | N
     if estimate.judge_calls and not yes:
         click.confirm("Judge them?", abort=True, err=True)
     job = backfill.run(progress=progress)
-    _echo_result(job.status, job.traces, job.assessments, job.input_tokens + job.output_tokens, job.skipped)
+    _echo_result(job.status, job.traces, job.assessments, job.input_tokens + job.output_tokens, job.skipped, job.cost)
     if job.status != "succeeded":
         raise click.ClickException(job.error or f"backfill {job.status}; run it again with --resume {job.job_id}")
 
@@ -241,7 +241,8 @@ def _backfill_in_sidecar(client: ScorerClient, scorers: tuple[str, ...], since: 
 
     shown = estimate.estimate
     click.echo(describe_estimate(shown.get("traces", 0), shown.get("pairs", {}), shown.get("already_scored", {}),
-                                 shown.get("judge_calls", 0), shown.get("tokens")))  # fmt: skip
+                                 shown.get("judge_calls", 0), shown.get("tokens"), shown.get("cost"),
+                                 shown.get("budget", "")))  # fmt: skip
     if estimate.estimate.get("judge_calls", 0) and not yes:
         click.confirm("Judge them?", abort=True, err=True)
     job = client.backfill_scorers(wanted, since, until, rescore=rescore, skipped_only=skipped_only)
@@ -256,8 +257,10 @@ def _backfill_in_sidecar(client: ScorerClient, scorers: tuple[str, ...], since: 
             if bar is not None:
                 bar.total = job.total_traces or bar.total
                 bar.n = job.traces
+                cost = job.to_dict().get("cost")
+                spend = {} if cost is None else {"cost": f"{cost:.4f}"}
                 bar.set_postfix(verdicts=sum(job.assessments.values()),
-                                tokens=job.input_tokens + job.output_tokens, refresh=False)  # fmt: skip
+                                tokens=job.input_tokens + job.output_tokens, **spend, refresh=False)  # fmt: skip
                 bar.refresh()
             time.sleep(0.5)
     finally:
@@ -267,8 +270,8 @@ def _backfill_in_sidecar(client: ScorerClient, scorers: tuple[str, ...], since: 
     for key, count in job.skipped.items():
         name, _, reason = key.rpartition("/")
         skipped.setdefault(name, {})[reason] = count
-    _echo_result(job.status, job.traces, job.assessments,
-                 job.input_tokens + job.output_tokens, skipped)  # fmt: skip
+    _echo_result(job.status, job.traces, job.assessments, job.input_tokens + job.output_tokens, skipped,
+                 job.to_dict().get("cost"))  # fmt: skip
     if job.status != "succeeded":
         raise click.ClickException(job.error or f"backfill {job.status}")
 
@@ -279,9 +282,10 @@ def _echo_job_line(job_id: str, status: str, scorers: dict[str, Any], start: str
 
 
 def _echo_result(status: str, traces: int, assessments: dict[str, int], tokens: int,
-                 skipped: dict[str, dict[str, int]]) -> None:  # fmt: skip
+                 skipped: dict[str, dict[str, int]], cost: float | None) -> None:  # fmt: skip
     judged = ", ".join(f"{name} {count}" for name, count in sorted(assessments.items())) or "none"
-    click.echo(f"{status}: {traces} traces read; verdicts: {judged}; judge tokens {tokens}")
+    spend = f"; judge cost {cost:,.4f}" if cost is not None else ""
+    click.echo(f"{status}: {traces} traces read; verdicts: {judged}; judge tokens {tokens}{spend}")
     for name, reasons in skipped.items():
         click.echo(f"  {name} not judged: " + ", ".join(f"{reason} {n}" for reason, n in reasons.items()))
 

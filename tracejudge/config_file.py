@@ -11,13 +11,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, AliasPath, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from tracejudge.config import ConfigError, StrictConfig, format_errors, read_config_file
 from tracejudge.exporter.config import ArchiveConfig, ForwardEndpointConfig
 from tracejudge.memory_limiter import MemoryLimiterConfig
 from tracejudge.receiver.config import AssemblerConfig, ReceiverConfig
-from tracejudge.scoring.config import BackfillConfig, JudgeEndpointConfig, ScoringConfig, SessionsConfig
+from tracejudge.scoring.budget import LEDGER_NAME
+from tracejudge.scoring.config import (
+    BackfillConfig,
+    JudgeBudgetConfig,
+    JudgeEndpointConfig,
+    ScoringConfig,
+    SessionsConfig,
+    judge_config_for,
+)
 from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.status_page_config import StatusPageConfig
 from tracejudge.telemetry import TelemetryConfig
@@ -40,12 +48,24 @@ class Config(StrictConfig):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     status_page: StatusPageConfig = Field(default_factory=StatusPageConfig)
     judges: dict[str, JudgeEndpointConfig] = Field(default_factory=dict)  # "default" serves scorers without model
+    # `judges.budget` in the file (so no endpoint is named "budget"): the spend limit of every judge call
+    judge_budget: JudgeBudgetConfig | None = Field(
+        default=None, validation_alias=AliasChoices(AliasPath("judges", "budget"), "judge_budget")
+    )
     scorers: list[ScorerSpec] = Field(default_factory=list)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     memory_limiter: MemoryLimiterConfig = Field(default_factory=MemoryLimiterConfig)
+
+    @field_validator("judges", mode="before")
+    @classmethod
+    def _budget_is_no_endpoint(cls, value: Any) -> Any:
+        """`judges.budget` is read into judge_budget (its validation alias); the other keys are endpoints."""
+        if isinstance(value, Mapping) and "budget" in value:
+            return {name: endpoint for name, endpoint in value.items() if name != "budget"}
+        return value
 
     @field_validator("scorers")
     @classmethod
@@ -64,6 +84,30 @@ class Config(StrictConfig):
                 "control.client_cert_names needs receiver.tls.client_ca_file (mutual TLS on the listeners)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _cost_limits_price_every_endpoint(self) -> Config:
+        """A cost limit must know what each configured judge costs; a model a scorer names outside `judges:` is
+        charged at the table's highest prices (scoring/budget.py), with a warning."""
+        budget = self.judge_budget
+        if budget is None or not (budget.cost_per_hour or budget.cost_per_day):
+            return self
+        models = {judge_config_for(None, self.judges).model, *(e.model for e in self.judges.values())}
+        unpriced = sorted(m for m in models if budget.price_of(m) is None)
+        if unpriced:
+            raise ValueError(f"judges.budget.prices has no price for {', '.join(unpriced)} (nor a `default`)")
+        return self
+
+    def document(self) -> dict[str, Any]:
+        """The config as a file would say it (`tracejudge check-config` prints it): judge_budget under judges."""
+        out = self.model_dump(mode="json", exclude={"judge_budget"})
+        if self.judge_budget is not None:
+            out["judges"] = {**out["judges"], "budget": self.judge_budget.model_dump(mode="json")}
+        return out
+
+    @property
+    def budget_ledger(self) -> Path:
+        return self.data_dir / LEDGER_NAME
 
     @property
     def assessments_endpoint(self) -> str | None:

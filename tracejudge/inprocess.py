@@ -99,6 +99,7 @@ class ScoringSpanProcessor(SpanProcessor):
             code_workers=scoring.code_workers, code_timeout_s=scoring.code_timeout, sys_path=list(sys.path),
             emit_interval_s=scoring.emit_interval, verdicts="direct", otlp_endpoint=endpoint,
             push_metrics=True, metrics_endpoint=endpoint, sessions=self._config.sessions,
+            budget=self._config.judge_budget, budget_ledger=str(self._config.budget_ledger),
         )  # fmt: skip
         carrier: Carrier
         if scoring_process:

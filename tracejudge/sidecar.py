@@ -57,6 +57,7 @@ from tracejudge.receiver.grpc_server import GrpcReceiver
 from tracejudge.receiver.http_server import HttpReceiver
 from tracejudge.recent_verdicts import RecentVerdicts, VerdictTap
 from tracejudge.schema import ASSESSMENT_SERVICE, BACKFILL_SERVICE, SCORER_SERVICE, SESSION_SERVICE
+from tracejudge.scoring.budget import BudgetGauges
 from tracejudge.scoring.config import scoring_deadline
 from tracejudge.scoring.engine import ScoringEngine
 from tracejudge.scoring.ledger import InFlightLedger
@@ -282,6 +283,8 @@ class Sidecar:
         self.recent_verdicts = (
             RecentVerdicts(page.recent_verdicts) if page.enabled and config.telemetry.prometheus_endpoint else None
         )
+        self.budget_gauges = (BudgetGauges(config.judge_budget, config.budget_ledger, meter)
+                              if config.judge_budget is not None else None)  # fmt: skip
         self.scoring_process = WorkerProcess(self._worker_settings(), config.data_dir, scoring.worker_nice)
         self.scoring_worker = ScoringWorker(
             self.scoring_process, on_progress=self.engine.on_progress, on_lost=self.engine.on_worker_lost,
@@ -307,7 +310,7 @@ class Sidecar:
         self.backfills = BackfillJobs(config.data_dir, config.archive, config.archive_dir, self.registry,
                                       config.backfill,
                                       config.judges, scoring.code_workers, scoring.code_timeout,
-                                      self._log_verdicts if verdicts_to else None)  # fmt: skip
+                                      self._log_verdicts if verdicts_to else None, config.judge_budget)  # fmt: skip
         summaries: list[TraceConsumer] = [TraceSummaryRecorder(self.archive)] if self.archive else []
         fan_out = FanOut([*summaries, self.feedback, self.engine, *trace_consumers], meter, self._consumer_failed)
         self.assembler = TraceAssembler(config.assembler, fan_out, meter)
@@ -425,6 +428,7 @@ class Sidecar:
             push_metrics=telemetry.otlp_endpoint is not None,
             metrics_endpoint=telemetry.otlp_endpoint, metrics_interval_s=telemetry.otlp_interval,
             sessions=self.config.sessions, sessions_journal=str(self.config.data_dir / "scoring" / "sessions.jsonl"),
+            budget=self.config.judge_budget, budget_ledger=str(self.config.budget_ledger),
         )  # fmt: skip
 
     def _validate(self, spec: ScorerSpec) -> None:

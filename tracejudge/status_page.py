@@ -226,9 +226,13 @@ def health(sources: Sources, samples: Samples) -> dict[str, Any]:
         archive["state"] = "off"
     restarts = t("tracejudge_scoring_worker_restarts_total")
     skipped = samples.by("tracejudge_scoring_skipped_total", "reason")
+    spent = samples.by("tracejudge_judge_budget_spent", "limit")
+    limits = samples.by("tracejudge_judge_budget_limit", "limit")
+    budget = {name: {"spent": spent.get(name, 0.0), "limit": limit} for name, limit in sorted(limits.items())}
+    over = [name for name, b in budget.items() if b["spent"] >= b["limit"]]
     scoring = {"backlog": t("tracejudge_scoring_backlog"), "worker_restarts": restarts,
-               "skipped": {reason: int(n) for reason, n in sorted(skipped.items())},
-               "state": "restarted" if restarts else "ok"}  # fmt: skip
+               "skipped": {reason: int(n) for reason, n in sorted(skipped.items())}, "budget": budget,
+               "state": "restarted" if restarts else f"over budget ({', '.join(over)})" if over else "ok"}  # fmt: skip
     return {"ingest": ingest, "forward": endpoints, "archive": archive, "scoring": scoring}
 
 
@@ -376,6 +380,8 @@ def render(status: Mapping[str, Any]) -> str:
     h = status["health"]
     ingest, archive, scoring = h["ingest"], h["archive"], h["scoring"]
     forward = "".join(_forward_item(f) for f in h["forward"]) or "<li>no forward endpoint: archive only</li>"
+    budget_text = "".join(f"; judge budget {_e(name)}: {_number(b['spent'])} of {_number(b['limit'])}"
+                          for name, b in scoring["budget"].items())  # fmt: skip
     archive_text = (
         f"<b>{_e(archive['state'])}</b>"
         if archive["directory"] is None
@@ -396,7 +402,7 @@ def render(status: Mapping[str, Any]) -> str:
 <li>forward:<ul>{forward}</ul></li>
 <li>archive: {archive_text}</li>
 <li>scoring: <b>{_e(scoring["state"])}</b>, backlog {_number(scoring["backlog"])}, worker restarts
-{_number(scoring["worker_restarts"])}; skipped by reason: {_counts(scoring["skipped"])}</li>
+{_number(scoring["worker_restarts"])}; skipped by reason: {_counts(scoring["skipped"])}{budget_text}</li>
 </ul></section>
 <section id="scorers"><h2>Scorers</h2><table><thead><tr><th>name</th><th>kind</th><th>state</th><th>rate</th>
 <th>filter</th><th>version</th><th>runs</th><th>pass rate</th><th>mean score</th><th>verdicts by label</th>

@@ -95,7 +95,7 @@ def _counted(value: Any) -> Any:
     return value
 
 
-_TEXT_FIELDS = ("job_id", "status", "start_time", "end_time", "error")
+_TEXT_FIELDS = ("job_id", "status", "start_time", "end_time", "error", "budget")
 
 
 def start_request(scorers: list[BackfillScorerConfig | str | Any], start_time: Any, end_time: Any, rescore: bool,

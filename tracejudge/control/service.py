@@ -427,12 +427,13 @@ def _job(job: object) -> pb.BackfillJob:
         skipped_only=record["skipped_only"], traces=record["traces"], total_traces=record["total_traces"],
         assessments=record["assessments"], input_tokens=record["input_tokens"],
         output_tokens=record["output_tokens"], error=record["error"] or "", created_at=record["created_at"],
-        finished_at=record["finished_at"] or 0.0,
+        finished_at=record["finished_at"] or 0.0, cost=record["cost"],
         skipped={f"{name}/{reason}": n for name, reasons in record["skipped"].items() for reason, n in reasons.items()},
     )  # fmt: skip
     if estimate:
         message.estimate.CopyFrom(pb.BackfillEstimate(traces=estimate["traces"], pairs=estimate["pairs"],
                                                       already_scored=estimate["already"],
                                                       judge_calls=estimate["judge_calls"],
-                                                      tokens=estimate["tokens"]))  # fmt: skip
+                                                      tokens=estimate["tokens"], cost=estimate.get("cost"),
+                                                      budget=estimate.get("budget", "")))  # fmt: skip
     return message
