@@ -30,6 +30,7 @@ from tracejudge.scoring.config import JudgeBudgetConfig
 from tracejudge.testing import SidecarProcess, wait_until
 
 from archive_reader import query
+from otlp_peers import get_json
 
 TRACES = 30
 LIMIT = 4000  # judge tokens per hour: a handful of the mock's ~300-token verdicts
@@ -206,6 +207,24 @@ def test_a_backfill_prices_its_estimate_keeps_to_its_share_and_judges_the_rest_w
         assert first.exit_code == 0, first.output
         second = backfill(limit * 100)
         assert second.exit_code == 0, second.output
+        # the same budget in a running sidecar: its backfill worker prices the job and charges the shared ledger
+        budget = {"tokens_per_hour": limit * 100, "prices": prices}
+        sidecar = SidecarProcess(data, [], {"judges": {**judges, "budget": budget},
+                                            "scorers": [{**safety, "version": 3}]}).start()  # fmt: skip
+        try:
+            before = sidecar.metric("tracejudge_judge_budget_spent", limit="tokens_per_hour")
+            in_sidecar = CliRunner().invoke(main, ["backfill", "--endpoint", sidecar.grpc_target, "--scorer",
+                                                   "safety=1", "--since", "1h", "--yes", "--no-progress"])  # fmt: skip
+            assert in_sidecar.exit_code == 0, in_sidecar.output
+            tokens = int(in_sidecar.output.split("judge tokens ")[1].split(";")[0])
+            assert wait_until(lambda: sidecar.metric("tracejudge_judge_budget_spent", limit="tokens_per_hour")
+                              == before + tokens), sidecar.log_tail()  # fmt: skip
+            status = get_json(f"{sidecar.admin_url}/api/status")[1]["health"]["scoring"]
+            assert status["budget"]["tokens_per_hour"] == {"spent": before + tokens, "limit": limit * 100}
+        finally:
+            assert sidecar.stop() == 0, sidecar.log_tail()
+    assert "at judges.budget.prices" in in_sidecar.output and "judges.budget tokens_per_hour" in in_sidecar.output
+    assert f"safety: {traces} to judge" in in_sidecar.output and "judge cost" in in_sidecar.output
     # the estimate priced the job from the scorer's past verdicts: every pair, at its input and output prices
     v1 = query(data / "archive", "assessments", "SELECT judge_input_tokens, judge_output_tokens FROM t "
                                                 "WHERE scorer_version = 1")  # fmt: skip
@@ -223,3 +242,5 @@ def test_a_backfill_prices_its_estimate_keeps_to_its_share_and_judges_the_rest_w
     assert f"safety: {skipped} to judge ({judged_first} already scored)" in second.output, second.output
     v2 = query(data / "archive", "assessments", "SELECT trace_id FROM t WHERE scorer_version = 2")
     assert len(v2) == len({row[0] for row in v2}) == traces
+    # the offline runs' spend was in the ledger before the sidecar started: one budget for every process
+    assert before == tokens_first + int(second.output.split("judge tokens ")[1].split(";")[0])
