@@ -65,7 +65,7 @@ class CancelBackfillRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class BackfillEstimate(_message.Message):
-    __slots__ = ("traces", "pairs", "already_scored", "judge_calls", "tokens", "cost", "budget")
+    __slots__ = ("traces", "pairs", "already_scored", "judge_calls", "tokens", "cost", "budget", "tokens_from_prompts")
     class PairsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class BackfillEstimate(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FROM_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     traces: int
     pairs: _containers.ScalarMap[str, int]
     already_scored: _containers.ScalarMap[str, int]
@@ -94,7 +95,8 @@ class BackfillEstimate(_message.Message):
     tokens: int
     cost: float
     budget: str
-    def __init__(self, traces: _Optional[int] = ..., pairs: _Optional[_Mapping[str, int]] = ..., already_scored: _Optional[_Mapping[str, int]] = ..., judge_calls: _Optional[int] = ..., tokens: _Optional[int] = ..., cost: _Optional[float] = ..., budget: _Optional[str] = ...) -> None: ...
+    tokens_from_prompts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, traces: _Optional[int] = ..., pairs: _Optional[_Mapping[str, int]] = ..., already_scored: _Optional[_Mapping[str, int]] = ..., judge_calls: _Optional[int] = ..., tokens: _Optional[int] = ..., cost: _Optional[float] = ..., budget: _Optional[str] = ..., tokens_from_prompts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BackfillJob(_message.Message):
     __slots__ = ("job_id", "status", "scorers", "start_time", "end_time", "rescore", "skipped_only", "traces", "total_traces", "assessments", "skipped", "input_tokens", "output_tokens", "error", "created_at", "finished_at", "estimate", "cost")

@@ -32,7 +32,7 @@ from tracejudge.model import Assessment, Trace
 from .budget import JudgeBudget
 from .code import CodeRunner
 from .config import JudgeEndpointConfig
-from .evaluators import build_evaluator
+from .evaluators import JudgeEvaluator, build_evaluator
 from .extract import extract_with_spans
 from .filters import parse_filter
 from .judge_client import JudgePool
@@ -262,6 +262,38 @@ class BatchScoring:
         selected = [s for s in chosen if s.spec.name in conversation.passed]
         skipped.update((s.spec.name, "filtered") for s in chosen if s not in selected)
         return [(s, view) for s in selected]
+
+
+def mean_prompt_tokens(specs: Sequence[ScorerSpec], judges: Mapping[str, JudgeEndpointConfig],
+                       traces: Iterable[Trace]) -> dict[str, float]:  # fmt: skip
+    """Mean input tokens of a call of each judge in `specs` over `traces`, for an estimate where a judge has no
+    past verdict to go by: its prompt rendered as its evaluator would (no call is made), counted as the judge
+    client counts before a call (4 characters a token). A session judge's on each conversation the traces hold
+    (its turns in start order); a span target's on the whole trace (an upper bound)."""
+    pool = JudgePool(judges)  # its clients connect on their first call, which never comes
+    code = CodeRunner(1, 1.0)
+    try:
+        evaluators = [e for spec in specs if spec.uses_judge
+                      and isinstance(e := build_evaluator(spec, pool.get, code), JudgeEvaluator)]  # fmt: skip
+        views: list[TraceView] = []
+        for trace in traces:
+            if trace.complete and (view := extract_with_spans(trace)[0]).has_genai:
+                views.append(view)
+        sessions: dict[str, list[Turn]] = {}
+        for view in views:
+            if view.session_id:
+                sessions.setdefault(view.session_id, []).append(turn_of(view))
+        conversations = [SessionView(sid, tuple(sorted(turns, key=lambda t: t.timestamp_ms)))
+                         for sid, turns in sessions.items()]  # fmt: skip
+        out: dict[str, float] = {}
+        for evaluator in evaluators:
+            judged: Sequence[Judged] = conversations if evaluator.spec.target_kind == "session" else views
+            counted = [n for view in judged if (n := evaluator.prompt_tokens(view)) is not None]
+            if counted:
+                out[evaluator.spec.name] = sum(counted) / len(counted)
+        return out
+    finally:
+        code.shutdown()
 
 
 async def _read_on_a_thread(batches: Iterable[Sequence[Item]]) -> AsyncIterator[Sequence[Item]]:

@@ -8,6 +8,7 @@ pool under a timeout; LLM judges await the judge client. Whatever fails becomes 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from tracejudge.model import Assessment, AssessmentSourceType
 from .assessments import Verdicts
 from .checks import CHECKS, REQUIRED_PARAMS, Check
 from .code import CodeRunner, CodeTimeout, bind_arguments, load_function
-from .judge_client import JudgeClient, JudgeError
+from .judge_client import JudgeClient, JudgeError, estimate_tokens
 from .judges import (
     BUILTIN_JUDGES,
     CONVERSATION_JUDGES,
@@ -119,11 +120,21 @@ class JudgeEvaluator:
         self._verdicts = Verdicts(spec.name, spec.version, AssessmentSourceType.LLM_JUDGE, client.config.model)
         self._failures = FailureLog(spec.name)
 
+    def prompt_tokens(self, view: Judged) -> int | None:
+        """The input tokens a call on `view` would cost, as the judge client estimates them (4 characters a
+        token, the schema included); None when the scorer would not call (not applicable). For estimates."""
+        if missing_inputs(view, self._definition):
+            return None
+        return estimate_tokens(SYSTEM_PROMPT, self._user_prompt(view), json.dumps(self._schema))
+
+    def _user_prompt(self, view: Judged) -> str:
+        return self._definition.question + "\n\n" + render_sections(view, self._definition.sections, self._client.fence)
+
     async def evaluate(self, view: Judged) -> list[Assessment]:
         missing = missing_inputs(view, self._definition)
         if missing:
             return [self._verdicts.not_applicable(view, missing)]
-        user = self._definition.question + "\n\n" + render_sections(view, self._definition.sections, self._client.fence)
+        user = self._user_prompt(view)
         try:
             reply = await self._client.judge(SYSTEM_PROMPT, user, self._schema, self.spec.name)
         except JudgeError as exc:

@@ -21,7 +21,7 @@ from mock_openai import MockOpenAI
 from test_scoring_e2e import evaluation_spans
 
 import tracejudge
-from tracejudge.backfill import Backfill, BackfillError, BackfillScorerConfig
+from tracejudge.backfill import OUTPUT_TOKENS_GUESS, Backfill, BackfillError, BackfillScorerConfig
 from tracejudge.cli import main
 from tracejudge.otlp import any_value
 from tracejudge.scorers import NonEmptyResponse, ScorerClient, UserFrustration
@@ -174,6 +174,12 @@ def test_the_estimate_counts_exactly_what_is_judged_and_unknown_scorers_are_refu
     }
     job = backfill.run()
     assert job.status == "succeeded" and job.assessments == {k: v for k, v in estimate.pairs.items() if v}
+    # neither judge had a verdict yet: their tokens come from their prompts on the window's traces (and an
+    # answer's guessed length), near what the judge's usage then said
+    assert estimate.tokens_from_prompts == ["frustration", "safety"] and estimate.tokens is not None
+    prompts = estimate.tokens - estimate.judge_calls * OUTPUT_TOKENS_GUESS  # what the prompts were estimated at
+    assert 0.8 <= prompts / job.input_tokens <= 1.25, (estimate, job)
+    assert "from their prompts on the window's traces" in estimate.describe()
     again = Backfill(data, [BackfillScorerConfig("safety", 0.3)], config=cfg, start_time="1h").estimate()
     assert again.pairs == {"safety": 0} and again.tokens == 0  # tokens known now, from the verdicts just made
     with pytest.raises(BackfillError, match="'nope' is not registered"):

@@ -22,7 +22,8 @@ tests/test_backfill.py:
 - Verdicts are marked (`metadata.backfill_job`), and emitted to `otlp_endpoint` when given, as live ones are:
   into the original traces at the backend.
 - Before it runs, `estimate()` counts exactly the pairs it will judge (the sampler is deterministic) and the
-  judge tokens that will cost, from the scorer's past verdicts in the archive, priced at judges.budget.prices.
+  judge tokens that will cost, from the scorer's past verdicts in the archive (a new judge's from its prompt on
+  the window's first traces), priced at judges.budget.prices.
 - judges.budget (scoring/budget.py) is shared with live scoring through the data directory's ledger: a backfill
   may use `backfill_share` of each limit; past it, judge pairs are skipped (`budget`, counted in the job), and
   judged by running the job again once spend has fallen (they have no verdict, so they are not `already_scored`).
@@ -31,12 +32,13 @@ tests/test_backfill.py:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,7 @@ from tracejudge.exporter.emitter import AssessmentEmitter, assessment_row
 from tracejudge.exporter.feedback import logged_assessments
 from tracejudge.model import Assessment
 from tracejudge.otlp_exporters import span_and_log_exporters
-from tracejudge.scoring.batch import BatchCounts, BatchScoring
+from tracejudge.scoring.batch import BatchCounts, BatchScoring, mean_prompt_tokens
 from tracejudge.scoring.budget import LEDGER_NAME, JudgeBudget, limits_of
 from tracejudge.scoring.config import ModelPrice, judge_config_for
 from tracejudge.scoring.registry import ScorerRegistry
@@ -75,6 +77,10 @@ FLUSH_ROWS = 200  # verdict rows per archive file at most: what a kill can cost 
 FLUSH_INTERVAL_S = 2.0
 BACKFILL_KEY = "backfill_job"  # the metadata key marking a verdict as a backfill's
 _TOKENS_SAMPLE = 1000  # past verdicts per scorer read for its mean judge tokens
+_PROMPT_SAMPLE = 50  # traces a new judge's prompt is rendered on, for its estimate
+# Output tokens of a judge's answer when the archive has no judge verdict at all: a rationale of two or three
+# sentences and the result (gpt-4.1-mini's answers to the builtin judges run 40-120 tokens).
+OUTPUT_TOKENS_GUESS = 100.0
 
 
 @dataclass
@@ -89,10 +95,11 @@ class Estimate:
     tokens_known: dict[str, float]  # mean judge tokens per verdict, per judge scorer with past verdicts
     cost: float | None = None  # the tokens at judges.budget.prices; None without prices or tokens
     budget: str = ""  # judges.budget as it stands, in words ("" without one)
+    tokens_from_prompts: list[str] = field(default_factory=list)  # judges estimated from their prompts (no verdicts)
 
     def describe(self) -> str:
         return describe_estimate(self.traces, self.pairs, self.already, self.judge_calls, self.tokens, self.cost,
-                                 self.budget)  # fmt: skip
+                                 self.budget, self.tokens_from_prompts)  # fmt: skip
 
 
 class Backfill:
@@ -202,10 +209,12 @@ class Backfill:
         judges = [spec for spec in self._specs if spec.uses_judge]
         per_verdict = self._mean_tokens([spec.name for spec in judges])  # name -> (input, output) per verdict
         calls = sum(pairs[spec.name] for spec in judges)
-        unknown = [spec.name for spec in judges if spec.name not in per_verdict and pairs[spec.name]]
-        tokens = (
-            None if unknown else round(sum(pairs[s.name] * sum(per_verdict.get(s.name, (0.0, 0.0))) for s in judges))
-        )
+        new = [spec for spec in judges if spec.name not in per_verdict and pairs[spec.name]]
+        from_prompts = self._prompt_tokens(new) if new else {}
+        per_verdict.update(from_prompts)
+        unknown = [spec.name for spec in new if spec.name not in per_verdict]
+        mean = {name: tokens_in + tokens_out for name, (tokens_in, tokens_out) in per_verdict.items()}
+        tokens = None if unknown else round(sum(pairs[s.name] * mean.get(s.name, 0.0) for s in judges))
         budget = self._config.judge_budget
         cost = None
         if tokens is not None and budget is not None and budget.prices:
@@ -217,8 +226,17 @@ class Backfill:
                 shown = ledger.describe()
             finally:
                 ledger.close()
-        return Estimate(len(traces), pairs, already, calls, tokens, {n: i + o for n, (i, o) in per_verdict.items()},
-                        cost, shown)  # fmt: skip
+        return Estimate(len(traces), pairs, already, calls, tokens, mean, cost, shown, sorted(from_prompts))
+
+    def _prompt_tokens(self, specs: list[ScorerSpec]) -> dict[str, tuple[float, float]]:
+        """(input, output) tokens per verdict of judges no verdict of which the archive holds: their prompts on
+        the window's first traces (input), and what other judges' verdicts answered (output; else a guess)."""
+        source = ArchiveTraceSource(self._archive, self._start, self._end, s3=self._config.archive.s3)
+        sample = list(itertools.islice((t for batch in source.batches() for t in batch), _PROMPT_SAMPLE))
+        inputs = mean_prompt_tokens(specs, self._config.judges, sample)
+        answers = [out for _, out in self._mean_tokens(None).values()]
+        output = sum(answers) / len(answers) if answers else OUTPUT_TOKENS_GUESS
+        return {name: (tokens, output) for name, tokens in inputs.items()}
 
     def _cost(self, spec: ScorerSpec, input_tokens: float, output_tokens: float) -> float:
         """One verdict's cost at the prices; a model they do not list at their highest (as the ledger charges)."""
@@ -381,12 +399,17 @@ class Backfill:
                                               table.column("scorers").to_pylist(), strict=True)
                 for name in names or ()}  # fmt: skip
 
-    def _mean_tokens(self, names: Iterable[str]) -> dict[str, tuple[float, float]]:
-        names = list(names)
-        if not names:
+    def _mean_tokens(self, names: Iterable[str] | None) -> dict[str, tuple[float, float]]:
+        """(input, output) judge tokens per verdict of each of `names` (None: of every judge) from the first
+        _TOKENS_SAMPLE of its verdicts in the archive."""
+        names = None if names is None else list(names)
+        if names == []:
             return {}
+        where = pc.field("judge_input_tokens").is_valid()
+        if names is not None:
+            where = pc.field("name").isin(names) & where
         table = _read(self._store, "assessments", None, None, ["name", "judge_input_tokens", "judge_output_tokens"],
-                      pc.field("name").isin(names) & pc.field("judge_input_tokens").is_valid())  # fmt: skip
+                      where)  # fmt: skip
         if table is None:
             return {}
         inputs: Counter[str] = Counter()

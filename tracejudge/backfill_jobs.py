@@ -166,12 +166,15 @@ def resolve_scorers(wanted: Sequence[Wanted],
 
 
 def describe_estimate(traces: int, pairs: Mapping[str, int], already: Mapping[str, int], judge_calls: int,
-                      tokens: int | None, cost: float | None = None, budget: str = "") -> str:  # fmt: skip
+                      tokens: int | None, cost: float | None = None, budget: str = "",
+                      from_prompts: Sequence[str] = ()) -> str:  # fmt: skip
     """What a job will judge, as the CLI shows it before asking, whichever runner computed it."""
     lines = [f"{traces:,} traces in the window"]
     for name in sorted(set(pairs) | set(already)):
         lines.append(f"  {name}: {pairs.get(name, 0):,} to judge ({already.get(name, 0):,} already scored)")
     spend = f"~{tokens:,} judge tokens" if tokens is not None else "judge tokens unknown (no past verdicts)"
+    if tokens is not None and from_prompts:
+        spend += f" ({', '.join(from_prompts)}: from their prompts on the window's traces, no past verdicts)"
     if cost is not None:
         spend += f", ~{cost:,.4f} at judges.budget.prices"
     lines.append(f"{judge_calls:,} judge calls, {spend}")

@@ -242,7 +242,7 @@ def _backfill_in_sidecar(client: ScorerClient, scorers: tuple[str, ...], since: 
     shown = estimate.estimate
     click.echo(describe_estimate(shown.get("traces", 0), shown.get("pairs", {}), shown.get("already_scored", {}),
                                  shown.get("judge_calls", 0), shown.get("tokens"), shown.get("cost"),
-                                 shown.get("budget", "")))  # fmt: skip
+                                 shown.get("budget", ""), shown.get("tokens_from_prompts", [])))  # fmt: skip
     if estimate.estimate.get("judge_calls", 0) and not yes:
         click.confirm("Judge them?", abort=True, err=True)
     job = client.backfill_scorers(wanted, since, until, rescore=rescore, skipped_only=skipped_only)

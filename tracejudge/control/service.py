@@ -431,9 +431,9 @@ def _job(job: object) -> pb.BackfillJob:
         skipped={f"{name}/{reason}": n for name, reasons in record["skipped"].items() for reason, n in reasons.items()},
     )  # fmt: skip
     if estimate:
-        message.estimate.CopyFrom(pb.BackfillEstimate(traces=estimate["traces"], pairs=estimate["pairs"],
-                                                      already_scored=estimate["already"],
-                                                      judge_calls=estimate["judge_calls"],
-                                                      tokens=estimate["tokens"], cost=estimate.get("cost"),
-                                                      budget=estimate.get("budget", "")))  # fmt: skip
+        message.estimate.CopyFrom(pb.BackfillEstimate(
+            traces=estimate["traces"], pairs=estimate["pairs"], already_scored=estimate["already"],
+            judge_calls=estimate["judge_calls"], tokens=estimate["tokens"], cost=estimate.get("cost"),
+            budget=estimate.get("budget", ""), tokens_from_prompts=estimate.get("tokens_from_prompts", []),
+        ))  # fmt: skip
     return message
