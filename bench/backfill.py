@@ -25,7 +25,10 @@ Phases, in one run:
      same archive, as the CLI runs it (Backfill's default concurrency; `--judge-max-concurrency N,...` adds
      runs with Backfill(max_concurrency=N)); judge calls/s timed at the mock (first request in to last
      answer out) against C/L, then the same number of bare openai SDK calls from a process of their own
-     (bench/scoring.py's same-run floor). Target: >= 90 % of C/L.
+     (bench/scoring.py's same-run floor). Target: >= 90 % of C/L. Then twice more with `judges.budget`
+     (scoring/budget.py), its ledger emptied first: a limit never reached (the cost of admitting each pair and
+     of the ledger's syncs, beside the run without), and tokens_per_hour = the first run's tokens, of which a
+     backfill may use half: the share of pairs judged, and the tokens spent against that half.
   3. memory: peak RSS (the child's own VmHWM) of the no-model backfill over archives of
      `--rss-sizes` traces, each built as in phase 0 (the largest is phase 0's). Target: the largest within
      15 % of the smallest (the reader streams).
@@ -379,30 +382,49 @@ def phase_judge(args: argparse.Namespace, data_dir: Path) -> bool:
           f"{ideal:,.0f} calls/s ==", flush=True)  # fmt: skip
     judge = Helper("bench-judge", judge_main, args.latency, str(TESTS_DIR))
     ok = True
+    calls = 0
     try:
         judges = {"default": {"base_url": f"http://127.0.0.1:{judge.port}/v1", "api_key_env": "TJ_BENCH_NO_KEY",
                               "max_concurrency": args.concurrency}}  # fmt: skip
-        for label, concurrency in (("as the CLI", None), *((f"traces {n}", n) for n in args.judge_max_concurrency)):
+        runs: list[tuple[str, int | None, int | None]] = [
+            ("as the CLI", None, None), *((f"traces {n}", n, None) for n in args.judge_max_concurrency),
+            ("budget 10^12", None, 10**12), ("budget half", None, -1)]  # fmt: skip
+        first_tokens = 0
+        for label, concurrency, limit in runs:
             judge.ask("reset")
-            task = {"kind": "backfill", "data_dir": str(data_dir), "scorer": JUDGE, "judges": judges,
+            (data_dir / "judge_spend.sqlite").unlink(missing_ok=True)
+            budget = {} if limit is None else {"budget": {"tokens_per_hour": first_tokens if limit < 0 else limit}}
+            task = {"kind": "backfill", "data_dir": str(data_dir), "scorer": JUDGE, "judges": {**judges, **budget},
                     "rate": args.judge_rate, "max_concurrency": concurrency}  # fmt: skip
             result = run_child(task, timeout=3600)
+            first_tokens = first_tokens or result.get("tokens", 0)
             stats = judge.ask("stats")
             if result.get("status") != "succeeded":
                 print(f"  ! backfill broken: {result}")
                 return False
             window = stats["last"] - stats["first"]
             rate = stats["done"] / window if window > 0 else 0.0
+            target = "PASS" if rate >= 0.9 * ideal else "FAIL"
+            if limit is not None and limit < 0:
+                target = "n/a (half the calls, over a shorter time)"
             errors = {k: v for k, v in stats["statuses"].items() if k != 200}
             print(f"  {label:<11} {result['verdicts']:,} verdicts on {result['traces']:,} traces in "
                   f"{result['seconds']:.1f} s ({result['verdicts'] / result['seconds']:,.0f}/s); at the mock "
                   f"{stats['done']:,} calls in {window:.1f} s = {rate:,.0f} calls/s = {rate / ideal:.0%} of C/L, "
                   f"most in flight {stats['max_in_flight']}, non-200 {errors or 0}; CPU {result['cpu_total']:.1f} s "
                   f"({result['cpu_total'] / max(stats['done'], 1) * 1000:.2f} ms per call); other processes "
-                  f"{result['others']:.2f} cores; target >= 90%: {'PASS' if rate >= 0.9 * ideal else 'FAIL'}",
+                  f"{result['others']:.2f} cores; target >= 90%: {target}",
                   flush=True)  # fmt: skip
             ok = ok and stats["done"] >= result["verdicts"] > 0
-            calls = stats["done"]
+            if limit is not None and limit < 0:
+                skipped = result["skipped"].get(JUDGE["name"], {}).get("budget", 0)
+                share, judged = first_tokens // 2, result["verdicts"] / max(result["pairs"], 1)
+                print(f"  {'':<11} a backfill's share of tokens_per_hour = {first_tokens:,}: {share:,}; spent "
+                      f"{result['tokens']:,} ({result['tokens'] / max(share, 1):.1%} of it); judged "
+                      f"{result['verdicts']:,} of {result['pairs']:,} pairs ({judged:.1%}), {skipped:,} skipped "
+                      f"(budget)", flush=True)  # fmt: skip
+            else:
+                calls = stats["done"]
         # The same-run floor (bench/scoring.py's): as many bare openai SDK calls, C in flight, from a process of
         # their own against the same mock; on a shared machine it says what the judge client alone reaches.
         run_bare_sdk(argparse.Namespace(traces=calls, latency=args.latency, concurrency=args.concurrency), judge)

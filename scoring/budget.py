@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 Role = Literal["live", "backfill"]
 LEDGER_NAME = "judge_spend.sqlite"  # in the data directory
-PRIOR_TOKENS_PER_PAIR = 1000.0  # a judge pair's cost before one has finished (builtin judges: ~600-900 tokens)
+# A judge pair's cost before one has finished: the builtin judges' prompts alone are ~250 tokens (4 characters a
+# token), and traced content adds up to judges.*.max_content_chars / 4 (5,000) per section; a guess on the safe side.
+PRIOR_TOKENS_PER_PAIR = 1000.0
 _WINDOWS = {"hour": 60, "day": 1440}  # minutes
 _KEEP_MINUTES = 1441
 
@@ -74,7 +76,8 @@ def limits_of(config: JudgeBudgetConfig) -> list[Limit]:
 
 
 class SpendLedger:
-    """Spend per (minute, role) in a SQLite file several processes share."""
+    """Spend per (minute, role) in a SQLite file several processes share (the role, live or backfill, is for
+    whoever reads the file: `sqlite3 judge_spend.sqlite 'SELECT role, sum(tokens) FROM spend GROUP BY role'`)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,12 +109,6 @@ class SpendLedger:
                 ).fetchone()
                 out[("tokens", minutes)], out[("cost", minutes)] = float(tokens), float(cost)
         return out
-
-    def by_role(self, now_minute: int, minutes: int) -> dict[str, tuple[int, float]]:
-        with self._lock:
-            rows = self._db.execute("SELECT role, SUM(tokens), SUM(cost) FROM spend WHERE minute > ? GROUP BY role",
-                                    (now_minute - minutes,)).fetchall()  # fmt: skip
-        return {role: (int(tokens), float(cost)) for role, tokens, cost in rows}
 
     def close(self) -> None:
         with self._lock:
@@ -154,16 +151,20 @@ class JudgeBudget:
     def tokens_so_far(self) -> int:
         return self._spent_tokens
 
-    async def admit(self) -> bool:
-        """Whether one more judge pair may run; if so it is in flight until release(). Waits while it fits
-        only once this process's pairs in flight are paid for."""
+    async def admit(self, wait: bool = True) -> bool:
+        """Whether one more judge pair may run; if so it is in flight until release(). While it fits only once
+        this process's pairs in flight are paid for, it waits for them; not with `wait` False (the caller holds
+        pairs it was admitted that will not run before it returns: waiting on them would never end)."""
         while True:
             self._sync_if_due()
             over = self._over(in_flight=False)
             if over is not None:
                 return self._refuse(over)
-            if self._in_flight == 0 or self._over(in_flight=True) is None:
+            crowded = self._over(in_flight=True) if self._in_flight else None
+            if crowded is None:
                 break
+            if not wait:
+                return self._refuse(crowded)
             if self._released is None:
                 self._released = asyncio.Event()
             await self._released.wait()

@@ -426,8 +426,15 @@ async def within_budget(
         return pairs, []
     kept: list[tuple[LoadedScorer, AnyJudged]] = []
     refused: list[tuple[LoadedScorer, AnyJudged]] = []
+    admitted = 0  # judge pairs this call admitted: they run once it returns, so later ones must not wait on them
     for pair in pairs:
-        (kept if not pair[0].spec.uses_judge or await budget.admit() else refused).append(pair)
+        if not pair[0].spec.uses_judge:
+            kept.append(pair)
+        elif await budget.admit(wait=admitted == 0):
+            kept.append(pair)
+            admitted += 1
+        else:
+            refused.append(pair)
     return kept, refused
 
 

@@ -26,7 +26,13 @@ from tracejudge.cli import main
 from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
 from tracejudge.scoring.budget import LEDGER_NAME, JudgeBudget
+from tracejudge.scoring.code import CodeRunner
 from tracejudge.scoring.config import JudgeBudgetConfig
+from tracejudge.scoring.evaluators import build_evaluator
+from tracejudge.scoring.filters import parse_filter
+from tracejudge.scoring.judge_client import JudgePool
+from tracejudge.scoring.loop import LoadedScorer, within_budget
+from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.testing import SidecarProcess, wait_until
 
 from archive_reader import query
@@ -244,3 +250,26 @@ def test_a_backfill_prices_its_estimate_keeps_to_its_share_and_judges_the_rest_w
     assert len(v2) == len({row[0] for row in v2}) == traces
     # the offline runs' spend was in the ledger before the sidecar started: one budget for every process
     assert before == tokens_first + int(second.output.split("judge tokens ")[1].split(";")[0])
+
+
+def test_the_pairs_of_one_trace_never_wait_on_each_other(tmp_path: Path) -> None:
+    """Near the limit the first judge pair of a trace fits and the second would only once the first is paid
+    for: the second is refused at once (the first runs only when admission returns), a check always runs."""
+    ledger = tmp_path / LEDGER_NAME
+    config = JudgeBudgetConfig(tokens_per_hour=10_000)
+    spender = JudgeBudget(config, ledger)
+    spender.spend("openai:/gpt-4.1-mini", 8_500, 0)
+    spender.close()
+    code = CodeRunner(1, 1.0)
+    pool = JudgePool({})
+    scorers = [LoadedScorer(spec, build_evaluator(spec, pool.get, code), parse_filter(None))
+               for spec in (ScorerSpec(name="safety", builtin="Safety"), ScorerSpec(name="relevance",
+                            builtin="RelevanceToQuery"), ScorerSpec(name="no_error", builtin="NoError"))]  # fmt: skip
+    budget = JudgeBudget(config, ledger)
+    view = object()  # within_budget reads only the scorers
+    kept, refused = asyncio.run(asyncio.wait_for(within_budget([(s, view) for s in scorers], budget), 5))
+    assert [s.spec.name for s, _ in kept] == ["safety", "no_error"] and [s.spec.name for s, _ in refused] == [
+        "relevance"
+    ]
+    code.shutdown()
+    budget.close()
