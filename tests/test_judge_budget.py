@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,9 @@ def test_a_backfill_prices_its_estimate_keeps_to_its_share_and_judges_the_rest_w
                               == before + tokens), sidecar.log_tail()  # fmt: skip
             status = get_json(f"{sidecar.admin_url}/api/status")[1]["health"]["scoring"]
             assert status["budget"]["tokens_per_hour"] == {"spent": before + tokens, "limit": limit * 100}
+            with urllib.request.urlopen(f"{sidecar.admin_url}/", timeout=10) as response:
+                page = response.read().decode()
+            assert f"judge budget tokens_per_hour: {before + tokens:.0f} of {limit * 100}" in page
         finally:
             assert sidecar.stop() == 0, sidecar.log_tail()
     assert "at judges.budget.prices" in in_sidecar.output and "judges.budget tokens_per_hour" in in_sidecar.output
