@@ -21,11 +21,13 @@ import yaml
 from click.testing import CliRunner
 from instrumented_apps import archived_conversations
 from mock_openai import MockOpenAI
-from test_scoring_e2e import run_agent
+from test_inprocess import agent_turn, app_provider
+from test_scoring_e2e import evaluation_spans, run_agent
 
 from tracejudge.cli import main
 from tracejudge.config import ConfigError
 from tracejudge.config_file import load_config
+from tracejudge.exporter import ScoringSpanProcessor
 from tracejudge.scoring.budget import LEDGER_NAME, JudgeBudget
 from tracejudge.scoring.code import CodeRunner
 from tracejudge.scoring.config import JudgeBudgetConfig
@@ -37,7 +39,7 @@ from tracejudge.scoring.spec import ScorerSpec
 from tracejudge.testing import SidecarProcess, wait_until
 
 from archive_reader import query
-from otlp_peers import get_json
+from otlp_peers import GrpcSink, get_json
 
 TRACES = 30
 LIMIT = 4000  # judge tokens per hour: a handful of the mock's ~300-token verdicts
@@ -277,3 +279,28 @@ def test_the_pairs_of_one_trace_never_wait_on_each_other(tmp_path: Path) -> None
     ]
     code.shutdown()
     budget.close()
+
+
+def test_an_apps_own_process_keeps_to_the_budget_in_its_data_dir(tmp_path: Path, monkeypatch: Any) -> None:
+    """ScoringSpanProcessor reads judges.budget like the sidecar: a limit smaller than one pair lets no judge
+    call out, the check still runs, and the spend ledger is in the config's data_dir."""
+    sink = GrpcSink().start()
+    try:
+        with MockOpenAI() as judge:
+            config = {"data_dir": str(tmp_path / "app-data"), "assembler": {"trace_idle": "200ms"},
+                      "judges": {"default": judge_config(judge), "budget": {"tokens_per_hour": 10}},
+                      "scorers": [{"name": "safety", "builtin": "Safety", "sample_rate": 1.0},
+                                  {"name": "no_error", "builtin": "NoError", "sample_rate": 1.0}]}  # fmt: skip
+            (tmp_path / "tracejudge.yaml").write_text(yaml.safe_dump(config))
+            processor = ScoringSpanProcessor(config=tmp_path / "tracejudge.yaml", otlp_endpoint=sink.url)
+            provider = app_provider(sink, processor)
+            for _ in range(3):
+                agent_turn(provider, "You get a full refund within 30 days.")
+            assert provider.force_flush(10_000)
+            verdicts = wait_until(lambda: len(found := evaluation_spans(sink)) >= 3 and found, timeout=20)
+            provider.shutdown()
+            calls = judge.chat_requests()
+    finally:
+        sink.stop()
+    assert {s.name for s in verdicts} == {"evaluation no_error"} and calls == []
+    assert (tmp_path / "app-data" / LEDGER_NAME).is_file()
