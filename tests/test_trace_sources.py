@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -575,6 +576,162 @@ def test_a_span_the_archive_holds_twice_is_yielded_once(tmp_path: Path):
     live = assemble(request, logs)
     assert hot_fields(trace) == hot_fields(live) and len(trace.logs) == len(live.logs) == 2
     assert extract(trace) == extract(replace(live, reason=trace.reason))
+
+
+# --- streaming: traces handed on as they are decided, not as hours are read ------------------------------
+
+
+def one_span(request: ExportTraceServiceRequest, index: int) -> ExportTraceServiceRequest:
+    """A request of `request`'s span number `index` alone."""
+    single = ExportTraceServiceRequest()
+    single.CopyFrom(request)
+    spans = single.resource_spans[0].scope_spans[0].spans
+    kept = spans[index]
+    del spans[:]
+    spans.append(kept)
+    return single
+
+
+def first_trace_id(request: ExportTraceServiceRequest) -> bytes:
+    return bytes(request.resource_spans[0].scope_spans[0].spans[0].trace_id)
+
+
+def first_span_id(request: ExportTraceServiceRequest) -> bytes:
+    return bytes(request.resource_spans[0].scope_spans[0].spans[0].span_id)
+
+
+def decision_row(trace: Trace, moment: datetime, **changes: Any) -> dict[str, Any]:
+    return {**summarize(replace(trace, **changes)), "decided_at": ns(moment)}
+
+
+def test_the_traces_of_an_hour_are_handed_on_as_they_are_decided_not_once_the_hour_is_read(tmp_path: Path):
+    """Each turn's files (its spans, its decision) are read in order of arrival, and the turn handed on once its
+    decision and every span it counts are read: its batch comes before the next turns' files are opened, and
+    no more than one turn is ever held, however many the hour has (the reader before held the hour's all)."""
+    archive = Archive(tmp_path)
+    for minute in range(6):
+        children, root = agent_turn(at(10, 20 + minute), name=f"turn {minute}")
+        archive.spans(at(10, 20 + minute, 1), children)
+        archive.spans(at(10, 20 + minute, 2), root)
+        archive.decided(at(10, 20 + minute, 4), assemble(children, root))
+    counting = CountingHandler()
+    source = ArchiveTraceSource(tmp_path, at(10), at(11), filesystem=pafs.PyFileSystem(counting), batch_size=1)
+
+    opened_at_yield, names = [], []
+    for [trace] in source.batches():
+        opened_at_yield.append(len(counting.opened))
+        names.append(Span.FromString(trace.root.span_bytes).name)  # type: ignore[union-attr]
+
+    assert names == [f"turn {minute}" for minute in range(6)]
+    footers = len(list(tmp_path.rglob("*.parquet")))  # each file's, read once when its hour is listed
+    assert footers == 18 and opened_at_yield == [footers + 3 * turns for turns in range(1, 7)]  # then row groups
+    assert source.most_pending == 1 and source.pending == 0
+
+
+def test_a_trace_whose_spans_straddle_row_groups_and_files_waits_for_every_span_its_decision_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Its children in one file of two row groups, its decision next, its root in a later file stamped after the
+    decision (a writer running behind stamps rows when it builds them): the decision's span count keeps the
+    trace until the root is read, so it is rebuilt whole, not handed on without its root."""
+    monkeypatch.setattr(TableWriter, "ROW_GROUP_ROWS", 2)
+    children, root = agent_turn(at(10, 30))
+    archive = Archive(tmp_path)
+    spans = TableWriter(tmp_path / "spans", rows.SPANS_SCHEMA, 64 << 20, 3600.0, wall_clock=lambda: archive.now)
+    archive.now = at(10, 30, 1).timestamp()
+    for index in range(4):  # one span a request: row groups of two spans
+        spans.append(rows.spans_batch(one_span(children, index), received_at=ns(at(10, 30, 1))))
+    spans.close()
+    whole = assemble(children, root)
+    archive.decided(at(10, 30, 3), whole)
+    archive.spans(at(10, 30, 5), root)
+
+    [trace] = rebuilt(tmp_path, at(10), at(11))
+
+    files = sorted((tmp_path / "spans").rglob("*.parquet"))
+    assert [pq.ParquetFile(path).metadata.num_row_groups for path in files] == [2, 1]
+    assert len(trace.spans) == 5 and trace.root is not None
+    assert (trace.reason, trace.complete) == (CompletionReason.ROOT_IDLE, True)
+    assert extract(trace) == extract(whole)
+
+
+def test_a_span_read_before_its_trace_is_handed_on_is_kept_and_one_read_after_is_dropped(tmp_path: Path):
+    """Spans that reach the archive after the trace's decision (the live assembler dropped them): one in the row
+    group read before the decision is kept, as before; one in a file read after the trace was handed on is
+    dropped, never a second, partial trace, even well within `lateness`."""
+    children, root = agent_turn(at(10, 30))
+    other_children, other_root = agent_turn(at(10, 30))
+    late_before, late_after = one_span(other_children, 0), other_root  # two more spans...
+    for late in (late_before, late_after):
+        late.resource_spans[0].scope_spans[0].spans[0].trace_id = first_trace_id(children)  # ...of the same trace
+    archive = Archive(tmp_path)
+    archive.spans(at(10, 30, 1), children)
+    batch = rows.pa.concat_batches([rows.spans_batch(root, received_at=ns(at(10, 30, 2))),
+                                    rows.spans_batch(late_before, received_at=ns(at(10, 30, 6)))])  # fmt: skip
+    archive.write("spans", at(10, 30, 6), batch)  # the root and a late span: one row group
+    archive.decided(at(10, 30, 4), assemble(children, root))
+    archive.spans(at(10, 31), late_after)
+
+    traces = rebuilt(tmp_path, at(10), at(11))
+
+    [trace] = traces
+    span_ids = {s.span_id for s in trace.spans}
+    assert len(trace.spans) == len(span_ids) == 6
+    assert first_span_id(late_before) in span_ids and first_span_id(late_after) not in span_ids
+
+
+def test_an_undecided_trace_is_handed_on_once_its_hours_are_read_after_the_decided_ones(tmp_path: Path):
+    """A trace the sidecar never decided is END_OF_INPUT, handed on by the hour-by-hour rule: once the hours
+    within `lateness` of it are read, so after a later trace decided in the same hour (batches are in the order
+    traces are handed on, not by start), with the hour's last, and before a trace two hours later."""
+    archive = Archive(tmp_path)
+    undecided_children, undecided_root = agent_turn(at(10, 30), name="undecided")
+    archive.spans(at(10, 30, 1), undecided_children)
+    archive.spans(at(10, 30, 2), undecided_root)
+    children, root = agent_turn(at(10, 31), name="decided")
+    archive.spans(at(10, 31, 1), children)
+    archive.spans(at(10, 31, 2), root)
+    archive.decided(at(10, 31, 4), assemble(children, root))
+    last_children, last_root = agent_turn(at(10, 55), name="the hour's last")
+    archive.spans(at(10, 55, 1), last_children)
+    archive.spans(at(10, 55, 2), last_root)
+    archive.decided(at(10, 55, 4), assemble(last_children, last_root))
+    later_children, later_root = agent_turn(at(12, 30), name="two hours later")
+    archive.spans(at(12, 30, 1), later_children)
+    archive.spans(at(12, 30, 2), later_root)
+
+    traces = rebuilt(tmp_path, at(10), at(13), lateness=timedelta(minutes=10))
+
+    names = [Span.FromString(t.root.span_bytes).name for t in traces]  # type: ignore[union-attr]
+    assert names == ["decided", "undecided", "the hour's last", "two hours later"]  # the last two at once
+    assert [(t.reason, t.complete) for t in traces] == [(CompletionReason.ROOT_IDLE, True),
+                                                        (CompletionReason.END_OF_INPUT, True),
+                                                        (CompletionReason.ROOT_IDLE, True),
+                                                        (CompletionReason.END_OF_INPUT, True)]  # fmt: skip
+
+
+def test_a_trace_decided_twice_takes_the_latest_decision_read_before_it_is_handed_on(tmp_path: Path):
+    """Two decisions in one file: the latest wins. A decision read after the trace was handed on (a restarted
+    sidecar deciding again, minutes later, the part of it its log replayed) is dropped like any later row."""
+    archive = Archive(tmp_path)
+    children, root = agent_turn(at(10, 30), name="twice in one file")
+    archive.spans(at(10, 30, 1), children)
+    archive.spans(at(10, 30, 2), root)
+    whole = assemble(children, root)
+    decisions = [decision_row(whole, at(10, 30, 3), reason=CompletionReason.TIMEOUT, complete=False),
+                 decision_row(whole, at(10, 30, 4))]  # fmt: skip
+    archive.write("traces", at(10, 30, 4), rows.pa.RecordBatch.from_pylist(decisions, schema=rows.TRACES_SCHEMA))
+    replayed_children, replayed_root = agent_turn(at(10, 40), name="decided again later")
+    archive.spans(at(10, 40, 1), replayed_children)
+    archive.spans(at(10, 40, 2), replayed_root)
+    replayed = assemble(replayed_children, replayed_root)
+    archive.decided(at(10, 40, 4), replayed)
+    archive.decided(at(10, 45), replace(replayed, reason=CompletionReason.SHUTDOWN, complete=False))
+
+    first, second = rebuilt(tmp_path, at(10), at(11))
+
+    assert (first.trace_id, first.reason, first.complete) == (whole.trace_id, CompletionReason.ROOT_IDLE, True)
+    assert (second.trace_id, second.reason, second.complete) == (replayed.trace_id, CompletionReason.ROOT_IDLE, True)
 
 
 # --- OTLP/JSON files -------------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -90,15 +91,19 @@ class ArchivedTraces:
         """The last `count` traces worth judging before `until`: looked for in the last hour, then day, then the
         whole window, so that a busy archive is not read back a week for 20 traces."""
         since, until = self.window()
-        recent: deque[Trace] = deque(maxlen=count)
+        recent: list[tuple[int, int, Trace]] = []  # (start, arrival, trace): a heap of the latest `count`
         for span in (timedelta(hours=1), timedelta(days=1), until - since):
             start = max(since, until - span)
             recent.clear()
-            for batch in ArchiveTraceSource(archive_directory(self.directory), start, until, s3=self.s3).batches():
-                recent.extend(t for t in batch if t.complete and extract(t).has_genai)
+            # By start, not by arrival: the source hands traces on as they were decided, not in order of start.
+            source = ArchiveTraceSource(archive_directory(self.directory), start, until, s3=self.s3)
+            for arrival, trace in enumerate(t for batch in source.batches() for t in batch):
+                if trace.complete and extract(trace).has_genai:
+                    item = (min(s.start_time_unix_nano for s in trace.spans), arrival, trace)
+                    (heapq.heappush if len(recent) < count else heapq.heappushpop)(recent, item)
             if len(recent) >= count or start == since:
                 break
-        return list(recent)
+        return [trace for _, _, trace in sorted(recent)]
 
 
 @dataclass

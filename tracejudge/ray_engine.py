@@ -22,8 +22,10 @@ The only module that imports ray (the optional extra `tracejudge[ray]`). What ru
    the archive's `assessments` table with the local run's writer (same layout, closed files as checkpoints, so
    DuckDB and the next run's idempotence see them) and to an OTLP endpoint when asked; evaluate collects them.
 
-Not the local run's: rows a sidecar wrote later than `lateness` after their trace started still join their
-trace here (the local reader drops them rather than hand on a second, partial trace).
+Not the local run's: rows the local reader reads after it handed their trace on still join their trace here
+(it drops them rather than hand on a second, partial trace): rows a sidecar wrote later than `lateness` after
+their trace started, spans and log events that reached the archive after the decision in a row group read
+after it, and a second decision read after it (here the latest decision always wins).
 """
 
 from __future__ import annotations
