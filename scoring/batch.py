@@ -107,7 +107,6 @@ class BatchScoring:
         self._max_concurrency = max_concurrency
         self._code_workers = code_workers
         self._code_timeout_s = code_timeout_s
-        self.skipped_rows: list[SkippedRow] = []
 
     def rate(self, spec: ScorerSpec) -> float:
         if not self._sample:
@@ -200,9 +199,6 @@ class BatchScoring:
             chosen = [s for s in scorers if s.spec.target_kind != "trace" or chance >= threshold(self.rate(s.spec))]
             if not item.complete:
                 skipped.update((s.spec.name, "incomplete") for s in chosen)
-                root = item.root
-                self.skipped_rows.append((item.trace_id, root.span_id if root else b"",
-                                          [s.spec.name for s in chosen], "incomplete", None))  # fmt: skip
                 return []
             view, records = extract_with_spans(item)
             logged = self._expectations.get(trace_id)
@@ -225,7 +221,8 @@ class BatchScoring:
         if session_scorers:
             self._add_turn(view, session_scorers, skipped, conversations)
         trace_scorers = [s for s in chosen if s.spec.target_kind != "session"]
-        pairs, _ = judged_views(view, records, trace_scorers, skipped, self.skipped_rows, self.rate)
+        rows: list[SkippedRow] = []  # skips are counted, not archived: a run again judges what has no verdict
+        pairs, _ = judged_views(view, records, trace_scorers, skipped, rows, self.rate)
         return list(pairs)
 
     def _keep(self, trace_id: str, spec: ScorerSpec, skipped: Counter[tuple[str, str]]) -> bool:
