@@ -82,12 +82,14 @@ class SpendLedger:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # autocommit off by default: each add/totals is one transaction; timeout: wait for another process's
-        self._db = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS spend (minute INTEGER NOT NULL, role TEXT NOT NULL, "
-                             "tokens INTEGER NOT NULL, cost REAL NOT NULL, PRIMARY KEY (minute, role))")  # fmt: skip
+        try:
+            self._db = _opened(path)
+        except sqlite3.DatabaseError as exc:  # not a database (a truncated copy, another file): set aside, begin anew
+            aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+            log.error("judge budget ledger %s is unreadable (%s): moved to %s; spend is counted from now on",
+                      path, exc, aside.name)  # fmt: skip
+            path.replace(aside)
+            self._db = _opened(path)
 
     def add(self, spent: dict[tuple[int, str], tuple[int, float]], now_minute: int) -> None:
         with self._lock, self._db:
@@ -113,6 +115,20 @@ class SpendLedger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _opened(path: Path) -> sqlite3.Connection:
+    # autocommit off by default: each add/totals is one transaction; timeout: wait for another process's
+    db = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+    try:
+        with db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS spend (minute INTEGER NOT NULL, role TEXT NOT NULL, "
+                       "tokens INTEGER NOT NULL, cost REAL NOT NULL, PRIMARY KEY (minute, role))")  # fmt: skip
+    except sqlite3.DatabaseError:
+        db.close()
+        raise
+    return db
 
 
 class JudgeBudget:

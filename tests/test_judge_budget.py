@@ -304,3 +304,16 @@ def test_an_apps_own_process_keeps_to_the_budget_in_its_data_dir(tmp_path: Path,
         sink.stop()
     assert {s.name for s in verdicts} == {"evaluation no_error"} and calls == []
     assert (tmp_path / "app-data" / LEDGER_NAME).is_file()
+
+
+def test_an_unreadable_ledger_is_set_aside_with_an_error_and_spend_counts_anew(tmp_path: Path, caplog: Any) -> None:
+    ledger = tmp_path / LEDGER_NAME
+    ledger.write_bytes(b"not a database, a file someone copied over it\n" * 100)
+    budget = JudgeBudget(JudgeBudgetConfig(tokens_per_hour=10_000), ledger)
+    budget.spend("openai:/gpt-4.1-mini", 300, 50)
+    budget.flush()
+    assert [state.spent for state in budget.states()] == [350]
+    budget.close()
+    [aside] = tmp_path.glob(f"{LEDGER_NAME}.unreadable-*")
+    assert aside.read_bytes().startswith(b"not a database")
+    assert "judge budget ledger" in caplog.text and "is unreadable" in caplog.text
