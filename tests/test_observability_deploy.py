@@ -300,7 +300,8 @@ def scraped(tmp_path: Path) -> Iterator[tuple[Prometheus, SidecarProcess, str]]:
         "forward": [{"url": sink.url}, {"url": rejecting.url}, {"url": f"grpc://127.0.0.1:{nobody}",
                                                                 "retry": {"initial_interval": "200ms"}}],
         "judges": {"default": {"base_url": judge.base_url, **no_key},
-                   "down": {"base_url": f"http://127.0.0.1:{nobody}/v1", "timeout": "2s", **no_key}},
+                   "down": {"base_url": f"http://127.0.0.1:{nobody}/v1", "timeout": "2s", **no_key},
+                   "budget": {"tokens_per_hour": 10**9}},  # for the budget panel: never reached
         "scoring": {"emit_interval": "100ms"},
         "scorers": [
             {"name": "mentions_refund", "builtin": "RegexMatch", "params": {"pattern": "refund", "must_match": True},
