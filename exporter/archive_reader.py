@@ -71,7 +71,7 @@ from __future__ import annotations
 import functools
 import heapq
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -159,7 +159,9 @@ class ArchiveTraceSource:
     """The traces of [start, end) in the archive at `archive_dir` (a local path, or a URI pyarrow.fs knows,
     such as s3://bucket/prefix, with `s3` its archive.s3 options; or a path on `filesystem`). A TraceSource:
     batches() yields lists of at most `batch_size` traces, in the order they are handed on (about the order they
-    were decided), those handed on at once ordered by start; nothing at all for an empty window."""
+    were decided), those handed on at once ordered by start; nothing at all for an empty window. `wanted`: only
+    the traces it says yes to (by id) are rebuilt and yielded, the others counted in `passed_over` (a backfill
+    at rate r rebuilds only what a scorer samples: rebuilding spans is most of the reader's CPU)."""
 
     def __init__(
         self,
@@ -171,6 +173,7 @@ class ArchiveTraceSource:
         filesystem: pafs.FileSystem | None = None,
         s3: S3Options | None = None,
         batch_size: int = 1000,
+        wanted: Callable[[bytes], bool] | None = None,
     ) -> None:
         if start.tzinfo is None or end.tzinfo is None:
             raise ValueError("start and end must be timezone-aware datetimes (the archive's hours are UTC)")
@@ -183,7 +186,9 @@ class ArchiveTraceSource:
         self._start, self._end = _ns(start), _ns(end)
         self._lateness = int(lateness.total_seconds() * 1e9)
         self._batch_size = batch_size
+        self._wanted = wanted
         self._reading: _Reading | None = None
+        self.passed_over = 0  # traces of the window `wanted` left out, by the current or last batches()
 
     def hours(self) -> list[int]:
         """The hour partitions read (their start, epoch ns): those that can hold rows of the window's traces."""
@@ -203,6 +208,7 @@ class ArchiveTraceSource:
 
     def batches(self) -> Iterator[list[Trace]]:
         reading = self._reading = _Reading(self)
+        self.passed_over = 0
         while (piece := reading.next_piece()) is not None:
             reading.read(piece)
             yield from self._chunks(reading.hand_on(last=False))
@@ -211,6 +217,10 @@ class ArchiveTraceSource:
     def _chunks(self, traces: list[tuple[bytes, PendingTrace]]) -> Iterator[list[Trace]]:
         """Rebuilt a batch at a time: one hand-on can be a row group's traces (thousands), and a batch's rebuilt
         spans then live only as long as the consumer holds the batch."""
+        if self._wanted is not None:
+            kept = [item for item in traces if self._wanted(item[0])]
+            self.passed_over += len(traces) - len(kept)
+            traces = kept
         for offset in range(0, len(traces), self._batch_size):
             yield [rebuilt_trace(trace_id, held) for trace_id, held in traces[offset : offset + self._batch_size]]
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from test_scoring_e2e import evaluation_spans
 import tracejudge
 from tracejudge.backfill import OUTPUT_TOKENS_GUESS, Backfill, BackfillError, BackfillScorerConfig
 from tracejudge.cli import main
+from tracejudge.exporter.archive_reader import ArchiveTraceSource
 from tracejudge.otlp import any_value
 from tracejudge.scorers import NonEmptyResponse, ScorerClient, UserFrustration
 from tracejudge.scoring.sampling import sampled, session_randomness, threshold
@@ -113,6 +115,7 @@ def test_a_stopped_scorer_is_backfilled_on_the_consistent_sample_once_and_again_
     data = copy(archive, tmp_path)
     first = backfill_cli("--archive", str(data), "--scorer", "non_empty=0.5", "--since", "1h", "--yes")
     assert first.exit_code == 0, first.output
+    assert f"succeeded: {TRACES} traces read" in first.output  # those no scorer samples, read but not rebuilt
     expected = {t for t in trace_ids(data) if sampled(t, 0.5)}
     rows = verdict_rows(data, "non_empty")
     assert Counter(row[0] for row in rows) == Counter(expected)
@@ -397,3 +400,12 @@ def test_a_sidecar_killed_mid_backfill_resumes_the_job_at_its_next_start_without
     rows = verdict_rows(data, "safety")
     assert Counter(row[0] for row in rows) == Counter(trace_ids(data))  # each trace exactly once
     assert len(slow.chat_requests()) <= TRACES + 4  # at most the calls in flight at the kill, again
+
+
+def test_the_reader_rebuilds_only_the_traces_wanted_and_counts_the_others(archive: Path) -> None:
+    now = datetime.now(timezone.utc)
+    source = ArchiveTraceSource(archive / "archive", now - timedelta(hours=1), now, wanted=lambda t: sampled(t, 0.5))
+    yielded = [trace.trace_id.hex() for batch in source.batches() for trace in batch]
+    expected = {t for t in trace_ids(archive) if sampled(t, 0.5)}
+    assert sorted(yielded) == sorted(expected) and 0 < len(expected) < TRACES
+    assert source.passed_over == TRACES - len(expected)
