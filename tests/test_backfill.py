@@ -191,28 +191,55 @@ def test_the_estimate_counts_exactly_what_is_judged_and_unknown_scorers_are_refu
     assert refused.exit_code == 1 and "'nope' is not registered (registered: " in refused.output
 
 
-def test_a_killed_backfill_resumes_without_judging_twice(archive: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rescore", [False, True])
+def test_a_killed_backfill_resumes_without_judging_twice(archive: Path, tmp_path: Path, judge: MockOpenAI,
+                                                         rescore: bool) -> None:  # fmt: skip
+    """And a rescoring job, resumed, judges again what it had not reached, though an earlier run scored it."""
     data = copy(archive, tmp_path)
+    if rescore:
+        earlier = backfill_cli("--archive", str(data), "--config", str(write_config(tmp_path / "fast.yaml", judge)),
+                               "--scorer", "safety=1", "--since", "1h", "--yes")  # fmt: skip
+        assert earlier.exit_code == 0 and len(verdict_rows(data, "safety")) == TRACES, earlier.output
+    done_before = {p.stem for p in (data / "backfill").glob("*.json")}
     with MockOpenAI(latency=0.25) as slow:  # one call at a time: ~6 s for the 24 traces; a file closes every 2 s
         cfg = write_config(tmp_path / "slow.yaml", slow, concurrency=1)
-        command = [sys.executable, "-m", "tracejudge.cli", "backfill", "--archive", str(data), "--config", str(cfg),
-                   "--scorer", "safety=1", "--since", "1h", "--yes", "--no-progress"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "tracejudge.cli",
+            "backfill",
+            "--archive",
+            str(data),
+            "--config",
+            str(cfg),
+            "--scorer",
+            "safety=1",
+            "--since",
+            "1h",
+            "--yes",
+            "--no-progress",
+            *(["--rescore"] * rescore),
+        ]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: len(verdict_rows(data, "safety")) > 0, timeout=60)
+        [job_id] = wait_until(lambda: list({p.stem for p in (data / "backfill").glob("*.json")} - done_before))
+
+        def this_job() -> list[tuple[Any, ...]]:
+            return [row for row in verdict_rows(data, "safety") if job_id in row[3]]
+
+        wait_until(lambda: len(this_job()) > 0, timeout=60)
         process.send_signal(signal.SIGKILL)
         process.wait(10)
-        before = len(verdict_rows(data, "safety"))
+        before = len(this_job())
         assert 0 < before < TRACES
-        jobs = list((data / "backfill").glob("*.json"))
-        assert len(jobs) == 1 and orjson.loads(jobs[0].read_bytes())["status"] == "running"
+        assert orjson.loads((data / "backfill" / f"{job_id}.json").read_bytes())["status"] == "running"
         asked = len(slow.chat_requests())
-        resumed = backfill_cli("--archive", str(data), "--config", str(cfg), "--resume", jobs[0].stem, "--yes")
+        resumed = backfill_cli("--archive", str(data), "--config", str(cfg), "--resume", job_id, "--yes")
         assert resumed.exit_code == 0, resumed.output
-    rows = verdict_rows(data, "safety")
-    assert Counter(row[0] for row in rows) == Counter(trace_ids(data))  # each trace exactly once
+    assert Counter(row[0] for row in this_job()) == Counter(trace_ids(data))  # each trace exactly once
     assert len(slow.chat_requests()) - asked == TRACES - before
+    assert len(verdict_rows(data, "safety")) == TRACES * (1 + rescore)  # the earlier run's stay
     listed = CliRunner().invoke(main, ["backfill", "--archive", str(data), "--list"])
-    assert f"{jobs[0].stem}  succeeded" in listed.output
+    assert f"{job_id}  succeeded" in listed.output
 
 
 def test_evaluate_gives_live_verdicts_over_the_archive_rows_and_a_dataframe(archive: Path, tmp_path: Path) -> None:

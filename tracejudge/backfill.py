@@ -156,6 +156,7 @@ class Backfill:
         self._skipped_pairs: set[tuple[str, str]] | None = None
         self._in_window: dict[str, tuple[int, str | None]] | None = None  # the traces table, read once per job
         self._source: ArchiveTraceSource | None = None  # what run() reads (its traces passed over count as read)
+        self._done_by: str | None = None  # a resumed rescoring job's id: only its own verdicts count as done
 
     @classmethod
     def resume(cls, data_dir: str | Path, job_id: str, *, config: Config | None = None,
@@ -166,14 +167,16 @@ class Backfill:
 
     @classmethod
     def of(cls, job: BackfillJob, data_dir: str | Path, **options: Any) -> Backfill:
-        """A Backfill running `job`'s record: resumed (not rescored: what this job judged before is not judged
-        again) when it had started."""
+        """A Backfill running `job`'s record: resumed when it had started, so that what this job judged before is
+        not judged again (a rescoring job still judges again what it had not reached: only its own verdicts count
+        as done)."""
         scorers = [BackfillScorerConfig(name, rate) for name, rate in job.scorers.items()]
         started = job.status not in ("pending", "estimate")
         backfill = cls(data_dir, scorers, start_time=job.start_time, end_time=job.end_time, job_id=job.job_id,
                        rescore=job.rescore and not started, skipped_only=job.skipped_only, runner=job.runner,
                        **options)  # fmt: skip
         backfill.job = replace(job, scorers=dict(backfill._rates))
+        backfill._done_by = job.job_id if job.rescore and started else None
         return backfill
 
     def cancel(self) -> None:
@@ -398,10 +401,14 @@ class Backfill:
 
     def _already_done(self) -> set[tuple[str, str, int]]:
         """(trace id, scorer, version) of every verdict without an error the archive holds for the job's scorers,
-        written from the window's start on (a verdict is written after its trace started)."""
+        written from the window's start on (a verdict is written after its trace started); of a resumed rescoring
+        job, only its own (marked with its id, which is random enough not to appear in other metadata)."""
         names = [spec.name for spec in self._specs]
+        where = pc.field("name").isin(names)
+        if self._done_by is not None:
+            where = where & pc.match_substring(pc.field("metadata"), self._done_by)
         table = _read(self._store, "assessments", self._start - DEFAULT_LATENESS, None,
-                      ["trace_id", "name", "scorer_version", "error"], pc.field("name").isin(names))  # fmt: skip
+                      ["trace_id", "name", "scorer_version", "error"], where)  # fmt: skip
         if table is None:
             return set()
         return {(t, n, v) for t, n, v, e in zip(*(table.column(c).to_pylist() for c in table.column_names),
