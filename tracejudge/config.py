@@ -99,7 +99,7 @@ def format_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {key}: {item['msg']}")
+        lines.append(f"  {key}: {str(item['msg']).removeprefix('Value error, ')}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
