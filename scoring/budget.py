@@ -29,7 +29,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -112,6 +112,10 @@ class SpendLedger:
                 out[("tokens", minutes)], out[("cost", minutes)] = float(tokens), float(cost)
         return out
 
+    def states(self, limits: Sequence[Limit], now_minute: int) -> list[LimitState]:
+        totals = self.totals(now_minute)
+        return [LimitState(limit, totals[(limit.unit, limit.minutes)]) for limit in limits]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -141,7 +145,7 @@ class JudgeBudget:
     def __init__(self, config: JudgeBudgetConfig, path: Path, role: Role = "live", *,
                  clock: Callable[[], float] = time.time, sync_interval_s: float = 0.5) -> None:  # fmt: skip
         self.config = config
-        self.role: Role = role
+        self._role: Role = role
         self._limits = limits_of(config)
         self._share = config.backfill_share if role == "backfill" else 1.0
         self._ledger = SpendLedger(path)
@@ -149,9 +153,7 @@ class JudgeBudget:
         self._sync_interval_s = sync_interval_s
         self._synced_at = float("-inf")
         self._totals: dict[tuple[str, int], float] = {}
-        self._unsynced: dict[tuple[int, str], tuple[int, float]] = {}
-        self._unsynced_tokens = 0
-        self._unsynced_cost = 0.0
+        self._unsynced: dict[tuple[int, str], tuple[int, float]] = {}  # (minute, role) -> spent since the last sync
         self._in_flight = 0
         self._done_pairs = 0
         self._spent_tokens = 0  # this process's, since it started
@@ -159,16 +161,12 @@ class JudgeBudget:
         self._unpriced: set[str] = set()
         self._refusing: Limit | None = None
         self._released: asyncio.Event | None = None  # set when an in-flight pair ends: waiting pairs look again
-        self.skipped = 0  # pairs refused while over a limit since it was reached
+        self._refused = 0  # pairs refused since the limit was reached
 
     @property
     def cost_so_far(self) -> float | None:
         """This process's judge cost since it started; None without prices."""
         return self._spent_cost if self.config.prices else None
-
-    @property
-    def tokens_so_far(self) -> int:
-        return self._spent_tokens
 
     async def admit(self, wait: bool = True) -> bool:
         """Whether one more judge pair may run; if so it is in flight until release(). While it fits only once
@@ -189,19 +187,19 @@ class JudgeBudget:
             await self._released.wait()
         if self._refusing is not None:
             log.info("judge budget: under %s again; %d judge pairs were skipped (budget) meanwhile",
-                     self._refusing.name, self.skipped)  # fmt: skip
+                     self._refusing.name, self._refused)  # fmt: skip
             self._refusing = None
         self._in_flight += 1
         return True
 
     def _refuse(self, over: Limit) -> bool:
         if self._refusing is None:
-            self._refusing, self.skipped = over, 0
+            self._refusing, self._refused = over, 0
             log.warning("judge budget %s reached (%s spent over the last %s%s): sampled judge pairs are "
                         "recorded as skipped (budget) until spend falls under it", over.name,
                         _amount(over.unit, self._used(over)), _window_text(over.minutes),
                         f", {self._share:.0%} of it for a backfill" if self._share < 1 else "")  # fmt: skip
-        self.skipped += 1
+        self._refused += 1
         return False
 
     def release(self, pairs: int = 1) -> None:
@@ -216,15 +214,14 @@ class JudgeBudget:
     def spend(self, model: str, input_tokens: int, output_tokens: int) -> None:
         """One answered judge attempt (JudgePool's on_usage)."""
         tokens = input_tokens + output_tokens
+        if self.config.prices and self.config.price_of(model) is None and model not in self._unpriced:
+            self._unpriced.add(model)
+            log.warning("judge budget: no price for %s in judges.budget.prices (and no `default`); its tokens are "
+                        "charged at the table's highest prices", model)  # fmt: skip
         cost = self.config.cost(model, input_tokens, output_tokens)
-        if cost is None:
-            cost = self._unpriced_cost(model, input_tokens, output_tokens)
-        minute = int(self._clock() // 60)
-        key = (minute, self.role)
+        key = (int(self._clock() // 60), self._role)
         before_tokens, before_cost = self._unsynced.get(key, (0, 0.0))
         self._unsynced[key] = (before_tokens + tokens, before_cost + cost)
-        self._unsynced_tokens += tokens
-        self._unsynced_cost += cost
         self._spent_tokens += tokens
         self._spent_cost += cost
 
@@ -243,8 +240,7 @@ class JudgeBudget:
 
     def states(self) -> list[LimitState]:
         """Every limit with the window's spend, as the ledger has it now (every process's synced spend)."""
-        totals = self._ledger.totals(int(self._clock() // 60))
-        return [LimitState(limit, totals[(limit.unit, limit.minutes)]) for limit in self._limits]
+        return self._ledger.states(self._limits, int(self._clock() // 60))
 
     def describe(self) -> str:
         """Each limit as it stands, what this role may use of it, in words (a backfill's estimate shows it)."""
@@ -272,7 +268,6 @@ class JudgeBudget:
             self._synced_at = now
             return
         self._unsynced.clear()
-        self._unsynced_tokens, self._unsynced_cost = 0, 0.0
         self._synced_at = now
 
     def _over(self, in_flight: bool) -> Limit | None:
@@ -285,7 +280,8 @@ class JudgeBudget:
 
     def _used(self, limit: Limit) -> float:
         """Spent over the limit's window: every process's in the ledger, and this one's since its last sync."""
-        local = self._unsynced_tokens if limit.unit == "tokens" else self._unsynced_cost
+        index = 0 if limit.unit == "tokens" else 1  # a minute or two of entries at most: summed as asked
+        local = sum(spent[index] for spent in self._unsynced.values())
         return self._totals.get((limit.unit, limit.minutes), 0.0) + local
 
     def _per_pair(self, unit: str) -> float:
@@ -294,18 +290,8 @@ class JudgeBudget:
             return self._spent_tokens / self._done_pairs if self._done_pairs else PRIOR_TOKENS_PER_PAIR
         if self._done_pairs:
             return self._spent_cost / self._done_pairs
-        highest = max((max(p.input, p.output) for p in self.config.prices.values()), default=0.0)
-        return PRIOR_TOKENS_PER_PAIR * highest / 1e6
-
-    def _unpriced_cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
-        """A model the price table does not list is charged at its highest prices, never for free."""
-        if model not in self._unpriced and self.config.prices:
-            self._unpriced.add(model)
-            log.warning("judge budget: no price for %s in judges.budget.prices (and no `default`); its tokens are "
-                        "charged at the table's highest prices", model)  # fmt: skip
-        highest_in = max((p.input for p in self.config.prices.values()), default=0.0)
-        highest_out = max((p.output for p in self.config.prices.values()), default=0.0)
-        return (input_tokens * highest_in + output_tokens * highest_out) / 1e6
+        highest = self.config.highest_price
+        return PRIOR_TOKENS_PER_PAIR * max(highest.input, highest.output) / 1e6
 
 
 class BudgetGauges:
@@ -325,11 +311,11 @@ class BudgetGauges:
 
     def _observe_spent(self, _options: CallbackOptions) -> list[Observation]:
         try:
-            totals = self._ledger.totals(int(self._clock() // 60))
+            states = self._ledger.states(self._limits, int(self._clock() // 60))
         except sqlite3.Error as exc:
             log.warning("judge budget ledger unreadable: %s", exc)
             return []
-        return [Observation(totals[(limit.unit, limit.minutes)], {"limit": limit.name}) for limit in self._limits]
+        return [Observation(state.spent, {"limit": state.limit.name}) for state in states]
 
     def _observe_limit(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(limit.amount, {"limit": limit.name}) for limit in self._limits]

@@ -169,10 +169,15 @@ class JudgeBudgetConfig(StrictConfig):
         """`model`'s price (a URI or a bare name), else the `default` one; None when neither is listed."""
         return self.prices.get(parse_model_uri(model)) or self.prices.get("default")
 
-    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
-        price = self.price_of(model)
-        if price is None:
-            return None
+    @property
+    def highest_price(self) -> ModelPrice:
+        """The table's highest input and output prices: what a model it does not list is charged, never free."""
+        return ModelPrice(input=max((p.input for p in self.prices.values()), default=0.0),
+                          output=max((p.output for p in self.prices.values()), default=0.0))  # fmt: skip
+
+    def cost(self, model: str, input_tokens: float, output_tokens: float) -> float:
+        """What the tokens cost at `model`'s price, else at the highest (0 without prices)."""
+        price = self.price_of(model) or self.highest_price
         return (input_tokens * price.input + output_tokens * price.output) / 1e6
 
 

@@ -63,7 +63,7 @@ from tracejudge.model import Assessment
 from tracejudge.otlp_exporters import span_and_log_exporters
 from tracejudge.scoring.batch import BatchCounts, BatchScoring, mean_prompt_tokens
 from tracejudge.scoring.budget import LEDGER_NAME, JudgeBudget, limits_of
-from tracejudge.scoring.config import ModelPrice, judge_config_for
+from tracejudge.scoring.config import judge_config_for
 from tracejudge.scoring.registry import ScorerRegistry
 from tracejudge.scoring.sampling import randomness, session_randomness, threshold
 from tracejudge.scoring.spec import ScorerSpec
@@ -245,15 +245,10 @@ class Backfill:
         return {name: (tokens, output) for name, tokens in inputs.items()}
 
     def _cost(self, spec: ScorerSpec, input_tokens: float, output_tokens: float) -> float:
-        """One verdict's cost at the prices; a model they do not list at their highest (as the ledger charges)."""
+        """One verdict's cost at the prices of the scorer's model (as the ledger charges it)."""
         budget = self._config.judge_budget
         assert budget is not None
-        model = judge_config_for(spec.model, self._config.judges).model
-        price = budget.price_of(model)
-        if price is None:
-            price = ModelPrice(input=max(p.input for p in budget.prices.values()),
-                               output=max(p.output for p in budget.prices.values()))  # fmt: skip
-        return (input_tokens * price.input + output_tokens * price.output) / 1e6
+        return budget.cost(judge_config_for(spec.model, self._config.judges).model, input_tokens, output_tokens)
 
     def run(self, progress: bool = False, on_job: Callable[[BackfillJob], None] | None = None) -> BackfillJob:
         """Judge the window, writing verdicts to the archive as it goes; the job's final state. `on_job` is
